@@ -1,0 +1,4 @@
+"""Runtime helpers for tools/train.py and tools/test.py."""
+from .cpu_dist import CPUDistributedDataParallel, setup_cpu_distributed
+
+__all__ = ['CPUDistributedDataParallel', 'setup_cpu_distributed']

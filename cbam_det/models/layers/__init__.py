@@ -1,0 +1,4 @@
+"""Attention layers (mmcv plugins) registered in mmdet's ``MODELS``."""
+from .cbam import CBAM, ChannelGate, SpatialGate
+
+__all__ = ['CBAM', 'ChannelGate', 'SpatialGate']

@@ -1,0 +1,78 @@
+"""tools/train.py then tools/test.py end to end on a tiny slice of the demo data (CPU)."""
+import json
+import os
+import os.path as osp
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import DEMO_CONFIG, REPO, demo_data_options
+
+TINY = ['train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'param_scheduler=[]',
+        'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
+        'val_dataloader.persistent_workers=False', 'test_dataloader.num_workers=0',
+        'test_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1',
+        'default_hooks.checkpoint.interval=2']
+
+
+def _run(args, **kw):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+def _metrics(output: str) -> dict:
+    lines = [l for l in output.splitlines() if l.startswith('cbam_det metrics: ')]
+    assert lines, output[-3000:]
+    return json.loads(lines[-1][len('cbam_det metrics: '):])
+
+
+def test_train_then_test_produce_coco_metric(tiny_demo_data, tmp_path):
+    work = str(tmp_path / 'work')
+    opts = TINY + demo_data_options(tiny_demo_data)
+    out = _run([sys.executable, 'tools/train.py', DEMO_CONFIG, '--work-dir', work, '--cfg-options', *opts])
+    assert 'Iter(train) [2/2]' in out
+    ckpt = osp.join(work, 'iter_2.pth')
+    assert osp.isfile(ckpt)
+
+    pkl = str(tmp_path / 'preds.pkl')
+    out = _run([sys.executable, 'tools/test.py', DEMO_CONFIG, ckpt, '--work-dir', work, '--out', pkl,
+                '--cfg-options', *opts])
+    m = _metrics(out)
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
+        assert key in m and (0.0 <= m[key] <= 1.0 or m[key] == -1.0)
+    with open(pkl, 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 4 and 'pred_instances' in preds[0]
+
+    # --resume continues from the checkpoint in work_dir
+    out = _run([sys.executable, 'tools/train.py', DEMO_CONFIG, '--work-dir', work, '--resume',
+                '--cfg-options', *opts[1:], 'train_cfg.max_iters=3'])
+    assert 'resumed' in out.lower() and 'Iter(train) [3/3]' in out
+
+
+def test_bad_out_extension_is_refused(tiny_demo_data, tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, 'tools/test.py', DEMO_CONFIG, 'missing.pth', '--out', 'x.json',
+                           '--cfg-options', *TINY, *demo_data_options(tiny_demo_data)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and '--out must be a .pkl or .pickle file' in proc.stderr
+
+
+@pytest.mark.slow
+def test_dist_train_two_cpu_processes(tiny_demo_data, tmp_path):
+    work = str(tmp_path / 'dist')
+    env = dict(os.environ, PYTHON=sys.executable, PORT='29533')
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', DEMO_CONFIG, '2', '--work-dir', work,
+                           '--cfg-options', *TINY, *demo_data_options(tiny_demo_data)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert 'Distributed launcher: pytorch' in out or "'launcher': 'pytorch'" in out or 'launcher = ' in out
+    assert 'world_size: 2' in out.replace('World size: 2', 'world_size: 2') or 'World size: 2' in out
+    assert osp.isfile(osp.join(work, 'iter_2.pth'))
+    assert 'coco/bbox_mAP' in out
