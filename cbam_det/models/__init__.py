@@ -1,4 +1,7 @@
 """Models of cbam_det; importing this registers them in mmdet's ``MODELS``."""
-from .layers import CBAM, ChannelGate, SpatialGate
+from .backbones import *  # noqa: F401,F403
+from .backbones import __all__ as _backbones_all
+from .layers import *  # noqa: F401,F403
+from .layers import __all__ as _layers_all
 
-__all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
+__all__ = [*_layers_all, *_backbones_all]

@@ -1,4 +1,8 @@
-"""Attention layers (mmcv plugins) registered in mmdet's ``MODELS``."""
+"""Attention layers (mmcv plugins, ``in_channels`` first) registered in mmdet's ``MODELS``."""
+from .bam import BAM, BAMChannelGate, BAMSpatialGate
 from .cbam import CBAM, ChannelGate, SpatialGate
+from .factory import ATTENTION_TYPES, build_attention
+from .se import SE
 
-__all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
+__all__ = ['CBAM', 'ChannelGate', 'SpatialGate', 'SE', 'BAM', 'BAMChannelGate', 'BAMSpatialGate',
+           'ATTENTION_TYPES', 'build_attention']

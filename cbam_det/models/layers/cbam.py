@@ -1,20 +1,17 @@
 """CBAM: Convolutional Block Attention Module.
 
 Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module", ECCV 2018,
-https://arxiv.org/abs/1807.06521 — Sec. 3, eq. (1)-(3):
+https://arxiv.org/abs/1807.06521 — Sec. 3, eq. (1)-(3), ablations of Tables 1-3:
 
-    F'  = Mc(F) ⊗ F                                              (1)
-    F'' = Ms(F') ⊗ F'
+    F'  = Mc(F) ⊗ F,   F'' = Ms(F') ⊗ F'                          (1)
     Mc(F) = σ(MLP(AvgPool(F)) + MLP(MaxPool(F)))                  (2)
     Ms(F) = σ(f7×7([AvgPool_c(F); MaxPool_c(F)]))                 (3)
 
-The parameter layout follows the authors' official implementation so that their
-ImageNet weights can be converted: the shared MLP is Linear(C, C//r) → ReLU →
-Linear(C//r, C), both with bias; the spatial conv has no bias and is followed by
-BatchNorm2d(1) (eps 1e-5, momentum 0.01), then the sigmoid.
-
-Hidden width: ``in_channels // reduction`` (floor, as the official code does);
-a ratio that leaves 0 hidden channels is refused.
+Parameter layout of the authors' official code (so their ImageNet weights convert):
+shared MLP Linear(C, C//r) → ReLU → Linear(C//r, C), both with bias; spatial conv
+without bias, then BatchNorm2d(1, eps=1e-5, momentum=0.01), then the sigmoid.
+The official spatial gate concatenates [max; mean] where the paper writes [avg; max]:
+``spatial_pool='max_avg'`` reproduces it; the default follows the paper.
 """
 from typing import Optional, Union
 
@@ -24,77 +21,106 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from mmdet.registry import MODELS
+from ._utils import check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels, safe_batch_norm
 
-__all__ = ['CBAM', 'ChannelGate', 'SpatialGate', 'check_hidden_channels']
+__all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
 
-
-def check_hidden_channels(in_channels: int, reduction: int, owner: str) -> int:
-    """Return ``in_channels // reduction``; raise a clear error when it is < 1."""
-    if not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f'{owner}: in_channels must be a positive int, got {in_channels!r}')
-    if not isinstance(reduction, int) or reduction < 1:
-        raise ValueError(f'{owner}: reduction must be a positive int, got {reduction!r}')
-    hidden = in_channels // reduction
-    if hidden < 1:
-        raise ValueError(
-            f'{owner}: reduction={reduction} leaves 0 hidden channels for in_channels={in_channels} '
-            f'(hidden = in_channels // reduction); allowed: 1 <= reduction <= {in_channels}')
-    return hidden
+CHANNEL_POOLS = ('avg_max', 'avg', 'max')
+SPATIAL_POOLS = ('avg_max', 'max_avg', 'conv1x1')
+ARRANGEMENTS = ('channel_first', 'spatial_first', 'parallel')
+INIT_MODES = ('scratch', 'identity')
 
 
 class ChannelGate(nn.Module):
-    """Channel attention Mc (eq. 2): shared MLP over avg- and max-pooled descriptors."""
+    """Channel attention logits (eq. 2 before σ): shared MLP over pooled descriptors.
 
-    def __init__(self, in_channels: int, reduction: int = 16) -> None:
+    ``pool='avg'`` is SE's channel attention (Table 1, row "SE"), ``'max'`` and
+    ``'avg_max'`` (the paper's choice) the other rows of Table 1.
+    """
+
+    def __init__(self, in_channels: int, reduction: int = 16, pool: str = 'avg_max',
+                 min_hidden_channels: Optional[int] = None, owner: str = 'CBAM') -> None:
         super().__init__()
-        hidden = check_hidden_channels(in_channels, reduction, 'CBAM')
+        check_choice(owner, 'channel_pool', pool, CHANNEL_POOLS)
+        hidden = hidden_channels(owner, in_channels, reduction, min_hidden_channels)
+        self.pool = pool
         self.fc1 = nn.Linear(in_channels, hidden, bias=True)
         self.fc2 = nn.Linear(hidden, in_channels, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the gate σ(MLP(avg) + MLP(max)) of shape (N, C, 1, 1), in float32."""
+        """Return the float32 logits of shape (N, C, 1, 1)."""
+        descs = []
+        if self.pool in ('avg_max', 'avg'):
+            descs.append(x.mean((2, 3), dtype=torch.float32))  # fp32 accumulation: no fp16 overflow
+        if self.pool in ('avg_max', 'max'):
+            descs.append(x.amax((2, 3)).float())
         n = x.shape[0]
-        # Pooled statistics in float32: an fp16 sum over H×W overflows under AMP.
-        xf = x.float()
-        desc = torch.cat([xf.mean((2, 3)), xf.amax((2, 3))], 0)  # (2N, C): one MLP call
         with torch.autocast(x.device.type, enabled=False):
-            out = self.fc2(F.relu(self.fc1(desc.to(self.fc1.weight.dtype))))
-        return torch.sigmoid(out[:n] + out[n:]).float()[:, :, None, None]
+            desc = torch.cat(descs, 0).to(self.fc1.weight.dtype)  # one MLP call on stacked descriptors
+            out = self.fc2(F.relu(self.fc1(desc))).float()
+        if len(descs) == 2:
+            out = out[:n] + out[n:]
+        return out[:, :, None, None]
 
 
 class SpatialGate(nn.Module):
-    """Spatial attention Ms (eq. 3): k×k conv over the [avg; max] channel-pooled maps."""
+    """Spatial attention logits (eq. 3 before σ): k×k conv over a 2D descriptor, then BN.
 
-    def __init__(self, kernel_size: int = 7) -> None:
+    Descriptor (Table 2): ``'avg_max'`` = [mean; max] over channels (paper),
+    ``'max_avg'`` = [max; mean] (official code), ``'conv1x1'`` = a learned 1×1 conv C → 1.
+    """
+
+    def __init__(self, in_channels: int, kernel_size: int = 7, pool: str = 'avg_max',
+                 owner: str = 'CBAM') -> None:
         super().__init__()
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f'CBAM: spatial_kernel must be a positive odd int (e.g. 3 or 7), '
-                             f'got {kernel_size!r}')
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        check_choice(owner, 'spatial_pool', pool, SPATIAL_POOLS)
+        check_odd_kernel(owner, 'spatial_kernel', kernel_size)
+        self.pool = pool
+        if pool == 'conv1x1':
+            self.reduce = nn.Conv2d(in_channels, 1, 1, bias=False)
+        self.conv = nn.Conv2d(1 if pool == 'conv1x1' else 2, 1, kernel_size, padding=kernel_size // 2,
+                              bias=False)
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the gate of shape (N, 1, H, W), in float32."""
-        xf = x.float()
-        desc = torch.cat([xf.mean(1, keepdim=True), xf.amax(1, keepdim=True)], 1)
+        """Return the float32 logits of shape (N, 1, H, W)."""
         with torch.autocast(x.device.type, enabled=False):
-            return torch.sigmoid(self.bn(self.conv(desc.to(self.conv.weight.dtype))))
+            dtype = self.conv.weight.dtype
+            if self.pool == 'conv1x1':
+                desc = self.reduce(x.to(dtype))
+            else:
+                avg = x.mean(1, keepdim=True, dtype=torch.float32).to(dtype)
+                mx = x.amax(1, keepdim=True).to(dtype)
+                desc = torch.cat([avg, mx] if self.pool == 'avg_max' else [mx, avg], 1)
+            return safe_batch_norm(self.bn, self.conv(desc)).float()
 
 
 @MODELS.register_module()
 class CBAM(BaseModule):
-    """Convolutional Block Attention Module (channel gate, then spatial gate).
+    """Convolutional Block Attention Module; every row of the paper's Tables 1-3.
 
-    An mmcv plugin: usable in mmdet's ResNet/ResNeXt as
+    An mmcv plugin (``in_channels`` first, ``_abbr_ = 'cbam'``): in mmdet's ResNet use
     ``plugins=[dict(cfg=dict(type='CBAM'), stages=(True,) * 4, position='after_conv3')]``,
-    which is the paper's Fig. 3 placement (after the block's last BN, before the
-    residual addition).
+    the paper's Fig. 3 placement (after the block's last BN, before the residual addition).
 
     Args:
         in_channels: channels C of the refined feature map.
-        reduction: MLP reduction ratio r (hidden width ``C // r``).
-        spatial_kernel: odd kernel size of the spatial conv (paper: 7).
-        init_cfg: mmengine initialisation config.
+        reduction: MLP reduction ratio r; hidden width ``max(C // r, min_hidden_channels)``.
+        channel_pool: ``'avg_max'`` (paper), ``'avg'`` (SE-style), ``'max'``, or None for
+            spatial attention only.
+        spatial_pool: ``'avg_max'`` (paper), ``'max_avg'`` (official code), ``'conv1x1'``
+            (learned descriptor), or None for channel attention only.
+        spatial_kernel: odd kernel size of the spatial conv (paper: 7; Table 2 also 3).
+        arrangement: ``'channel_first'`` (paper), ``'spatial_first'``, or ``'parallel'``
+            (F ⊗ σ(logit_c + logit_s), the two maps added before the sigmoid).
+        min_hidden_channels: lower bound of the hidden width (None: no bound).
+        init_mode: ``'scratch'`` (official init: zero biases, Kaiming fan-out convs,
+            spatial BN γ = 0 so the spatial gate starts at 0.5) or ``'identity'`` (for a
+            backbone pretrained without attention: both gates start at σ(identity_logit)
+            ≈ 1 and do not depend on the input, so the pretrained function is kept).
+        allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
+            (see ``check_not_frozen``); for pretrained attention weights.
+        identity_logit: gate logit of ``init_mode='identity'`` (5.0 → gates 0.9933).
     """
 
     _abbr_ = 'cbam'
@@ -102,20 +128,79 @@ class CBAM(BaseModule):
     def __init__(self,
                  in_channels: int,
                  reduction: int = 16,
+                 *,
+                 channel_pool: Optional[str] = 'avg_max',
+                 spatial_pool: Optional[str] = 'avg_max',
                  spatial_kernel: int = 7,
+                 arrangement: str = 'channel_first',
+                 min_hidden_channels: Optional[int] = None,
+                 init_mode: str = 'scratch',
+                 identity_logit: float = 5.0,
+                 allow_frozen: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        check_choice('CBAM', 'arrangement', arrangement, ARRANGEMENTS)
+        check_choice('CBAM', 'init_mode', init_mode, INIT_MODES)
+        if channel_pool is None and spatial_pool is None:
+            raise ValueError('CBAM: channel_pool and spatial_pool cannot both be None (no attention left)')
+        if arrangement == 'parallel' and (channel_pool is None or spatial_pool is None):
+            raise ValueError("CBAM: arrangement='parallel' needs both channel_pool and spatial_pool")
         self.in_channels = in_channels
         self.reduction = reduction
-        self.channel_gate = ChannelGate(in_channels, reduction)
-        self.spatial_gate = SpatialGate(spatial_kernel)
+        self.arrangement = arrangement
+        self.init_mode = init_mode
+        self.identity_logit = float(identity_logit)
+        self.allow_frozen = allow_frozen
+        # validate in_channels/reduction even for spatial-only (the error names them)
+        hidden_channels('CBAM', in_channels, reduction, min_hidden_channels)
+        self.channel_gate = (None if channel_pool is None else
+                             ChannelGate(in_channels, reduction, channel_pool, min_hidden_channels))
+        self.spatial_gate = (None if spatial_pool is None else
+                             SpatialGate(in_channels, spatial_kernel, spatial_pool))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Apply the ``init_mode`` initialisation (also done by ``init_weights``)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.Linear):
+                m.reset_parameters()  # the official code keeps PyTorch's Linear init
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        if self.spatial_gate is not None:
+            nn.init.zeros_(self.spatial_gate.bn.weight)  # official: spatial gate starts at σ(0) = 0.5
+            nn.init.zeros_(self.spatial_gate.bn.bias)
+            self.spatial_gate.bn.reset_running_stats()
+        if self.init_mode == 'identity':
+            c_logit, s_logit = self.identity_logit, self.identity_logit
+            if self.arrangement == 'parallel':  # one sigmoid over the sum of both logits
+                c_logit = s_logit = self.identity_logit / 2
+            if self.channel_gate is not None:
+                nn.init.zeros_(self.channel_gate.fc2.weight)
+                n_desc = 2 if self.channel_gate.pool == 'avg_max' else 1  # the MLP outputs are summed
+                nn.init.constant_(self.channel_gate.fc2.bias, c_logit / n_desc)
+            if self.spatial_gate is not None:
+                nn.init.constant_(self.spatial_gate.bn.bias, s_logit)  # γ = 0: constant logit
+
+    def init_weights(self) -> None:
+        """``init_mode`` initialisation, then any ``init_cfg`` given by the user."""
+        self.reset_parameters()
+        super().init_weights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'CBAM: expected input of shape (N, in_channels={self.in_channels}, H, W), '
-                             f'got {tuple(x.shape)}')
-        x = x * self.channel_gate(x).to(x.dtype)
-        return x * self.spatial_gate(x).to(x.dtype)
+        check_input('CBAM', x, self.in_channels)
+        check_not_frozen(self, 'CBAM')
+        if self.arrangement == 'parallel':
+            gate = torch.sigmoid(self.channel_gate(x) + self.spatial_gate(x))
+            return x * gate.to(x.dtype)
+        gates = (self.channel_gate, self.spatial_gate)
+        if self.arrangement == 'spatial_first':
+            gates = gates[::-1]
+        for gate in gates:
+            if gate is not None:
+                x = x * torch.sigmoid(gate(x)).to(x.dtype)
+        return x
 
     def extra_repr(self) -> str:
-        return f'in_channels={self.in_channels}, reduction={self.reduction}'
+        return f'in_channels={self.in_channels}, reduction={self.reduction}, arrangement={self.arrangement!r}'

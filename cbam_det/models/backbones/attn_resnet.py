@@ -1,0 +1,222 @@
+"""ResNet / ResNeXt backbones with attention in every block (CBAM paper, Fig. 3) and BAM
+between stages (BAM paper, Fig. 1), built on mmdet's ResNet.
+
+- ``attention=dict(type='CBAM')`` puts the module in every block of the chosen stages,
+  after the block's last BN and before the residual addition, for every depth: mmdet's
+  ``BasicBlock`` (ResNet-18/34) refuses plugins, :class:`PluginBasicBlock` accepts them.
+- ``bam=dict(type='BAM')`` puts BAM after stages 1, 2 and 3 (``bam1``..``bam3``), i.e.
+  at the bottlenecks before each downsampling, as in the BAM paper; the stage outputs
+  returned to the neck are the refined ones.
+- Parameter names are torchvision's (``conv1``, ``bn1``, ``layerL.i.convK/bnK``,
+  ``layerL.i.downsample.0/1``), with the attention at ``layerL.i.cbam`` (or ``.se``) and
+  ``bamK``: ``torchvision://resnetXX`` and converted official CBAM/BAM weights load unchanged.
+- mmdet's ``frozen_stages`` and ``norm_eval`` would freeze attention that was added to
+  a pretrained backbone at random init; with ``freeze_attention=False`` (default) the
+  attention modules stay trainable and their BatchNorms keep updating statistics.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.utils.checkpoint as cp
+from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from mmdet.models.backbones.resnext import ResNeXt
+from mmdet.registry import MODELS
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..layers.factory import build_attention
+
+__all__ = ['PluginBasicBlock', 'AttnResNet', 'AttnResNeXt']
+
+
+class PluginBasicBlock(BasicBlock):
+    """mmdet's ``BasicBlock`` with mmcv plugins ``after_conv1`` and ``after_conv2``.
+
+    ``after_conv2`` is after the block's last BN and before the residual addition.
+    """
+
+    def __init__(self, inplanes: int, planes: int, *args, plugins: Optional[List[dict]] = None,
+                 **kwargs) -> None:
+        super().__init__(inplanes, planes, *args, plugins=None, **kwargs)
+        self.after_conv1_plugin_names: List[str] = []
+        self.after_conv2_plugin_names: List[str] = []
+        for plugin in plugins or []:
+            position = plugin.get('position')
+            if position not in ('after_conv1', 'after_conv2'):
+                raise ValueError(f"plugin position={position!r} in a BasicBlock (ResNet-18/34); allowed: "
+                                 "'after_conv1', 'after_conv2' (after the last BN, the paper's placement)")
+            names = Bottleneck.make_block_plugins(self, planes, [plugin['cfg']])
+            getattr(self, f'{position}_plugin_names').extend(names)
+
+    def forward_plugin(self, x: torch.Tensor, plugin_names: List[str]) -> torch.Tensor:
+        for name in plugin_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+
+        def _inner_forward(x):
+            identity = x
+            out = self.relu(self.norm1(self.conv1(x)))
+            out = self.forward_plugin(out, self.after_conv1_plugin_names)
+            out = self.norm2(self.conv2(out))
+            out = self.forward_plugin(out, self.after_conv2_plugin_names)
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            return out + identity
+
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(_inner_forward, x)
+        else:
+            out = _inner_forward(x)
+        return self.relu(out)
+
+
+class _AttentionMixin:
+    """Shared by :class:`AttnResNet` and :class:`AttnResNeXt` (see the module docstring)."""
+
+    def _setup_attention(self, depth: int, attention: Optional[dict], attention_stages: Sequence[bool],
+                         bam: Optional[dict], bam_stages: Sequence[bool], freeze_attention: bool,
+                         plugins: Optional[list], num_stages: int) -> Optional[list]:
+        self.freeze_attention = freeze_attention
+        if attention is None:
+            return plugins
+        if len(attention_stages) != num_stages:
+            raise ValueError(f'attention_stages must have num_stages={num_stages} entries, '
+                             f'got {tuple(attention_stages)}')
+        block = self.arch_settings[depth][0]
+        position = 'after_conv2' if issubclass(block, BasicBlock) else 'after_conv3'
+        return list(plugins or []) + [dict(cfg=attention, stages=tuple(attention_stages), position=position)]
+
+    def _build_bam(self, bam: Optional[dict], bam_stages: Sequence[bool]) -> None:
+        self.bam_names: List[str] = []
+        if bam is None:
+            return
+        if len(bam_stages) != self.num_stages - 1:
+            raise ValueError(f'bam_stages must have num_stages - 1 = {self.num_stages - 1} entries '
+                             f'(BAM sits between stages), got {tuple(bam_stages)}')
+        for i, on in enumerate(bam_stages):
+            if on:
+                channels = self.base_channels * 2**i * self.block.expansion
+                self.add_module(f'bam{i + 1}', build_attention(bam, channels))
+                self.bam_names.append(f'bam{i + 1}')
+
+    def _mark_frozen_attention(self) -> None:
+        # with freeze_attention=True the attention follows frozen_stages / norm_eval on purpose
+        for m in self.attention_modules():
+            m.allow_frozen = self.freeze_attention
+
+    def attention_modules(self) -> List[nn.Module]:
+        """Every attention module: block plugins and BAM modules."""
+        mods = []
+        for layer_name in self.res_layers:
+            for block in getattr(self, layer_name):
+                for pos in ('after_conv1', 'after_conv2', 'after_conv3'):
+                    mods += [getattr(block, n) for n in getattr(block, f'{pos}_plugin_names', [])]
+        return mods + [getattr(self, n) for n in self.bam_names]
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        if self.deep_stem:
+            x = self.stem(x)
+        else:
+            x = self.relu(self.norm1(self.conv1(x)))
+        x = self.maxpool(x)
+        outs = []
+        for i, layer_name in enumerate(self.res_layers):
+            x = getattr(self, layer_name)(x)
+            if f'bam{i + 1}' in self.bam_names:
+                x = getattr(self, f'bam{i + 1}')(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def _freeze_stages(self) -> None:
+        super()._freeze_stages()
+        if not getattr(self, 'freeze_attention', True) and hasattr(self, 'bam_names'):
+            for m in self.attention_modules():
+                m.train(self.training)
+                for p in m.parameters():
+                    p.requires_grad = True
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.norm_eval and not self.freeze_attention:
+            for att in self.attention_modules():
+                for m in att.modules():
+                    if isinstance(m, _BatchNorm):
+                        m.train()
+        return self
+
+
+@MODELS.register_module()
+class AttnResNet(_AttentionMixin, ResNet):
+    """mmdet ``ResNet`` (depth 18/34/50/101/152) with attention in blocks and/or BAM.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        attention: config of a module placed in every block of ``attention_stages``
+            after the last BN (e.g. ``dict(type='CBAM')``, ``dict(type='SE')``).
+        attention_stages: stages that get ``attention``.
+        bam: config of a module placed after stages 1..num_stages-1 (``dict(type='BAM')``).
+        bam_stages: which of those inter-stage positions get ``bam``.
+        freeze_attention: False (default) keeps attention trainable and its BatchNorms in
+            training mode whatever ``frozen_stages`` / ``norm_eval`` say; True lets them
+            apply to the attention too (for converted official CBAM/BAM weights).
+        **kwargs: mmdet ``ResNet`` arguments (``plugins=`` also works for every depth).
+    """
+
+    arch_settings = {
+        18: (PluginBasicBlock, (2, 2, 2, 2)),
+        34: (PluginBasicBlock, (3, 4, 6, 3)),
+        50: (Bottleneck, (3, 4, 6, 3)),
+        101: (Bottleneck, (3, 4, 23, 3)),
+        152: (Bottleneck, (3, 8, 36, 3)),
+    }
+
+    def __init__(self, depth: int, *, attention: Optional[dict] = None,
+                 attention_stages: Sequence[bool] = (True, True, True, True),
+                 bam: Optional[dict] = None, bam_stages: Sequence[bool] = (True, True, True),
+                 freeze_attention: bool = False, plugins: Optional[list] = None, **kwargs) -> None:
+        if depth not in self.arch_settings:
+            raise KeyError(f'invalid depth {depth} for AttnResNet; allowed: {sorted(self.arch_settings)}')
+        plugins = self._setup_attention(depth, attention, attention_stages, bam, bam_stages,
+                                        freeze_attention, plugins, kwargs.get('num_stages', 4))
+        super().__init__(depth, plugins=plugins, **kwargs)
+        self._build_bam(bam, bam_stages)
+        self._mark_frozen_attention()
+        self._freeze_stages()
+
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        # mmdet zero-initialises the last BN only when ``block is BasicBlock``: do the same
+        # for PluginBasicBlock when training from scratch with zero_init_residual
+        if self.zero_init_residual and self.block is PluginBasicBlock and not self._pretrained():
+            for layer_name in self.res_layers:
+                for block in getattr(self, layer_name):
+                    nn.init.zeros_(block.norm2.weight)
+
+    def _pretrained(self) -> bool:
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        return any(isinstance(c, dict) and c.get('type') == 'Pretrained' for c in cfgs)
+
+
+@MODELS.register_module()
+class AttnResNeXt(_AttentionMixin, ResNeXt):
+    """mmdet ``ResNeXt`` (depth 50/101/152, ``groups``, ``base_width``) with attention and/or BAM.
+
+    Same extra arguments as :class:`AttnResNet`.
+    """
+
+    def __init__(self, depth: int, *, attention: Optional[dict] = None,
+                 attention_stages: Sequence[bool] = (True, True, True, True),
+                 bam: Optional[dict] = None, bam_stages: Sequence[bool] = (True, True, True),
+                 freeze_attention: bool = False, plugins: Optional[list] = None, **kwargs) -> None:
+        if depth not in self.arch_settings:
+            raise KeyError(f'invalid depth {depth} for AttnResNeXt; allowed: {sorted(self.arch_settings)}')
+        plugins = self._setup_attention(depth, attention, attention_stages, bam, bam_stages,
+                                        freeze_attention, plugins, kwargs.get('num_stages', 4))
+        super().__init__(depth=depth, plugins=plugins, **kwargs)
+        self._build_bam(bam, bam_stages)
+        self._mark_frozen_attention()
+        self._freeze_stages()

@@ -1,0 +1,92 @@
+"""Shared argument checks and numerics for the attention layers (CBAM, SE, BAM)."""
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['hidden_channels', 'check_choice', 'check_odd_kernel', 'check_input', 'safe_batch_norm',
+           'check_not_frozen']
+
+
+def hidden_channels(owner: str, in_channels: int, reduction: int,
+                    min_hidden_channels: Optional[int] = None) -> int:
+    """Hidden width ``max(in_channels // reduction, min_hidden_channels)``; refuse 0.
+
+    Floor division as in the authors' official code (``gate_channels // reduction_ratio``).
+    """
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        raise ValueError(f'{owner}: in_channels must be a positive int, got {in_channels!r}')
+    if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 1:
+        raise ValueError(f'{owner}: reduction must be a positive int, got {reduction!r}')
+    hidden = in_channels // reduction
+    if min_hidden_channels is not None:
+        if not isinstance(min_hidden_channels, int) or min_hidden_channels < 1:
+            raise ValueError(f'{owner}: min_hidden_channels must be None or a positive int, '
+                             f'got {min_hidden_channels!r}')
+        hidden = max(hidden, min_hidden_channels)
+    if hidden < 1:
+        raise ValueError(
+            f'{owner}: reduction={reduction} leaves 0 hidden channels for in_channels={in_channels} '
+            f'(hidden = in_channels // reduction); allowed: 1 <= reduction <= {in_channels}, '
+            f'or set min_hidden_channels')
+    return hidden
+
+
+def check_choice(owner: str, name: str, value, allowed: Iterable) -> None:
+    """Raise ``ValueError`` naming the argument and its allowed values."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f'{owner}: unknown {name}={value!r}; allowed: {", ".join(map(repr, allowed))}')
+
+
+def check_odd_kernel(owner: str, name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 == 0:
+        raise ValueError(f'{owner}: {name} must be a positive odd int (e.g. 3 or 7) so that the '
+                         f'output keeps the input size, got {value!r}')
+
+
+def check_input(owner: str, x: torch.Tensor, in_channels: int) -> None:
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f'{owner}: expected input of shape (N, in_channels={in_channels}, H, W), '
+                         f'got {tuple(x.shape)}')
+
+
+def safe_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """``bn(x)``, except that one value per channel in training uses the running statistics.
+
+    BatchNorm cannot normalise a single value (batch 1 through BAM's channel MLP, or
+    batch 1 with a 1×1 map); the official code raises there. We normalise it with the
+    running statistics and leave them unchanged, as in eval mode.
+    """
+    if bn.training and x.numel() // x.shape[1] <= 1:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return bn(x)
+
+
+def check_not_frozen(module: nn.Module, owner: str) -> None:
+    """Refuse the two mmdet traps that silently freeze attention added to a pretrained backbone.
+
+    - ``frozen_stages`` covering the module's stage: mmdet puts the stage in eval mode and
+      sets ``requires_grad=False``, so the attention would stay at its initialisation forever.
+    - ``norm_eval=True``: the attention's BatchNorms are put in eval mode while it trains,
+      so their statistics never move from the initial 0 / 1.
+    Checked only while gradients are enabled (a training step); ``allow_frozen=True`` on the
+    module (or cbam_det's ``AttnResNet(freeze_attention=True)``) accepts both on purpose,
+    e.g. for converted official weights.
+    """
+    if getattr(module, 'allow_frozen', False) or not torch.is_grad_enabled():
+        return
+    params = list(module.parameters())
+    if not module.training and params and not any(p.requires_grad for p in params):
+        raise RuntimeError(
+            f'{owner} is frozen (eval mode, requires_grad=False) during a training step: mmdet\'s '
+            f'frozen_stages covers its stage, so it would stay at its initialisation forever. '
+            f'Use frozen_stages=-1 (or below this stage), backbone type="AttnResNet" (keeps attention '
+            f'trainable), or allow_frozen=True if its weights are pretrained.')
+    if module.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
+                               for m in module.modules()):
+        raise RuntimeError(
+            f'{owner}\'s BatchNorm is in eval mode while it trains (mmdet\'s norm_eval=True): its '
+            f'statistics would never be updated. Use norm_eval=False, backbone type="AttnResNet" '
+            f'(keeps attention BatchNorms training), or allow_frozen=True if its weights are pretrained.')

@@ -1,0 +1,177 @@
+"""BAM: Bottleneck Attention Module.
+
+Park, Woo, Lee, Kweon, "BAM: Bottleneck Attention Module", BMVC 2018,
+https://arxiv.org/abs/1807.06514 — eq. (1)-(4), ablations of Table 1:
+
+    F' = F + F ⊗ M(F),   M(F) = σ(Mc(F) + Ms(F))                  (1), (2)
+    Mc(F) = BN(MLP(AvgPool(F))),  MLP: C → C/r → C                (3)
+    Ms(F) = BN(f3^{1×1}(f2^{3×3}(f1^{3×3}(f0^{1×1}(F)))))          (4)
+
+Mc is (N, C, 1, 1) and Ms is (N, 1, H, W); both are broadcast to C×H×W. Layers as in
+the official code: Linear → BatchNorm1d → ReLU → Linear for Mc; 1×1 conv C → C/r,
+two 3×3 convs with dilation d, each conv followed by BatchNorm2d and ReLU, and a
+1×1 conv to one channel for Ms; all convs and Linears with bias.
+
+``combine`` selects the Table 1b rows: 'sum' σ(C+S) (paper), 'max' σ(max(C, S)),
+'product' σ(C·S), 'sigmoid_sum' σ(C)+σ(S). ``residual=False`` is the no-identity
+ablation F' = F ⊗ M(F). The official code computes x · (1 + σ(C·S)): ``combine='product'``.
+"""
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+
+from mmdet.registry import MODELS
+from ._utils import check_choice, check_input, check_not_frozen, hidden_channels, safe_batch_norm
+
+__all__ = ['BAM', 'BAMChannelGate', 'BAMSpatialGate']
+
+COMBINES = ('sum', 'max', 'product', 'sigmoid_sum')
+
+
+class BAMChannelGate(nn.Module):
+    """Mc: global average pool → Linear(C, C/r) → BN1d → ReLU → Linear(C/r, C)."""
+
+    def __init__(self, in_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return float32 logits of shape (N, C, 1, 1)."""
+        desc = x.mean((2, 3), dtype=torch.float32)  # global over H×W, any aspect ratio
+        with torch.autocast(x.device.type, enabled=False):
+            h = F.relu(safe_batch_norm(self.bn, self.fc1(desc.to(self.fc1.weight.dtype))))
+            return self.fc2(h).float()[:, :, None, None]
+
+
+class BAMSpatialGate(nn.Module):
+    """Ms: 1×1 conv C → C/r, ``num_dilated`` 3×3 convs with dilation d, 1×1 conv → 1."""
+
+    def __init__(self, in_channels: int, hidden: int, dilation: int, num_dilated: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, hidden, 1)
+        self.reduce_bn = nn.BatchNorm2d(hidden)
+        self.dilated = nn.ModuleList(
+            nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation) for _ in range(num_dilated))
+        self.dilated_bn = nn.ModuleList(nn.BatchNorm2d(hidden) for _ in range(num_dilated))
+        self.final = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits of shape (N, 1, H, W) (float32 under autocast)."""
+        with torch.autocast(x.device.type, enabled=False):
+            h = F.relu(safe_batch_norm(self.reduce_bn, self.reduce(x.to(self.reduce.weight.dtype))))
+            for conv, bn in zip(self.dilated, self.dilated_bn):
+                h = F.relu(safe_batch_norm(bn, conv(h)))
+            return self.final(h).float()
+
+
+@MODELS.register_module()
+class BAM(BaseModule):
+    """Bottleneck Attention Module, placed between stages (after stages 1-3 of a ResNet).
+
+    Args:
+        in_channels: channels C of the refined feature map.
+        reduction: reduction ratio r of both branches (paper: 16).
+        dilation: dilation d of the 3×3 convs (paper: 4).
+        num_dilated: number of dilated 3×3 convs (paper: 2).
+        combine: 'sum' (paper), 'max', 'product' (official code), 'sigmoid_sum' (Table 1b).
+        residual: F + F ⊗ M (paper) or, False, F ⊗ M (the no-identity ablation).
+        min_hidden_channels: lower bound of the hidden width (None: no bound).
+        init_mode: 'scratch' (official: zero biases, Kaiming fan-out convs, BN γ = 1) or
+            'identity' (the attention term starts input-independent at σ(-identity_logit) ≈ 0
+            with ``residual=True``, so F' ≈ F; at ≈ 1 with ``residual=False``).
+        identity_logit: magnitude of the gate logit for ``init_mode='identity'``.
+        allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
+            (see ``check_not_frozen``); for pretrained attention weights.
+    """
+
+    _abbr_ = 'bam'
+
+    def __init__(self,
+                 in_channels: int,
+                 reduction: int = 16,
+                 dilation: int = 4,
+                 *,
+                 num_dilated: int = 2,
+                 combine: str = 'sum',
+                 residual: bool = True,
+                 min_hidden_channels: Optional[int] = None,
+                 init_mode: str = 'scratch',
+                 identity_logit: float = 5.0,
+                 allow_frozen: bool = False,
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        check_choice('BAM', 'combine', combine, COMBINES)
+        check_choice('BAM', 'init_mode', init_mode, ('scratch', 'identity'))
+        if not isinstance(dilation, int) or dilation < 1:
+            raise ValueError(f'BAM: dilation must be a positive int, got {dilation!r}')
+        if not isinstance(num_dilated, int) or num_dilated < 0:
+            raise ValueError(f'BAM: num_dilated must be a non-negative int, got {num_dilated!r}')
+        hidden = hidden_channels('BAM', in_channels, reduction, min_hidden_channels)
+        self.in_channels = in_channels
+        self.reduction = reduction
+        self.combine = combine
+        self.residual = residual
+        self.init_mode = init_mode
+        self.identity_logit = float(identity_logit)
+        self.allow_frozen = allow_frozen
+        self.channel_att = BAMChannelGate(in_channels, hidden)
+        self.spatial_att = BAMSpatialGate(in_channels, hidden, dilation, num_dilated)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Apply the ``init_mode`` initialisation (also done by ``init_weights``)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.Linear):
+                m.reset_parameters()
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_parameters()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        if self.init_mode == 'identity':
+            # M(F) constant: zero the last layer of each branch, choose the biases so that
+            # the combined gate is ≈ 0 (residual) or ≈ 1 (no residual)
+            t = -self.identity_logit if self.residual else self.identity_logit
+            if self.combine == 'sum':
+                c, s = t / 2, t / 2
+            elif self.combine == 'max':
+                c, s = t, t
+            elif self.combine == 'product':
+                c, s = math.sqrt(self.identity_logit), t / math.sqrt(self.identity_logit)
+            else:  # sigmoid_sum: σ(c) + σ(s)
+                c, s = (t, t) if self.residual else (t, -t)
+            for layer, value in ((self.channel_att.fc2, c), (self.spatial_att.final, s)):
+                nn.init.zeros_(layer.weight)
+                nn.init.constant_(layer.bias, value)
+
+    def init_weights(self) -> None:
+        self.reset_parameters()
+        super().init_weights()
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M(F) of shape (N, C, H, W), float32."""
+        c, s = self.channel_att(x), self.spatial_att(x)
+        if self.combine == 'sum':
+            return torch.sigmoid(c + s)
+        if self.combine == 'max':
+            return torch.sigmoid(torch.maximum(c, s))
+        if self.combine == 'product':
+            return torch.sigmoid(c * s)
+        return torch.sigmoid(c) + torch.sigmoid(s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input('BAM', x, self.in_channels)
+        check_not_frozen(self, 'BAM')
+        m = self.attention(x).to(x.dtype)
+        return x + x * m if self.residual else x * m
+
+    def extra_repr(self) -> str:
+        return (f'in_channels={self.in_channels}, reduction={self.reduction}, combine={self.combine!r}, '
+                f'residual={self.residual}')

@@ -1,0 +1,75 @@
+"""SE: Squeeze-and-Excitation, the baseline of the CBAM and BAM papers.
+
+Hu, Shen, Sun, "Squeeze-and-Excitation Networks", CVPR 2018, https://arxiv.org/abs/1709.01507:
+    F' = F ⊗ σ(W2 δ(W1 AvgPool(F)))   (W1: C → C/r, W2: C/r → C, with biases)
+It equals CBAM's channel attention with average pooling only (CBAM paper, Table 1).
+"""
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+
+from mmdet.registry import MODELS
+from ._utils import check_choice, check_input, check_not_frozen
+from .cbam import ChannelGate
+
+__all__ = ['SE']
+
+
+@MODELS.register_module()
+class SE(BaseModule):
+    """Squeeze-and-Excitation channel attention (average pooling, MLP, sigmoid).
+
+    Args:
+        in_channels: channels C of the refined feature map.
+        reduction: reduction ratio r; hidden width ``max(C // r, min_hidden_channels)``.
+        min_hidden_channels: lower bound of the hidden width (None: no bound).
+        init_mode: ``'scratch'`` (zero biases, PyTorch Linear init) or ``'identity'``
+            (gate starts at σ(identity_logit) ≈ 1 independent of the input).
+        allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
+            (see ``check_not_frozen``); for pretrained attention weights.
+        identity_logit: gate logit of ``init_mode='identity'``.
+    """
+
+    _abbr_ = 'se'
+
+    def __init__(self,
+                 in_channels: int,
+                 reduction: int = 16,
+                 *,
+                 min_hidden_channels: Optional[int] = None,
+                 init_mode: str = 'scratch',
+                 identity_logit: float = 5.0,
+                 allow_frozen: bool = False,
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        check_choice('SE', 'init_mode', init_mode, ('scratch', 'identity'))
+        self.in_channels = in_channels
+        self.reduction = reduction
+        self.init_mode = init_mode
+        self.identity_logit = float(identity_logit)
+        self.allow_frozen = allow_frozen
+        self.channel_gate = ChannelGate(in_channels, reduction, 'avg', min_hidden_channels, owner='SE')
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Apply the ``init_mode`` initialisation (also done by ``init_weights``)."""
+        for fc in (self.channel_gate.fc1, self.channel_gate.fc2):
+            fc.reset_parameters()
+            nn.init.zeros_(fc.bias)
+        if self.init_mode == 'identity':
+            nn.init.zeros_(self.channel_gate.fc2.weight)
+            nn.init.constant_(self.channel_gate.fc2.bias, self.identity_logit)
+
+    def init_weights(self) -> None:
+        self.reset_parameters()
+        super().init_weights()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input('SE', x, self.in_channels)
+        check_not_frozen(self, 'SE')
+        return x * torch.sigmoid(self.channel_gate(x)).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f'in_channels={self.in_channels}, reduction={self.reduction}'

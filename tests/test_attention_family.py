@@ -1,0 +1,300 @@
+"""CBAM ablations (Tables 1-3), SE and BAM (Table 1b) against plain references; init; numerics."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cbam_det import BAM, CBAM, SE, build_attention
+
+
+# ----------------------------------------------------------------------------- references
+def ref_bn(x, bn, training):
+    """BatchNorm over every dim but 1, written out."""
+    dims = [d for d in range(x.dim()) if d != 1]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    if training and x.numel() // x.shape[1] > 1:
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + bn.eps) * bn.weight.reshape(shape) \
+        + bn.bias.reshape(shape)
+
+
+def ref_channel_logit(x, fc1, fc2, pool):
+    mlp = lambda v: torch.relu(v @ fc1.weight.t() + fc1.bias) @ fc2.weight.t() + fc2.bias  # noqa: E731
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    out = 0
+    if 'avg' in pool:
+        out = out + mlp(flat.sum(-1) / flat.shape[-1])
+    if 'max' in pool:
+        out = out + mlp(flat.max(-1).values)
+    return out.reshape(n, c, 1, 1)
+
+
+def ref_spatial_logit(x, sg, pool, training):
+    k = sg.conv.weight.shape[-1]
+    if pool == 'conv1x1':
+        desc = (x * sg.reduce.weight.reshape(1, -1, 1, 1)).sum(1, keepdim=True)
+    else:
+        avg, mx = x.sum(1, keepdim=True) / x.shape[1], x.max(1, keepdim=True).values
+        desc = torch.cat([avg, mx] if pool == 'avg_max' else [mx, avg], 1)
+    return ref_bn(F.conv2d(desc, sg.conv.weight, padding=k // 2), sg.bn, training)
+
+
+def ref_cbam(m, x, channel_pool, spatial_pool, arrangement):
+    c = lambda t: ref_channel_logit(t, m.channel_gate.fc1, m.channel_gate.fc2, channel_pool)  # noqa: E731
+    s = lambda t: ref_spatial_logit(t, m.spatial_gate, spatial_pool, m.training)  # noqa: E731
+    if arrangement == 'parallel':
+        return x * torch.sigmoid(c(x) + s(x))
+    order = ['c', 's'] if arrangement == 'channel_first' else ['s', 'c']
+    for g in order:
+        if g == 'c' and channel_pool is not None:
+            x = x * torch.sigmoid(c(x))
+        if g == 's' and spatial_pool is not None:
+            x = x * torch.sigmoid(s(x))
+    return x
+
+
+def ref_bam(m, x, combine, residual):
+    ca, sa, tr = m.channel_att, m.spatial_att, m.training
+    n, ch = x.shape[:2]
+    h = ref_bn(x.reshape(n, ch, -1).mean(-1) @ ca.fc1.weight.t() + ca.fc1.bias, ca.bn, tr)
+    c = (torch.relu(h) @ ca.fc2.weight.t() + ca.fc2.bias).reshape(n, ch, 1, 1)
+    t = torch.relu(ref_bn(F.conv2d(x, sa.reduce.weight, sa.reduce.bias), sa.reduce_bn, tr))
+    for conv, bn in zip(sa.dilated, sa.dilated_bn):
+        d = conv.dilation[0]
+        t = torch.relu(ref_bn(F.conv2d(t, conv.weight, conv.bias, padding=d, dilation=d), bn, tr))
+    s = F.conv2d(t, sa.final.weight, sa.final.bias)
+    m_ = {'sum': lambda: torch.sigmoid(c + s), 'max': lambda: torch.sigmoid(torch.maximum(c, s)),
+          'product': lambda: torch.sigmoid(c * s),
+          'sigmoid_sum': lambda: torch.sigmoid(c) + torch.sigmoid(s)}[combine]()
+    return x + x * m_ if residual else x * m_
+
+
+def randomise(m, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for name, b in m.named_buffers():
+            if name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return m
+
+
+SHAPES = [(2, 32, 7, 11), (1, 48, 9, 9), (3, 32, 1, 1)]
+CBAM_VARIANTS = [  # (channel_pool, spatial_pool, kernel, arrangement): every row of Tables 1-3
+    ('avg', None, 7, 'channel_first'), ('max', None, 7, 'channel_first'), ('avg_max', None, 7, 'channel_first'),
+    ('avg_max', 'avg_max', 3, 'channel_first'), ('avg_max', 'avg_max', 7, 'channel_first'),
+    ('avg_max', 'conv1x1', 3, 'channel_first'), ('avg_max', 'conv1x1', 7, 'channel_first'),
+    ('avg_max', 'avg_max', 7, 'spatial_first'), ('avg_max', 'avg_max', 7, 'parallel'),
+    ('avg_max', 'max_avg', 7, 'channel_first'), (None, 'avg_max', 7, 'channel_first'),
+    ('avg_max', 'avg_max', 5, 'channel_first'),
+]
+
+
+@pytest.mark.parametrize('variant', CBAM_VARIANTS, ids=lambda v: '-'.join(map(str, v)))
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
+def test_cbam_variants_match_reference(variant, shape, train):
+    cp, sp, k, arr = variant
+    if train and sp is not None and shape[0] * shape[2] * shape[3] == 1:
+        pytest.skip('one value per channel: covered by test_single_value_batchnorm')
+    m = randomise(CBAM(shape[1], channel_pool=cp, spatial_pool=sp, spatial_kernel=k, arrangement=arr)).train(train)
+    x = torch.randn(shape)
+    torch.testing.assert_close(m(x), ref_cbam(m, x, cp, sp, arr), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+def test_se_matches_reference(shape):
+    m = randomise(SE(shape[1]))
+    x = torch.randn(shape)
+    ref = x * torch.sigmoid(ref_channel_logit(x, m.channel_gate.fc1, m.channel_gate.fc2, 'avg'))
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-6)
+    # SE == CBAM channel attention with average pooling only (CBAM paper, Table 1)
+    c = CBAM(shape[1], channel_pool='avg', spatial_pool=None)
+    c.channel_gate.load_state_dict(m.channel_gate.state_dict())
+    torch.testing.assert_close(c(x), m(x))
+
+
+@pytest.mark.parametrize('combine,residual', list(itertools.product(
+    ['sum', 'max', 'product', 'sigmoid_sum'], [True, False])))
+@pytest.mark.parametrize('shape', [(2, 32, 7, 11), (2, 64, 13, 5), (3, 32, 1, 1)], ids=str)
+@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
+def test_bam_variants_match_reference(combine, residual, shape, train):
+    m = randomise(BAM(shape[1], combine=combine, residual=residual)).train(train)
+    x = torch.randn(shape)
+    torch.testing.assert_close(m(x), ref_bam(m, x, combine, residual), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('make,ref', [
+    (lambda: CBAM(32), lambda m, x: ref_cbam(m, x, 'avg_max', 'avg_max', 'channel_first')),
+    (lambda: SE(32), lambda m, x: x * torch.sigmoid(ref_channel_logit(x, m.channel_gate.fc1,
+                                                                      m.channel_gate.fc2, 'avg'))),
+    (lambda: BAM(32), lambda m, x: ref_bam(m, x, 'sum', True)),
+], ids=['CBAM', 'SE', 'BAM'])
+def test_default_modules_gradients_match_reference(make, ref):
+    m = randomise(make()).train()
+    x = torch.randn(2, 32, 9, 6, requires_grad=True)
+    w = torch.randn(2, 32, 9, 6)
+    names, params = ['input'] + [n for n, _ in m.named_parameters()], [x] + list(m.parameters())
+    g_mod = torch.autograd.grad((m(x) * w).sum(), params)
+    g_ref = torch.autograd.grad((ref(m, x) * w).sum(), params)
+    # a bias followed by BatchNorm in training is cancelled by the mean: its gradient is exactly 0
+    # (BAM keeps these biases to match the official parameter layout)
+    before_bn = {'channel_att.fc1.bias', 'spatial_att.reduce.bias', 'spatial_att.dilated.0.bias',
+                 'spatial_att.dilated.1.bias'}
+    for name, a, b in zip(names, g_mod, g_ref):
+        if name in before_bn:
+            assert a.abs().max() < 1e-5, name
+        else:
+            assert a.abs().sum() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bam_defaults_and_official_combine():
+    m = BAM(256)
+    assert m.channel_att.fc1.out_features == 16 and m.spatial_att.dilated[0].dilation == (4, 4)
+    assert len(m.spatial_att.dilated) == 2 and m.combine == 'sum' and m.residual
+    # official: x * (1 + sigmoid(C * S)) == combine='product' with the identity path
+    randomise(m).eval()
+    x = torch.randn(2, 256, 6, 6)
+    c = m.channel_att(x)
+    s = m.spatial_att(x)
+    m.combine = 'product'
+    torch.testing.assert_close(m(x), x * (1 + torch.sigmoid(c * s)))
+
+
+# ----------------------------------------------------------------------------- init
+def test_scratch_init_follows_official_code():
+    m = CBAM(64)
+    assert torch.all(m.spatial_gate.bn.weight == 0) and torch.all(m.spatial_gate.bn.bias == 0)
+    for fc in (m.channel_gate.fc1, m.channel_gate.fc2):
+        assert torch.all(fc.bias == 0) and fc.weight.std() > 0
+    # Kaiming normal, fan_out: std = sqrt(2 / (out_channels * k * k)) = sqrt(2 / 49)
+    torch.manual_seed(0)
+    stds = [CBAM(64).spatial_gate.conv.weight.std().item() for _ in range(20)]
+    assert abs(sum(stds) / len(stds) - (2 / 49) ** 0.5) < 0.03
+    x = torch.randn(2, 64, 5, 5)
+    m.eval()
+    assert torch.allclose(torch.sigmoid(m.spatial_gate(x)), torch.full((2, 1, 5, 5), 0.5))
+    b = BAM(64)
+    for mod in b.modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+            assert torch.all(mod.bias == 0)
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            assert torch.all(mod.weight == 1) and torch.all(mod.bias == 0)
+
+
+@pytest.mark.parametrize('make,expected', [
+    (lambda: CBAM(64, init_mode='identity'), lambda L: torch.sigmoid(torch.tensor(L)) ** 2),
+    (lambda: CBAM(64, init_mode='identity', arrangement='parallel'), lambda L: torch.sigmoid(torch.tensor(L))),
+    (lambda: CBAM(64, init_mode='identity', channel_pool='avg', spatial_pool=None),
+     lambda L: torch.sigmoid(torch.tensor(L))),
+    (lambda: SE(64, init_mode='identity'), lambda L: torch.sigmoid(torch.tensor(L))),
+    (lambda: BAM(64, init_mode='identity'), lambda L: 1 + torch.sigmoid(torch.tensor(-L))),
+    (lambda: BAM(64, init_mode='identity', combine='product'), lambda L: 1 + torch.sigmoid(torch.tensor(-L))),
+    (lambda: BAM(64, init_mode='identity', combine='max'), lambda L: 1 + torch.sigmoid(torch.tensor(-L))),
+    (lambda: BAM(64, init_mode='identity', combine='sigmoid_sum'), lambda L: 1 + 2 * torch.sigmoid(torch.tensor(-L))),
+    (lambda: BAM(64, init_mode='identity', residual=False), lambda L: torch.sigmoid(torch.tensor(L))),
+])
+@pytest.mark.parametrize('train', [False, True])
+def test_identity_init_keeps_the_pretrained_function(make, expected, train):
+    m = make().train(train)
+    x = torch.randn(4, 64, 6, 9) * 3
+    ratio = m(x) / x
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(expected(5.0))), rtol=1e-5, atol=1e-5)
+    assert (ratio - 1).abs().max() < 0.014  # "close to identity"
+
+
+def test_init_weights_restores_scheme_after_backbone_constant_init():
+    """mmdet's ResNet init sets every BN gamma to 1; the module's init_weights runs after it."""
+    from mmdet.registry import MODELS
+    backbone = MODELS.build(dict(type='ResNet', depth=50, base_channels=16, plugins=[
+        dict(cfg=dict(type='CBAM'), stages=(True,) * 4, position='after_conv3')]))
+    backbone.init_weights()
+    assert all(torch.all(b.cbam.spatial_gate.bn.weight == 0) for b in backbone.layer1)
+
+
+# ----------------------------------------------------------------------------- numerics
+@pytest.mark.parametrize('make', [lambda: CBAM(32), lambda: SE(32), lambda: BAM(32)], ids=['CBAM', 'SE', 'BAM'])
+def test_bf16_autocast_and_fp16_overflow(make):
+    m = randomise(make()).eval()
+    x = torch.randn(2, 32, 8, 8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = m(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), m(x.bfloat16().float()), rtol=2e-2, atol=2e-2)
+    # 64*64 values of 30000 sum to ~1.2e8: overflows fp16 (max 65504) unless accumulated in fp32
+    big = torch.full((1, 32, 64, 64), 30000.0).half()
+    assert torch.isfinite(m(big)).all()
+
+
+@pytest.mark.parametrize('make', [lambda: CBAM(32), lambda: SE(32), lambda: BAM(32)], ids=['CBAM', 'SE', 'BAM'])
+@pytest.mark.parametrize('train', [False, True])
+def test_channels_last_matches(make, train):
+    m = randomise(make()).train(train)
+    x = torch.randn(2, 32, 9, 7)
+    torch.testing.assert_close(m(x.to(memory_format=torch.channels_last)), m(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(1, 32, 8, 6), (1, 32, 1, 1), (2, 32, 1, 1)], ids=str)
+def test_single_value_batchnorm(shape):
+    """Batch 1 in training (BAM's BatchNorm1d sees one value; the official code raises):
+    normalised with the running statistics, which stay unchanged."""
+    for m in (randomise(BAM(32)), randomise(CBAM(32))):
+        m.train()
+        before = {k: v.clone() for k, v in m.state_dict().items() if 'running' in k}
+        y = m(torch.randn(shape))
+        assert torch.isfinite(y).all() and y.shape == shape
+        if isinstance(m, BAM):  # the channel branch BN1d sees one value per channel at batch 1
+            changed = not torch.equal(before['channel_att.bn.running_mean'], m.channel_att.bn.running_mean)
+            assert changed == (shape[0] > 1)
+        if shape[0] * shape[2] * shape[3] == 1:  # every BN2d sees one value: nothing updated
+            for k, v in before.items():
+                assert torch.equal(v, m.state_dict()[k]), k
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize('make,match', [
+    (lambda: CBAM(8, 16), r'CBAM: reduction=16 leaves 0 hidden channels.*1 <= reduction <= 8'),
+    (lambda: SE(8, 16), r'SE: reduction=16 leaves 0 hidden channels'),
+    (lambda: BAM(8, 16), r'BAM: reduction=16 leaves 0 hidden channels'),
+    (lambda: CBAM(32, spatial_kernel=6), r'spatial_kernel must be a positive odd int'),
+    (lambda: CBAM(32, channel_pool='mean'), r"unknown channel_pool='mean'; allowed: 'avg_max', 'avg', 'max'"),
+    (lambda: CBAM(32, spatial_pool='min'), r"unknown spatial_pool='min'; allowed: 'avg_max', 'max_avg', 'conv1x1'"),
+    (lambda: CBAM(32, arrangement='both'), r"unknown arrangement='both'; allowed: 'channel_first'"),
+    (lambda: CBAM(32, channel_pool=None, spatial_pool=None), r'cannot both be None'),
+    (lambda: CBAM(32, arrangement='parallel', spatial_pool=None), r"parallel' needs both"),
+    (lambda: BAM(32, combine='mul'), r"unknown combine='mul'; allowed: 'sum', 'max', 'product', 'sigmoid_sum'"),
+    (lambda: BAM(32, dilation=0), r'dilation must be a positive int'),
+    (lambda: CBAM(32, init_mode='zeros'), r"unknown init_mode='zeros'; allowed: 'scratch', 'identity'"),
+    (lambda: build_attention('eca', 32), r"unknown attention='eca'; allowed: None, 'cbam', 'se', 'bam'"),
+])
+def test_bad_arguments_name_the_argument(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_min_hidden_channels():
+    assert CBAM(8, 16, min_hidden_channels=2).channel_gate.fc1.out_features == 2
+    assert BAM(64, 16, min_hidden_channels=8).channel_att.fc1.out_features == 8
+    assert SE(64, 16, min_hidden_channels=2).channel_gate.fc1.out_features == 4
+
+
+@pytest.mark.parametrize('make', [lambda: CBAM(32), lambda: SE(32), lambda: BAM(32)], ids=['CBAM', 'SE', 'BAM'])
+def test_channel_mismatch_at_forward(make):
+    with pytest.raises(ValueError, match=r'expected input of shape \(N, in_channels=32, H, W\), got \(2, 16, 4, 4\)'):
+        make()(torch.randn(2, 16, 4, 4))
+
+
+def test_factory_builds_by_key_and_dict():
+    assert isinstance(build_attention('cbam', 64), CBAM)
+    assert isinstance(build_attention('SE', 64), SE)
+    m = build_attention(dict(type='BAM', combine='product'), 64)
+    assert isinstance(m, BAM) and m.combine == 'product' and m.in_channels == 64
+    assert build_attention(None, 64) is None
