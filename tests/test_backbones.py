@@ -85,9 +85,12 @@ def test_bam_placement_after_stages_1_to_3():
             expected.append(h)
         for a, e in zip(b(x), expected):
             torch.testing.assert_close(a, e)
+    c4 = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16, num_stages=3, strides=(1, 2, 2),
+                           dilations=(1, 1, 1), out_indices=(2,), bam=dict(type='BAM')))
+    assert c4.bam_names == ['bam1', 'bam2', 'bam3']  # bam3 refines the C4 output
     only2 = MODELS.build(dict(type='AttnResNet', depth=18, bam=dict(type='BAM'), bam_stages=(False, True, False)))
     assert only2.bam_names == ['bam2'] and only2.bam2.in_channels == 128
-    with pytest.raises(ValueError, match='bam_stages must have num_stages - 1 = 3 entries'):
+    with pytest.raises(ValueError, match=r'bam_stages must have min\(num_stages, 3\) = 3 entries'):
         MODELS.build(dict(type='AttnResNet', depth=18, bam=dict(type='BAM'), bam_stages=(True,) * 4))
 
 

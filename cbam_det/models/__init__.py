@@ -3,5 +3,7 @@ from .backbones import *  # noqa: F401,F403
 from .backbones import __all__ as _backbones_all
 from .layers import *  # noqa: F401,F403
 from .layers import __all__ as _layers_all
+from .roi_heads import *  # noqa: F401,F403
+from .roi_heads import __all__ as _roi_heads_all
 
-__all__ = [*_layers_all, *_backbones_all]
+__all__ = [*_layers_all, *_backbones_all, *_roi_heads_all]

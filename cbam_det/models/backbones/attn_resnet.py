@@ -6,7 +6,8 @@ between stages (BAM paper, Fig. 1), built on mmdet's ResNet.
   ``BasicBlock`` (ResNet-18/34) refuses plugins, :class:`PluginBasicBlock` accepts them.
 - ``bam=dict(type='BAM')`` puts BAM after stages 1, 2 and 3 (``bam1``..``bam3``), i.e.
   at the bottlenecks before each downsampling, as in the BAM paper; the stage outputs
-  returned to the neck are the refined ones.
+  returned to the neck are the refined ones. In a 3-stage (C4) backbone ``bam3``
+  refines the C4 feature that goes to the RPN and the RoI head.
 - Parameter names are torchvision's (``conv1``, ``bn1``, ``layerL.i.convK/bnK``,
   ``layerL.i.downsample.0/1``), with the attention at ``layerL.i.cbam`` (or ``.se``) and
   ``bamK``: ``torchvision://resnetXX`` and converted official CBAM/BAM weights load unchanged.
@@ -92,9 +93,11 @@ class _AttentionMixin:
         self.bam_names: List[str] = []
         if bam is None:
             return
-        if len(bam_stages) != self.num_stages - 1:
-            raise ValueError(f'bam_stages must have num_stages - 1 = {self.num_stages - 1} entries '
-                             f'(BAM sits between stages), got {tuple(bam_stages)}')
+        # after stages 1..3 (never after stage 4); a 3-stage (C4) backbone ends with bam3
+        n_bam = min(self.num_stages, 3)
+        if len(bam_stages) != n_bam:
+            raise ValueError(f'bam_stages must have min(num_stages, 3) = {n_bam} entries (BAM sits '
+                             f'after stages 1..3), got {tuple(bam_stages)}')
         for i, on in enumerate(bam_stages):
             if on:
                 channels = self.base_channels * 2**i * self.block.expansion
@@ -157,8 +160,8 @@ class AttnResNet(_AttentionMixin, ResNet):
         attention: config of a module placed in every block of ``attention_stages``
             after the last BN (e.g. ``dict(type='CBAM')``, ``dict(type='SE')``).
         attention_stages: stages that get ``attention``.
-        bam: config of a module placed after stages 1..num_stages-1 (``dict(type='BAM')``).
-        bam_stages: which of those inter-stage positions get ``bam``.
+        bam: config of a module placed after stages 1..3 (``dict(type='BAM')``).
+        bam_stages: which of those positions get ``bam`` (``min(num_stages, 3)`` entries).
         freeze_attention: False (default) keeps attention trainable and its BatchNorms in
             training mode whatever ``frozen_stages`` / ``norm_eval`` say; True lets them
             apply to the attention too (for converted official CBAM/BAM weights).

@@ -1,0 +1,5 @@
+# Modern default, baseline row: mmdet's Faster R-CNN R-50-FPN 1x (AttnResNet without attention
+# is mmdet's ResNet: same layers, same names, same torchvision weights).
+_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['cbam_det'], allow_failed_imports=False)
+model = dict(backbone=dict(type='AttnResNet'))
