@@ -1,12 +1,13 @@
 # One-command entry points; each one does all set-up first (idempotent, fast when done).
 #   make demo    set up, generate demo data, train + test the CBAM Faster R-CNN on CPU, print COCO mAP
 #   make test    set up, run the default (fast) test suite
+#   make demo-voc  the same for the VOC pipeline: SSD + StairNet + CBAM, VOC2007 mAP
 #   make test-slow   the slow tests too (multi-process CPU training, longer runs)
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup test test-slow demo clean-demo
+.PHONY: setup test test-slow demo demo-voc clean-demo
 setup:
 	bash tools/setup_env.sh
 
@@ -18,6 +19,9 @@ test-slow: setup
 
 demo: setup
 	PY=$(PY) bash tools/run_demo.sh
+
+demo-voc: setup
+	PY=$(PY) CONFIG=configs/demo/stairnet_r18w16-cbam_demo_voc.py WORK=work_dirs/demo_voc bash tools/run_demo.sh
 
 clean-demo:
 	rm -rf data/demo work_dirs/demo

@@ -76,3 +76,35 @@ def test_dist_train_two_cpu_processes(tiny_demo_data, tmp_path):
     assert 'world_size: 2' in out.replace('World size: 2', 'world_size: 2') or 'World size: 2' in out
     assert osp.isfile(osp.join(work, 'iter_2.pth'))
     assert 'coco/bbox_mAP' in out
+
+
+def coco_config_on_demo_data(root: str) -> list:
+    """--cfg-options that run a paper COCO config on the demo data, small, few iterations, no download."""
+    root = root.rstrip('/') + '/'
+    opts = ['model.backbone.init_cfg=None', 'model.roi_head.shared_head.init_cfg=None',
+            'train_cfg.max_epochs=1', 'train_cfg.val_interval=1', 'param_scheduler=[]',
+            'default_hooks.logger.interval=1', 'model.train_cfg.rcnn.sampler.num=32',
+            'model.test_cfg.rpn.max_per_img=32']
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        split = 'train' if loader == 'train_dataloader' else 'val'
+        opts += [f'{loader}.batch_size=2', f'{loader}.num_workers=0', f'{loader}.persistent_workers=False',
+                 f'{loader}.dataset.data_root={root}', f'{loader}.dataset.ann_file=annotations/instances_{split}.json',
+                 f'{loader}.dataset.data_prefix.img=VOCdevkit/VOC2007/JPEGImages/',
+                 f"{loader}.dataset.metainfo.classes=('circle','square','triangle')",
+                 # Resize is step 2 of the train pipeline and step 1 of the test pipeline
+                 f'{loader}.dataset.pipeline.{2 if split == "train" else 1}.scale=(192,128)']
+    for ev in ('val_evaluator', 'test_evaluator'):
+        opts.append(f'{ev}.ann_file={root}annotations/instances_val.json')
+    return opts
+
+
+@pytest.mark.slow
+def test_paper_coco_config_runs_through_the_tools_on_demo_data(tiny_demo_data, tmp_path):
+    config = osp.join(REPO, 'configs/faster_rcnn/faster-rcnn_r50-cbam_c4_1x_coco.py')
+    work = str(tmp_path / 'c4')
+    opts = coco_config_on_demo_data(tiny_demo_data)
+    out = _run([sys.executable, 'tools/train.py', config, '--work-dir', work, '--cfg-options', *opts], timeout=1200)
+    assert 'Epoch(train) [1][4/4]' in out
+    out = _run([sys.executable, 'tools/test.py', config, osp.join(work, 'epoch_1.pth'), '--work-dir', work,
+                '--cfg-options', *opts], timeout=600)
+    assert 'coco/bbox_mAP' in _metrics(out)

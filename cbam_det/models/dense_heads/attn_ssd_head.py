@@ -22,7 +22,8 @@ __all__ = ['AttnSSDHead']
 class AttnSSDHead(SSDHead):
     """mmdet's ``SSDHead`` plus ``attention=dict(type=...)`` applied per level.
 
-    With ``attention=None`` it is exactly ``SSDHead`` (same parameters, same outputs).
+    With ``attention=None`` it is exactly ``SSDHead`` (same parameters, same outputs), except
+    that it can predict under mmdet 3.3.0 (whose ``SSDHead`` raises there, issue #11780).
 
     Args:
         attention: config of any registered module taking ``in_channels`` first
@@ -33,6 +34,10 @@ class AttnSSDHead(SSDHead):
     def __init__(self, *, attention: Optional[dict] = None, in_channels: Sequence[int] = (512, 1024, 512, 256, 256, 256),
                  **kwargs) -> None:
         super().__init__(in_channels=in_channels, **kwargs)
+        # mmdet 3.3.0 bug (open-mmlab/mmdetection#11780): BaseDenseHead's predict path reads
+        # self.loss_cls, which SSDHead never sets (its loss is computed inline), so SSD cannot
+        # predict. A head without a loss module there is what the check expects.
+        self.loss_cls = None
         self.attention_cfg = attention
         self.attentions = None if attention is None else nn.ModuleList(
             build_attention(attention, c) for c in self.in_channels)
