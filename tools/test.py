@@ -18,7 +18,7 @@ from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a clone without install
 import cbam_det  # noqa: E402,F401  (only registration: configs work without custom_imports)
-from cbam_det.engine import setup_cpu_distributed  # noqa: E402
+from cbam_det.engine import load_config, setup_cpu_distributed  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,15 +60,7 @@ def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     setup_cache_size_limit_of_dynamo()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
 
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:

@@ -22,10 +22,10 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.model import BaseModule
-
 from mmdet.registry import MODELS
+
 from ._utils import check_choice, check_input, check_not_frozen, hidden_channels, safe_batch_norm
+from .base import AttentionModule
 
 __all__ = ['BAM', 'BAMChannelGate', 'BAMSpatialGate']
 
@@ -71,7 +71,7 @@ class BAMSpatialGate(nn.Module):
 
 
 @MODELS.register_module()
-class BAM(BaseModule):
+class BAM(AttentionModule):
     """Bottleneck Attention Module, placed between stages (after stages 1-3 of a ResNet).
 
     Args:
@@ -105,36 +105,20 @@ class BAM(BaseModule):
                  identity_logit: float = 5.0,
                  allow_frozen: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__('BAM', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
         check_choice('BAM', 'combine', combine, COMBINES)
-        check_choice('BAM', 'init_mode', init_mode, ('scratch', 'identity'))
         if not isinstance(dilation, int) or dilation < 1:
             raise ValueError(f'BAM: dilation must be a positive int, got {dilation!r}')
         if not isinstance(num_dilated, int) or num_dilated < 0:
             raise ValueError(f'BAM: num_dilated must be a non-negative int, got {num_dilated!r}')
         hidden = hidden_channels('BAM', in_channels, reduction, min_hidden_channels)
-        self.in_channels = in_channels
-        self.reduction = reduction
         self.combine = combine
         self.residual = residual
-        self.init_mode = init_mode
-        self.identity_logit = float(identity_logit)
-        self.allow_frozen = allow_frozen
         self.channel_att = BAMChannelGate(in_channels, hidden)
         self.spatial_att = BAMSpatialGate(in_channels, hidden, dilation, num_dilated)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Apply the ``init_mode`` initialisation (also done by ``init_weights``)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_parameters()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+    def _init_special(self) -> None:
         if self.init_mode == 'identity':
             # M(F) constant: zero the last layer of each branch, choose the biases so that
             # the combined gate is ≈ 0 (residual) or ≈ 1 (no residual)
@@ -150,10 +134,6 @@ class BAM(BaseModule):
             for layer, value in ((self.channel_att.fc2, c), (self.spatial_att.final, s)):
                 nn.init.zeros_(layer.weight)
                 nn.init.constant_(layer.bias, value)
-
-    def init_weights(self) -> None:
-        self.reset_parameters()
-        super().init_weights()
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """M(F) of shape (N, C, H, W), float32."""
@@ -173,5 +153,5 @@ class BAM(BaseModule):
         return x + x * m if self.residual else x * m
 
     def extra_repr(self) -> str:
-        return (f'in_channels={self.in_channels}, reduction={self.reduction}, combine={self.combine!r}, '
-                f'residual={self.residual}')
+        return f'{super().extra_repr()}, combine={self.combine!r}, residual={self.residual}'
+

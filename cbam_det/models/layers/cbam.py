@@ -18,17 +18,17 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.model import BaseModule
-
 from mmdet.registry import MODELS
-from ._utils import check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels, safe_batch_norm
+
+from ._utils import (check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels,
+                     safe_batch_norm)
+from .base import AttentionModule
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
 
 CHANNEL_POOLS = ('avg_max', 'avg', 'max')
 SPATIAL_POOLS = ('avg_max', 'max_avg', 'conv1x1')
 ARRANGEMENTS = ('channel_first', 'spatial_first', 'parallel')
-INIT_MODES = ('scratch', 'identity')
 
 
 class ChannelGate(nn.Module):
@@ -96,7 +96,7 @@ class SpatialGate(nn.Module):
 
 
 @MODELS.register_module()
-class CBAM(BaseModule):
+class CBAM(AttentionModule):
     """Convolutional Block Attention Module; every row of the paper's Tables 1-3.
 
     An mmcv plugin (``in_channels`` first, ``_abbr_ = 'cbam'``): in mmdet's ResNet use
@@ -138,19 +138,13 @@ class CBAM(BaseModule):
                  identity_logit: float = 5.0,
                  allow_frozen: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__('CBAM', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
         check_choice('CBAM', 'arrangement', arrangement, ARRANGEMENTS)
-        check_choice('CBAM', 'init_mode', init_mode, INIT_MODES)
         if channel_pool is None and spatial_pool is None:
             raise ValueError('CBAM: channel_pool and spatial_pool cannot both be None (no attention left)')
         if arrangement == 'parallel' and (channel_pool is None or spatial_pool is None):
             raise ValueError("CBAM: arrangement='parallel' needs both channel_pool and spatial_pool")
-        self.in_channels = in_channels
-        self.reduction = reduction
         self.arrangement = arrangement
-        self.init_mode = init_mode
-        self.identity_logit = float(identity_logit)
-        self.allow_frozen = allow_frozen
         # validate in_channels/reduction even for spatial-only (the error names them)
         hidden_channels('CBAM', in_channels, reduction, min_hidden_channels)
         self.channel_gate = (None if channel_pool is None else
@@ -159,19 +153,9 @@ class CBAM(BaseModule):
                              SpatialGate(in_channels, spatial_kernel, spatial_pool))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Apply the ``init_mode`` initialisation (also done by ``init_weights``)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()  # the official code keeps PyTorch's Linear init
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+    def _init_special(self) -> None:
         if self.spatial_gate is not None:
             nn.init.zeros_(self.spatial_gate.bn.weight)  # official: spatial gate starts at σ(0) = 0.5
-            nn.init.zeros_(self.spatial_gate.bn.bias)
-            self.spatial_gate.bn.reset_running_stats()
         if self.init_mode == 'identity':
             c_logit, s_logit = self.identity_logit, self.identity_logit
             if self.arrangement == 'parallel':  # one sigmoid over the sum of both logits
@@ -182,11 +166,6 @@ class CBAM(BaseModule):
                 nn.init.constant_(self.channel_gate.fc2.bias, c_logit / n_desc)
             if self.spatial_gate is not None:
                 nn.init.constant_(self.spatial_gate.bn.bias, s_logit)  # γ = 0: constant logit
-
-    def init_weights(self) -> None:
-        """``init_mode`` initialisation, then any ``init_cfg`` given by the user."""
-        self.reset_parameters()
-        super().init_weights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('CBAM', x, self.in_channels)
@@ -203,4 +182,4 @@ class CBAM(BaseModule):
         return x
 
     def extra_repr(self) -> str:
-        return f'in_channels={self.in_channels}, reduction={self.reduction}, arrangement={self.arrangement!r}'
+        return f'{super().extra_repr()}, arrangement={self.arrangement!r}'

@@ -8,17 +8,17 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
-from mmengine.model import BaseModule
-
 from mmdet.registry import MODELS
-from ._utils import check_choice, check_input, check_not_frozen
+
+from ._utils import check_input, check_not_frozen
+from .base import AttentionModule
 from .cbam import ChannelGate
 
 __all__ = ['SE']
 
 
 @MODELS.register_module()
-class SE(BaseModule):
+class SE(AttentionModule):
     """Squeeze-and-Excitation channel attention (average pooling, MLP, sigmoid).
 
     Args:
@@ -43,33 +43,16 @@ class SE(BaseModule):
                  identity_logit: float = 5.0,
                  allow_frozen: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        check_choice('SE', 'init_mode', init_mode, ('scratch', 'identity'))
-        self.in_channels = in_channels
-        self.reduction = reduction
-        self.init_mode = init_mode
-        self.identity_logit = float(identity_logit)
-        self.allow_frozen = allow_frozen
+        super().__init__('SE', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
         self.channel_gate = ChannelGate(in_channels, reduction, 'avg', min_hidden_channels, owner='SE')
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Apply the ``init_mode`` initialisation (also done by ``init_weights``)."""
-        for fc in (self.channel_gate.fc1, self.channel_gate.fc2):
-            fc.reset_parameters()
-            nn.init.zeros_(fc.bias)
+    def _init_special(self) -> None:
         if self.init_mode == 'identity':
             nn.init.zeros_(self.channel_gate.fc2.weight)
             nn.init.constant_(self.channel_gate.fc2.bias, self.identity_logit)
-
-    def init_weights(self) -> None:
-        self.reset_parameters()
-        super().init_weights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('SE', x, self.in_channels)
         check_not_frozen(self, 'SE')
         return x * torch.sigmoid(self.channel_gate(x)).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f'in_channels={self.in_channels}, reduction={self.reduction}'

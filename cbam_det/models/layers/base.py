@@ -1,0 +1,51 @@
+"""Common base of the attention modules (CBAM, SE, BAM): arguments, initialisation, freezing."""
+from typing import Optional, Union
+
+from mmengine.model import BaseModule
+from torch import nn
+
+from ._utils import check_choice
+
+__all__ = ['AttentionModule', 'INIT_MODES']
+
+INIT_MODES = ('scratch', 'identity')
+
+
+class AttentionModule(BaseModule):
+    """Base class: ``in_channels`` first, ``init_mode`` / ``identity_logit`` / ``allow_frozen``.
+
+    Subclasses implement :meth:`_init_special` for what differs from the official default
+    init (Kaiming fan-out convs, PyTorch Linear init, BN γ = 1 / β = 0, zero biases).
+    """
+
+    def __init__(self, owner: str, in_channels: int, reduction: int, init_mode: str, identity_logit: float,
+                 allow_frozen: bool, init_cfg: Optional[Union[dict, list]]) -> None:
+        super().__init__(init_cfg=init_cfg)
+        check_choice(owner, 'init_mode', init_mode, INIT_MODES)
+        self.in_channels = in_channels
+        self.reduction = reduction
+        self.init_mode = init_mode
+        self.identity_logit = float(identity_logit)
+        self.allow_frozen = allow_frozen
+
+    def reset_parameters(self) -> None:
+        """Apply the ``init_mode`` initialisation (also done by ``init_weights``)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, (nn.Linear, nn.modules.batchnorm._BatchNorm)):
+                m.reset_parameters()  # the official code keeps PyTorch's Linear init
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        self._init_special()
+
+    def _init_special(self) -> None:
+        """Module-specific part of the initialisation (after the common one)."""
+
+    def init_weights(self) -> None:
+        """``init_mode`` initialisation, then any ``init_cfg`` given by the user."""
+        self.reset_parameters()
+        super().init_weights()
+
+    def extra_repr(self) -> str:
+        return f'in_channels={self.in_channels}, reduction={self.reduction}, init_mode={self.init_mode!r}'
