@@ -15,6 +15,7 @@ from tests.conftest import REPO
 CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
                  if '_base_' not in p)
 SMALL = (160, 128)  # (w, h) every Resize is set to
+SSD300_VGG = (300, 300)  # SSD300-VGG16's last extra layers are unpadded 3x3 convs: it needs its own size
 
 
 def _no_pretrained(cfg):
@@ -26,11 +27,11 @@ def _no_pretrained(cfg):
     return cfg
 
 
-def _small_pipeline(pipeline):
+def _small_pipeline(pipeline, scale):
     out = []
     for t in copy.deepcopy(pipeline):
         if t['type'] in ('Resize', 'RandomResize'):
-            t = dict(type='Resize', scale=SMALL, keep_ratio=True)
+            t = dict(type='Resize', scale=scale, keep_ratio=True)
         elif t['type'] in ('Expand', 'MinIoURandomCrop', 'PhotoMetricDistortion', 'RandomChoiceResize'):
             continue  # random photometric/geometric augmentation: not needed for one step
         out.append(t)
@@ -43,13 +44,17 @@ def _inner_dataset(ds):
     return ds
 
 
+def input_scale(cfg) -> tuple:
+    return SSD300_VGG if cfg.model.backbone.type == 'SSDVGG' else SMALL
+
+
 def demo_dataset(cfg, root: str, split: str):
     """The config's own pipeline on the demo data in the layout of the config's dataset type."""
     loader = cfg.train_dataloader if split == 'train' else cfg.test_dataloader
     inner = _inner_dataset(loader.dataset)
     classes = ('circle', 'square', 'triangle')
     ds = dict(type=inner['type'], data_root=root + '/', metainfo=dict(classes=classes),
-              pipeline=_small_pipeline(inner['pipeline']), test_mode=split != 'train')
+              pipeline=_small_pipeline(inner['pipeline'], input_scale(cfg)), test_mode=split != 'train')
     if inner['type'] == 'CocoDataset':
         ds.update(ann_file=f'annotations/instances_{split}.json', data_prefix=dict(img='VOCdevkit/VOC2007/JPEGImages/'))
     elif inner['type'] == 'VOCDataset':
@@ -96,7 +101,8 @@ def test_config_trains_and_infers_one_step(path, tiny_demo_data):
 
     train_set = demo_dataset(cfg, tiny_demo_data, 'train')
     batch = pseudo_collate([train_set[0], train_set[1]])
-    assert batch['inputs'][0].shape[-1] <= SMALL[0] and batch['inputs'][0].shape[-2] <= SMALL[1]
+    scale = input_scale(cfg)
+    assert batch['inputs'][0].shape[-1] <= scale[0] and batch['inputs'][0].shape[-2] <= scale[1]
     model.train()
     optim = torch.optim.SGD(model.parameters(), lr=1e-3)
     data = model.data_preprocessor(batch, True)

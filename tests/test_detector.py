@@ -18,6 +18,10 @@ def test_faster_rcnn_cbam_loss_and_predict():
     model.init_weights()
     cbams = [m for m in model.backbone.modules() if isinstance(m, CBAM)]
     assert len(cbams) == 16
+    assert all(float(m.spatial_gate.bn.weight) == 0 for m in cbams)  # official init: spatial gate at 0.5
+    # ...which by design gives the 7x7 conv no gradient at step 0; use a non-zero gamma to test the path
+    for m in cbams:
+        torch.nn.init.constant_(m.spatial_gate.bn.weight, 0.5)
     packed = demo_mm_inputs(2, [[3, 96, 128], [3, 128, 96]], num_items=[3, 2], num_classes=3)
     data = model.data_preprocessor(packed, True)
 
