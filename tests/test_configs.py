@@ -76,18 +76,8 @@ def _few_rois(model_cfg: dict) -> dict:
     return model_cfg
 
 
-# The default run covers every code path once (baseline, SE, CBAM, BAM; C4 and FPN; SSD and StairNet;
-# both VOC backbones; the demos); the other rows repeat them at more cost and are marked slow.
-DEFAULT = {'demo/faster-rcnn_r50w16-cbam_fpn_demo.py', 'demo/stairnet_r18w16-cbam_demo_voc.py',
-           'faster_rcnn/faster-rcnn_r50_c4_1x_coco.py', 'faster_rcnn/faster-rcnn_r50-cbam_c4_1x_coco.py',
-           'faster_rcnn/faster-rcnn_r50-se_fpn_1x_coco.py', 'faster_rcnn/faster-rcnn_r50-cbam_fpn_1x_coco.py',
-           'faster_rcnn/faster-rcnn_r101-bam_fpn_1x_coco.py', 'ssd/ssd300_mobilenetv2_voc0712.py',
-           'ssd/stairnet300_mobilenetv2-bam_voc0712.py', 'ssd/stairnet300_vgg16-cbam_voc0712.py'}
-
-
 def _param(path):
-    name = osp.relpath(path, osp.join(REPO, 'configs'))
-    return pytest.param(path, id=name, marks=[] if name in DEFAULT else [pytest.mark.slow])
+    return pytest.param(path, id=osp.relpath(path, osp.join(REPO, 'configs')))
 
 
 @pytest.mark.parametrize('path', [_param(p) for p in CONFIGS])
