@@ -22,6 +22,7 @@ from mmdet.registry import MODELS
 
 from ._utils import (check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels,
                      safe_batch_norm)
+from ._fast_cbam import ApplyGates, ChannelPool, GatedChannelPool
 from .base import AttentionModule
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -49,15 +50,16 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the float32 logits of shape (N, C, 1, 1)."""
-        descs = []
-        if self.pool in ('avg_max', 'avg'):
-            descs.append(x.mean((2, 3), dtype=torch.float32))  # fp32 accumulation: no fp16 overflow
-        if self.pool in ('avg_max', 'max'):
-            descs.append(x.amax((2, 3)).float())
-        n = x.shape[0]
-        with torch.autocast(x.device.type, enabled=False):
-            desc = torch.cat(descs, 0).to(self.fc1.weight.dtype)  # one MLP call on stacked descriptors
-            out = self.fc2(F.relu(self.fc1(desc))).float()
+        avg = x.mean((2, 3), dtype=torch.float32) if self.pool != 'max' else None  # fp32: no fp16 overflow
+        mx = x.amax((2, 3)).float() if self.pool != 'avg' else None
+        return self.logits(avg, mx)
+
+    def logits(self, avg: Optional[torch.Tensor], mx: Optional[torch.Tensor]) -> torch.Tensor:
+        """Shared MLP on the (N, C) float32 descriptors (one call on the stacked ones)."""
+        descs = [d for d in (avg, mx) if d is not None]
+        n = descs[0].shape[0]
+        with torch.autocast(descs[0].device.type, enabled=False):
+            out = self.fc2(F.relu(self.fc1(torch.cat(descs, 0).to(self.fc1.weight.dtype)))).float()
         if len(descs) == 2:
             out = out[:n] + out[n:]
         return out[:, :, None, None]
@@ -84,14 +86,17 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the float32 logits of shape (N, 1, H, W)."""
-        with torch.autocast(x.device.type, enabled=False):
+        if self.pool == 'conv1x1':
+            with torch.autocast(x.device.type, enabled=False):
+                desc = self.reduce(x.to(self.reduce.weight.dtype))
+                return safe_batch_norm(self.bn, self.conv(desc)).float()
+        return self.logits(x.mean(1, keepdim=True, dtype=torch.float32), x.amax(1, keepdim=True))
+
+    def logits(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+        """k×k conv + BN on the channel-pooled (N, 1, H, W) maps, in the configured order."""
+        with torch.autocast(avg.device.type, enabled=False):
             dtype = self.conv.weight.dtype
-            if self.pool == 'conv1x1':
-                desc = self.reduce(x.to(dtype))
-            else:
-                avg = x.mean(1, keepdim=True, dtype=torch.float32).to(dtype)
-                mx = x.amax(1, keepdim=True).to(dtype)
-                desc = torch.cat([avg, mx] if self.pool == 'avg_max' else [mx, avg], 1)
+            desc = torch.cat([avg, mx] if self.pool == 'avg_max' else [mx, avg], 1).to(dtype)
             return safe_batch_norm(self.bn, self.conv(desc)).float()
 
 
@@ -170,6 +175,8 @@ class CBAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('CBAM', x, self.in_channels)
         check_not_frozen(self, 'CBAM')
+        if self._fast:
+            return self._forward_fast(x)
         if self.arrangement == 'parallel':
             gate = torch.sigmoid(self.channel_gate(x) + self.spatial_gate(x))
             return x * gate.to(x.dtype)
@@ -180,6 +187,19 @@ class CBAM(AttentionModule):
             if gate is not None:
                 x = x * torch.sigmoid(gate(x)).to(x.dtype)
         return x
+
+    @property
+    def _fast(self) -> bool:
+        """The paper's module (and the official variant) has a memory-lean autograd path."""
+        return (self.arrangement == 'channel_first' and self.channel_gate is not None
+                and self.channel_gate.pool == 'avg_max' and self.spatial_gate is not None
+                and self.spatial_gate.pool in ('avg_max', 'max_avg'))
+
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Same result as the generic path; saves only ``x`` and the gates for backward."""
+        g_c = torch.sigmoid(self.channel_gate.logits(*ChannelPool.apply(x))).to(x.dtype)
+        g_s = torch.sigmoid(self.spatial_gate.logits(*GatedChannelPool.apply(x, g_c))).to(x.dtype)
+        return ApplyGates.apply(x, g_c, g_s)
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, arrangement={self.arrangement!r}'

@@ -1,0 +1,92 @@
+"""Memory-lean autograd for CBAM's full-size operations (CBAM paper, eq. 1-3).
+
+The small parts of CBAM (the shared MLP on (N, C) descriptors, the 7×7 conv and BN on
+(N, 1, H, W) maps) stay ordinary autograd. The full-size (N, C, H, W) parts are three
+functions that save only the input ``x`` and small tensors, and recompute ``x ⊗ Mc``
+in backward instead of keeping it:
+
+- :class:`ChannelPool`: ``x`` → (mean over H×W, max over H×W), float32.
+- :class:`GatedChannelPool`: (``x``, ``g_c``) → mean and max over C of ``x ⊗ g_c``.
+- :class:`ApplyGates`: (``x``, ``g_c``, ``g_s``) → ``x ⊗ g_c ⊗ g_s``.
+
+Max-pooling gradients follow torch's ``amax``: shared evenly between tied maxima.
+"""
+from typing import Tuple
+
+import torch
+
+__all__ = ['ChannelPool', 'GatedChannelPool', 'ApplyGates']
+
+
+def _pool_grad(x: torch.Tensor, mx: torch.Tensor, g_max: torch.Tensor, g_avg: torch.Tensor, n: int,
+               dims) -> torch.Tensor:
+    """Gradient of (mean, amax) over ``dims`` in one full-size pass (``mx``, ``g_*`` keep those dims).
+
+    ``amax`` shares the gradient evenly between tied maxima, as torch does; ``n`` is the
+    number of pooled elements.
+    """
+    mask = x == mx
+    count = mask.sum(dims, keepdim=True, dtype=g_max.dtype)
+    g_avg = g_avg / n
+    return torch.where(mask, g_max / count + g_avg, g_avg)
+
+
+class ChannelPool(torch.autograd.Function):
+    """(N, C, H, W) → (mean, max) over H×W, each (N, C) float32; saves ``x`` only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        avg = x.mean((2, 3), dtype=torch.float32)
+        mx = x.amax((2, 3))
+        ctx.save_for_backward(x, mx)
+        return avg, mx.float()
+
+    @staticmethod
+    def backward(ctx, g_avg: torch.Tensor, g_max: torch.Tensor) -> torch.Tensor:
+        x, mx = ctx.saved_tensors
+        return _pool_grad(x, mx[:, :, None, None], g_max.to(x.dtype)[:, :, None, None],
+                          g_avg.to(x.dtype)[:, :, None, None], x.shape[2] * x.shape[3], (2, 3))
+
+
+class GatedChannelPool(torch.autograd.Function):
+    """(x, g_c) → (mean, max) over C of ``x ⊗ g_c``, each (N, 1, H, W) float32.
+
+    ``g_c`` is (N, C, 1, 1) in ``x``'s dtype. Saves ``x``, ``g_c`` and the (small) max map;
+    ``x ⊗ g_c`` is a temporary in forward and recomputed in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g_c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        y = x * g_c
+        avg = y.mean(1, keepdim=True, dtype=torch.float32)
+        mx = y.amax(1, keepdim=True)
+        ctx.save_for_backward(x, g_c, mx)
+        return avg, mx.float()
+
+    @staticmethod
+    def backward(ctx, g_avg: torch.Tensor, g_max: torch.Tensor):
+        x, g_c, mx = ctx.saved_tensors
+        dy = _pool_grad(x * g_c, mx, g_max.to(x.dtype), g_avg.to(x.dtype), x.shape[1], 1)
+        dg_c = torch.einsum('nchw,nchw->nc', dy, x)[:, :, None, None] if ctx.needs_input_grad[1] else None
+        dx = dy.mul_(g_c) if ctx.needs_input_grad[0] else None
+        return dx, dg_c
+
+
+class ApplyGates(torch.autograd.Function):
+    """(x, g_c, g_s) → ``x ⊗ g_c ⊗ g_s`` with g_c (N, C, 1, 1) and g_s (N, 1, H, W); saves x and the gates."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g_c: torch.Tensor, g_s: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, g_c, g_s)
+        return (x * g_c).mul_(g_s)
+
+    @staticmethod
+    def backward(ctx, g_out: torch.Tensor):
+        x, g_c, g_s = ctx.saved_tensors
+        t = g_out * g_s  # d out / d (x ⊗ g_c)
+        dg_s = None
+        if ctx.needs_input_grad[2]:  # sum over C of g_out ⊗ x ⊗ g_c (einsum would copy: permutes)
+            dg_s = (x * g_c).mul_(g_out).sum(1, keepdim=True)
+        dg_c = torch.einsum('nchw,nchw->nc', t, x)[:, :, None, None] if ctx.needs_input_grad[1] else None
+        dx = t.mul_(g_c) if ctx.needs_input_grad[0] else None
+        return dx, dg_c, dg_s

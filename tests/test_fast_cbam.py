@@ -1,0 +1,71 @@
+"""CBAM's memory-lean autograd path against its generic path (same module, same weights)."""
+import pytest
+import torch
+
+from cbam_det import CBAM
+
+
+def run(m: CBAM, x: torch.Tensor, fast: bool, monkeypatch):
+    monkeypatch.setattr(CBAM, '_fast', property(lambda self: fast))
+    x = x.detach().clone().requires_grad_()
+    y = m(x)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.dtype)
+    params = [x] + list(m.parameters())
+    grads = torch.autograd.grad((y.float() * w.float()).sum(), params)
+    return y.detach(), grads
+
+
+def randomised(c, seed=0, **kw):
+    torch.manual_seed(seed)
+    m = CBAM(c, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    return m
+
+
+@pytest.mark.parametrize('shape', [(2, 32, 9, 13), (1, 48, 7, 7), (3, 32, 1, 1)], ids=str)
+@pytest.mark.parametrize('spatial_pool', ['avg_max', 'max_avg'])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fast_path_equals_generic_path(shape, spatial_pool, channels_last, monkeypatch):
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    for train in (False, True):
+        fast_m, slow_m = randomised(shape[1], spatial_pool=spatial_pool), randomised(shape[1], spatial_pool=spatial_pool)
+        fast_m.train(train), slow_m.train(train)
+        y_fast, g_fast = run(fast_m, x, True, monkeypatch)
+        y_slow, g_slow = run(slow_m, x, False, monkeypatch)
+        torch.testing.assert_close(y_fast, y_slow, rtol=1e-5, atol=1e-6)
+        for a, b in zip(g_fast, g_slow):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        # BatchNorm statistics updated identically
+        torch.testing.assert_close(fast_m.spatial_gate.bn.running_mean, slow_m.spatial_gate.bn.running_mean)
+        torch.testing.assert_close(fast_m.spatial_gate.bn.running_var, slow_m.spatial_gate.bn.running_var)
+
+
+def test_ties_share_the_max_gradient_like_torch(monkeypatch):
+    """Integer-valued input: many tied maxima over H×W and over C."""
+    x = torch.randint(0, 3, (2, 16, 5, 6)).float()
+    y_fast, g_fast = run(randomised(16), x, True, monkeypatch)
+    y_slow, g_slow = run(randomised(16), x, False, monkeypatch)
+    torch.testing.assert_close(y_fast, y_slow)
+    for a, b in zip(g_fast, g_slow):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_path_under_bf16_autocast(monkeypatch):
+    x = torch.randn(2, 32, 8, 10).bfloat16()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y_fast, g_fast = run(randomised(32).train(), x, True, monkeypatch)
+        y_slow, g_slow = run(randomised(32).train(), x, False, monkeypatch)
+    assert y_fast.dtype == torch.bfloat16
+    torch.testing.assert_close(y_fast.float(), y_slow.float(), rtol=2e-2, atol=2e-2)
+    for a, b in zip(g_fast, g_slow):
+        torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-2)
+
+
+def test_fast_path_is_used_for_the_paper_module_only():
+    assert CBAM(32)._fast and CBAM(32, spatial_pool='max_avg')._fast
+    assert not CBAM(32, arrangement='parallel')._fast and not CBAM(32, channel_pool='avg')._fast
+    assert not CBAM(32, spatial_pool='conv1x1')._fast and not CBAM(32, spatial_pool=None)._fast
