@@ -69,3 +69,21 @@ def test_fast_path_is_used_for_the_paper_module_only():
     assert CBAM(32)._fast and CBAM(32, spatial_pool='max_avg')._fast
     assert not CBAM(32, arrangement='parallel')._fast and not CBAM(32, channel_pool='avg')._fast
     assert not CBAM(32, spatial_pool='conv1x1')._fast and not CBAM(32, spatial_pool=None)._fast
+
+
+@pytest.mark.parametrize('shape', [(2, 32, 9, 13), (1, 32, 1, 1)], ids=str)
+def test_inplace_inference_equals_out_of_place(shape):
+    m = randomised(shape[1]).eval()
+    m_inplace = randomised(shape[1], inplace=True).eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        ref = m(x)
+        assert not torch.equal(ref, x)  # out of place: the input is kept
+        y = x.clone()
+        out = m_inplace(y)
+    assert out.data_ptr() == y.data_ptr()  # written into the input
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    # with autograd the in-place flag changes nothing (the input is needed for backward)
+    z = x.clone().requires_grad_()
+    out = m_inplace.train()(z)
+    assert out.data_ptr() != z.data_ptr()

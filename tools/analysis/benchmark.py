@@ -118,7 +118,9 @@ def build(args, variant: str) -> nn.Module:
         cfg = dict(type='AttnResNet' if args.path == 'attn_resnet' else 'ResNet', depth=depth,
                    norm_eval=False, frozen_stages=-1)
         if variant != 'plain':
-            att = ATT[args.attention]
+            att = dict(ATT[args.attention])
+            if args.inplace and args.attention == 'cbam':
+                att['inplace'] = True
             if args.attention == 'bam':
                 if args.path != 'attn_resnet':
                     cfg['type'] = 'AttnResNet'
@@ -233,6 +235,7 @@ def main() -> None:
                         help='with --backbone: CBAM/SE in every block, BAM after stages 1-3')
     parser.add_argument('--path', choices=['plugin', 'attn_resnet'], default='plugin',
                         help="with --backbone: mmdet's ResNet with plugins=, or cbam_det's AttnResNet")
+    parser.add_argument('--inplace', action='store_true', help="CBAM with inplace=True (in-place products in inference)")
     parser.add_argument('--shape', type=int, nargs=4, default=(2, 3, 512, 768), metavar=('N', 'C', 'H', 'W'))
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--reference', action='store_true', help='also time the plain eager reference')
@@ -252,7 +255,7 @@ def main() -> None:
 
     variants = ['plain', 'attn'] + (['reference'] if args.reference else [])
     times = time_variants(args, variants)
-    result = dict(spec=args.config or f'{args.backbone} {args.attention} ({args.path})', shape=list(args.shape),
+    result = dict(spec=args.config or f'{args.backbone} {args.attention}{" inplace" if args.inplace else ""} ({args.path})', shape=list(args.shape),
                   device=args.device, threads=torch.get_num_threads(), torch=torch.__version__, amp=args.amp,
                   channels_last=args.channels_last, repeats=args.repeats, variants={})
     for v in variants:

@@ -126,6 +126,10 @@ class CBAM(AttentionModule):
         allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
             (see ``check_not_frozen``); for pretrained attention weights.
         identity_logit: gate logit of ``init_mode='identity'`` (5.0 → gates 0.9933).
+        inplace: without autograd (inference), multiply the gates into the input tensor
+            itself, like ``nn.ReLU(inplace=True)``: no full-size allocation. Safe as a ResNet
+            plugin (the block does not reuse its BN output); leave False when the caller
+            reuses the input. Training is unaffected.
     """
 
     _abbr_ = 'cbam'
@@ -142,6 +146,7 @@ class CBAM(AttentionModule):
                  init_mode: str = 'scratch',
                  identity_logit: float = 5.0,
                  allow_frozen: bool = False,
+                 inplace: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__('CBAM', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
         check_choice('CBAM', 'arrangement', arrangement, ARRANGEMENTS)
@@ -150,6 +155,7 @@ class CBAM(AttentionModule):
         if arrangement == 'parallel' and (channel_pool is None or spatial_pool is None):
             raise ValueError("CBAM: arrangement='parallel' needs both channel_pool and spatial_pool")
         self.arrangement = arrangement
+        self.inplace = inplace
         # validate in_channels/reduction even for spatial-only (the error names them)
         hidden_channels('CBAM', in_channels, reduction, min_hidden_channels)
         self.channel_gate = (None if channel_pool is None else
@@ -197,6 +203,10 @@ class CBAM(AttentionModule):
 
     def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         """Same result as the generic path; saves only ``x`` and the gates for backward."""
+        if self.inplace and not torch.is_grad_enabled():
+            g_c = torch.sigmoid(self.channel_gate(x)).to(x.dtype)
+            x = x.mul_(g_c)
+            return x.mul_(torch.sigmoid(self.spatial_gate(x)).to(x.dtype))
         g_c = torch.sigmoid(self.channel_gate.logits(*ChannelPool.apply(x))).to(x.dtype)
         g_s = torch.sigmoid(self.spatial_gate.logits(*GatedChannelPool.apply(x, g_c))).to(x.dtype)
         return ApplyGates.apply(x, g_c, g_s)
