@@ -76,6 +76,20 @@ class PluginBasicBlock(BasicBlock):
 class _AttentionMixin:
     """Shared by :class:`AttnResNet` and :class:`AttnResNeXt` (see the module docstring)."""
 
+    def __init__(self, depth: int, *, attention: Optional[dict] = None,
+                 attention_stages: Sequence[bool] = (True, True, True, True),
+                 bam: Optional[dict] = None, bam_stages: Sequence[bool] = (True, True, True),
+                 freeze_attention: bool = False, plugins: Optional[list] = None, **kwargs) -> None:
+        if depth not in self.arch_settings:
+            raise KeyError(f'invalid depth {depth} for {type(self).__name__}; '
+                           f'allowed: {sorted(self.arch_settings)}')
+        plugins = self._setup_attention(depth, attention, attention_stages, bam, bam_stages,
+                                        freeze_attention, plugins, kwargs.get('num_stages', 4))
+        super().__init__(depth=depth, plugins=plugins, **kwargs)
+        self._build_bam(bam, bam_stages)
+        self._mark_frozen_attention()
+        self._freeze_stages()
+
     def _setup_attention(self, depth: int, attention: Optional[dict], attention_stages: Sequence[bool],
                          bam: Optional[dict], bam_stages: Sequence[bool], freeze_attention: bool,
                          plugins: Optional[list], num_stages: int) -> Optional[list]:
@@ -176,20 +190,6 @@ class AttnResNet(_AttentionMixin, ResNet):
         152: (Bottleneck, (3, 8, 36, 3)),
     }
 
-    def __init__(self, depth: int, *, attention: Optional[dict] = None,
-                 attention_stages: Sequence[bool] = (True, True, True, True),
-                 bam: Optional[dict] = None, bam_stages: Sequence[bool] = (True, True, True),
-                 freeze_attention: bool = False, plugins: Optional[list] = None, **kwargs) -> None:
-        if depth not in self.arch_settings:
-            raise KeyError(f'invalid depth {depth} for AttnResNet; allowed: {sorted(self.arch_settings)}')
-        plugins = self._setup_attention(depth, attention, attention_stages, bam, bam_stages,
-                                        freeze_attention, plugins, kwargs.get('num_stages', 4))
-        super().__init__(depth, plugins=plugins, **kwargs)
-        self._build_bam(bam, bam_stages)
-        self._mark_frozen_attention()
-        self._freeze_stages()
-
-
     def init_weights(self) -> None:
         super().init_weights()
         # mmdet zero-initialises the last BN only when ``block is BasicBlock``: do the same
@@ -210,16 +210,3 @@ class AttnResNeXt(_AttentionMixin, ResNeXt):
 
     Same extra arguments as :class:`AttnResNet`.
     """
-
-    def __init__(self, depth: int, *, attention: Optional[dict] = None,
-                 attention_stages: Sequence[bool] = (True, True, True, True),
-                 bam: Optional[dict] = None, bam_stages: Sequence[bool] = (True, True, True),
-                 freeze_attention: bool = False, plugins: Optional[list] = None, **kwargs) -> None:
-        if depth not in self.arch_settings:
-            raise KeyError(f'invalid depth {depth} for AttnResNeXt; allowed: {sorted(self.arch_settings)}')
-        plugins = self._setup_attention(depth, attention, attention_stages, bam, bam_stages,
-                                        freeze_attention, plugins, kwargs.get('num_stages', 4))
-        super().__init__(depth=depth, plugins=plugins, **kwargs)
-        self._build_bam(bam, bam_stages)
-        self._mark_frozen_attention()
-        self._freeze_stages()
