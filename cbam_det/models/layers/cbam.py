@@ -23,6 +23,7 @@ from mmdet.registry import MODELS
 from ._utils import (check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels,
                      safe_batch_norm)
 from ._fast_cbam import ApplyGates, ChannelPool, GatedChannelPool
+from ._fused_gate import fused_available, gated_attention
 from .base import AttentionModule
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -202,7 +203,13 @@ class CBAM(AttentionModule):
                 and self.spatial_gate.pool in ('avg_max', 'max_avg'))
 
     def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """Same result as the generic path; saves only ``x`` and the gates for backward."""
+        """Same result as the generic path; saves only ``x`` and the gates for backward.
+
+        float32 contiguous CPU input: the compiled fused kernels (``_fused_gate``);
+        otherwise memory-lean autograd functions built from PyTorch ops (``_fast_cbam``).
+        """
+        if fused_available(x):
+            return gated_attention(self, x, inplace=self.inplace)
         if self.inplace and not torch.is_grad_enabled():
             g_c = torch.sigmoid(self.channel_gate(x)).to(x.dtype)
             x = x.mul_(g_c)

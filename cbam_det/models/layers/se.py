@@ -11,6 +11,7 @@ import torch.nn as nn
 from mmdet.registry import MODELS
 
 from ._utils import check_input, check_not_frozen
+from ._fused_gate import fused_available, gated_attention
 from .base import AttentionModule
 from .cbam import ChannelGate
 
@@ -30,6 +31,8 @@ class SE(AttentionModule):
         allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
             (see ``check_not_frozen``); for pretrained attention weights.
         identity_logit: gate logit of ``init_mode='identity'``.
+        inplace: without autograd (inference), multiply the gate into the input tensor
+            itself (as CBAM's ``inplace``); safe as a ResNet plugin. Training is unaffected.
     """
 
     _abbr_ = 'se'
@@ -42,8 +45,10 @@ class SE(AttentionModule):
                  init_mode: str = 'scratch',
                  identity_logit: float = 5.0,
                  allow_frozen: bool = False,
+                 inplace: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__('SE', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
+        self.inplace = inplace
         self.channel_gate = ChannelGate(in_channels, reduction, 'avg', min_hidden_channels, owner='SE')
         self.reset_parameters()
 
@@ -55,4 +60,9 @@ class SE(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('SE', x, self.in_channels)
         check_not_frozen(self, 'SE')
-        return x * torch.sigmoid(self.channel_gate(x)).to(x.dtype)
+        if fused_available(x):  # compiled kernels: one pass per full-size step, lean backward
+            return gated_attention(self, x, inplace=self.inplace)
+        gate = torch.sigmoid(self.channel_gate(x)).to(x.dtype)
+        if self.inplace and not torch.is_grad_enabled():
+            return x.mul_(gate)
+        return x * gate

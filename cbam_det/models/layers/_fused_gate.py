@@ -1,0 +1,179 @@
+"""Fused gating on the compiled CPU kernels: CBAM (Woo et al., ECCV 2018, eq. 1-3) and SE
+(Hu et al., CVPR 2018), optionally fused with the BatchNorm that precedes them.
+
+    x = BN(z) (or x = z),  y = x ⊗ σ(MLP(pool_hw(x))) ⊗ σ(BN(f([pool_c(x ⊗ g_c)])))
+
+One autograd function does every full-size step in C++ (``cbam_det/ops/csrc``): forward
+reads the input three times and writes the output once; backward saves nothing full-size
+but the input z. With a BatchNorm, z is the BN's input, which a plain block keeps for the
+BN's backward anyway, and x = a[c]·z + b[c] is recomputed on the fly: the fused block
+costs no extra activation memory. The small steps (shared MLP, k×k conv, the gate's own
+BN, sigmoids) run as ordinary autograd graphs on (N, C) and (N, 1, H, W) tensors inside
+the function; backward differentiates them with ``torch.autograd.grad``.
+
+Used for float32 contiguous CPU tensors when the kernels compiled, outside
+``torch.compile``; everything else takes the PyTorch path of the modules, which computes
+the same values.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from ...ops import gate_ext
+
+__all__ = ['fused_available', 'gated_attention']
+
+
+def fused_available(x: torch.Tensor, bn: Optional[nn.Module] = None) -> bool:
+    """Whether :func:`gated_attention` can run on ``x`` (and fuse ``bn``, if given)."""
+    if (x.device.type != 'cpu' or x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous()
+            or torch.compiler.is_compiling()):
+        return False
+    if torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() != torch.float32:
+        return False  # lower-precision autocast: the PyTorch path keeps its dtype rules
+    if bn is not None and type(bn) is not nn.BatchNorm2d:  # SyncBN, frozen BN...: not fused
+        return False
+    return gate_ext() is not None
+
+
+def _gates(module: nn.Module) -> Tuple[nn.Module, Optional[nn.Module], bool]:
+    """(channel gate, spatial gate or None, whether the channel gate uses max pooling)."""
+    cg = module.channel_gate
+    return cg, getattr(module, 'spatial_gate', None), cg.pool == 'avg_max'
+
+
+def _bn_affine(bn: nn.BatchNorm2d, z: torch.Tensor):
+    """Per-channel (a, b) with BN(z) = a·z + b, the statistics used, and whether they are the batch's.
+
+    Updates the running statistics exactly as ``nn.BatchNorm2d`` does in training.
+    """
+    batch_stats = bn.training or not bn.track_running_stats
+    if batch_stats:
+        var, mean = torch.var_mean(z, dim=(0, 2, 3), correction=0)
+        if bn.training and bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            n = z.numel() // z.shape[1]
+            bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
+            bn.running_var.mul_(1 - m).add_(var * (n / max(n - 1, 1)), alpha=m)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    invstd = torch.rsqrt(var + bn.eps)
+    a = invstd * bn.weight.detach() if bn.affine else invstd
+    b = (bn.bias.detach() - mean * a) if bn.affine else -mean * a
+    return a.contiguous(), b.contiguous(), mean, invstd, batch_stats
+
+
+def _small_forward(module: nn.Module, ext, z: torch.Tensor, a, b, grad: bool):
+    """Pools (C++) and the small gate graphs (autograd when ``grad``); returns a dict of the pieces."""
+    n, c, h, w = z.shape
+    cg, sg, use_max = _gates(module)
+    s = {}
+    avg, mx = ext.channel_pool(z, a, b)
+    with torch.set_grad_enabled(grad):
+        s['avg'], s['mx'] = avg.requires_grad_(grad), (mx.requires_grad_(grad) if use_max else None)
+        s['g_c'] = torch.sigmoid(cg.logits(s['avg'], s['mx']))
+    s['gc'] = s['g_c'].detach().reshape(n, c).contiguous()
+    s['cmax'] = mx.detach() if use_max else None
+    s['gs'] = s['smax'] = None
+    if sg is not None:
+        savg, smax = ext.spatial_pool(z, a, b, s['gc'])
+        with torch.set_grad_enabled(grad):
+            s['savg'] = savg.view(n, 1, h, w).requires_grad_(grad)
+            s['smax_l'] = smax.view(n, 1, h, w).requires_grad_(grad)
+            s['g_s'] = torch.sigmoid(sg.logits(s['savg'], s['smax_l']))
+        s['gs'], s['smax'] = s['g_s'].detach().reshape(n, h * w).contiguous(), smax
+    return s
+
+
+def _grads(outputs: torch.Tensor, inputs: List[torch.Tensor], grad_out: torch.Tensor) -> List[Optional[torch.Tensor]]:
+    return list(torch.autograd.grad(outputs, inputs, grad_out, allow_unused=True)) if inputs else []
+
+
+class _GatedAttention(torch.autograd.Function):
+    """(z, module, bn, *params) → y; params are the module's (and the BN's) parameters."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, module: nn.Module, bn: Optional[nn.BatchNorm2d], *params):
+        ext = gate_ext()
+        a = b = None
+        if bn is not None:
+            a, b, ctx.bn_mean, ctx.bn_invstd, ctx.batch_stats = _bn_affine(bn, z)
+        s = _small_forward(module, ext, z, a, b, grad=True)
+        y = ext.apply_gates(z, a, b, s['gc'], s['gs'], None)
+        ctx.save_for_backward(z)
+        ctx.module, ctx.bn, ctx.params, ctx.s, ctx.a, ctx.b = module, bn, params, s, a, b
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        ext = gate_ext()
+        (z,), s, a, b, bn = ctx.saved_tensors, ctx.s, ctx.a, ctx.b, ctx.bn
+        n, c, h, w = z.shape
+        dy = dy.contiguous()
+        cg, sg, use_max = _gates(ctx.module)
+        param_grads = {}
+        dgc, dgs, cnt = ext.gate_grads(dy, z, a, b, s['gc'], s['gs'], s['smax'])
+        w_avg = w_max = None
+        if sg is not None:
+            ps = [p for p in sg.parameters() if p.requires_grad]
+            d = _grads(s['g_s'], [s['savg'], s['smax_l']] + ps, dgs.view(n, 1, h, w))
+            param_grads.update(zip(ps, d[2:]))
+            w_avg = (d[0].reshape(n, h * w) / c).contiguous()
+            w_max = (d[1].reshape(n, h * w) / cnt.clamp_min(1)).contiguous()
+            dgc = dgc + ext.spatial_pool_grad(z, a, b, s['gc'], s['smax'], w_avg, w_max)
+        pc = [p for p in cg.parameters() if p.requires_grad]
+        leaves = [s['avg']] + ([s['mx']] if use_max else [])
+        d = _grads(s['g_c'], leaves + pc, dgc.view(n, c, 1, 1))
+        param_grads.update(zip(pc, d[len(leaves):]))
+        d_avg = d[0].contiguous()
+        d_max = d[1].contiguous() if use_max else None
+        want_sums = bn is not None and bn.affine and (bn.weight.requires_grad or bn.bias.requires_grad)
+        want_sums = want_sums or (bn is not None and ctx.batch_stats)
+        dx, s1, s2 = ext.input_grad(dy, z, a, b, s['gc'], s['gs'], s['smax'], w_avg, w_max, d_avg,
+                                    s['cmax'], d_max, want_sums)
+        if bn is not None:
+            dx = _bn_backward(ext, bn, ctx, z, dx, s1, s2, param_grads)
+        return (dx, None, None) + tuple(param_grads.get(p) for p in ctx.params)
+
+
+def _bn_backward(ext, bn: nn.BatchNorm2d, ctx, z: torch.Tensor, dx: torch.Tensor, s1, s2, param_grads) -> torch.Tensor:
+    """dz from dx = d(BN output), in place; BN weight/bias gradients into ``param_grads``."""
+    mean, invstd, a = ctx.bn_mean, ctx.bn_invstd, ctx.a
+    scale = a  # γ·invstd (or invstd without affine): d x / d z at fixed statistics
+    if s1 is not None:
+        sum_dx = s1.double().sum(0)
+        sum_dx_xhat = (invstd.double() * (s2.double().sum(0) - mean.double() * sum_dx))
+        if bn.affine:
+            param_grads[bn.weight] = sum_dx_xhat.float() if bn.weight.requires_grad else None
+            param_grads[bn.bias] = sum_dx.float() if bn.bias.requires_grad else None
+    if not ctx.batch_stats:  # running statistics: a per-channel scale
+        zero = torch.zeros_like(scale)
+        return ext.affine_combine_(dx, z, scale.contiguous(), zero, zero)
+    m = z.numel() // z.shape[1]
+    k = (scale.double() * invstd.double() * sum_dx_xhat / m)
+    coef_z = (-k).float().contiguous()
+    const = (k * mean.double() - scale.double() * sum_dx / m).float().contiguous()
+    return ext.affine_combine_(dx, z, scale.contiguous(), coef_z, const)
+
+
+def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNorm2d] = None,
+                    inplace: bool = False) -> torch.Tensor:
+    """CBAM / SE ``module`` applied to ``z`` (or to ``bn(z)``) with the fused kernels.
+
+    Call only where :func:`fused_available` is true. ``inplace`` (no autograd, no ``bn``)
+    writes the result into ``z``.
+    """
+    params = list(module.parameters()) + (list(bn.parameters()) if bn is not None else [])
+    if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in params)):
+        return _GatedAttention.apply(z, module, bn, *params)
+    ext = gate_ext()
+    with torch.no_grad():
+        a = b = None
+        if bn is not None:
+            a, b = _bn_affine(bn, z)[:2]
+        s = _small_forward(module, ext, z, a, b, grad=False)
+        return ext.apply_gates(z, a, b, s['gc'], s['gs'], z if inplace and bn is None else None)

@@ -1,0 +1,61 @@
+"""Fused CPU kernels of cbam_det (``csrc/gate_cpu.cpp``), compiled on first use.
+
+:func:`gate_ext` returns the compiled module, or None when it cannot be used: the
+environment variable ``CBAM_DET_NO_EXT=1`` is set, or compiling failed (no C++ compiler:
+a warning says why once). Callers then use the PyTorch implementation, which gives the
+same results, only slower. The build is cached per source, flags, torch and Python
+version under ``$CBAM_DET_EXT_DIR`` (default ``~/.cache/cbam_det/ext``); ``make setup``
+compiles it ahead (``python -m cbam_det.ops``), about a minute on 2 cores.
+"""
+import glob
+import hashlib
+import os
+import os.path as osp
+import sys
+import warnings
+from typing import List, Optional
+
+import torch
+
+__all__ = ['gate_ext', 'build_dir']
+
+_SRC = osp.join(osp.dirname(__file__), 'csrc', 'gate_cpu.cpp')
+_NAME = 'cbam_det_gate_cpu'
+_state: dict = {'tried': False, 'ext': None}
+
+
+def _flags() -> List[List[str]]:
+    cflags = ['-O3', '-fopenmp', '-ffp-contract=off']
+    # link OpenMP to torch's own libgomp (the pip wheels bundle one): a second runtime
+    # would start its own threads next to torch's and they would fight for the cores
+    lib = osp.join(osp.dirname(torch.__file__), 'lib')
+    gomp = sorted(glob.glob(osp.join(lib, 'libgomp*.so*')))
+    ldflags = ([f'-L{lib}', f'-l:{osp.basename(gomp[0])}', f'-Wl,-rpath,{lib}'] if gomp else ['-fopenmp'])
+    return [cflags, ldflags]
+
+
+def build_dir() -> str:
+    """Cache folder of the compiled kernels for this source, flags, torch and Python."""
+    with open(_SRC, 'rb') as f:
+        key = hashlib.sha1(f.read() + repr((_flags(), torch.__version__, sys.version)).encode()).hexdigest()[:16]
+    root = os.environ.get('CBAM_DET_EXT_DIR', osp.join(osp.expanduser('~'), '.cache', 'cbam_det', 'ext'))
+    return osp.join(root, key)
+
+
+def gate_ext(verbose: bool = False) -> Optional[object]:
+    """The compiled kernels, or None (PyTorch fallback); compiles once per process if needed."""
+    if os.environ.get('CBAM_DET_NO_EXT', '0') == '1':
+        return None
+    if not _state['tried']:
+        _state['tried'] = True
+        from torch.utils.cpp_extension import load
+        cflags, ldflags = _flags()
+        path = build_dir()
+        os.makedirs(path, exist_ok=True)
+        try:
+            _state['ext'] = load(_NAME, [_SRC], extra_cflags=cflags, extra_ldflags=ldflags,
+                                 build_directory=path, verbose=verbose)
+        except Exception as e:  # no compiler, no headers: the PyTorch path still works
+            warnings.warn(f'cbam_det: could not compile the fused CPU kernels ({type(e).__name__}: {e}); '
+                          f'using the slower PyTorch implementation. Set CBAM_DET_NO_EXT=1 to silence this.')
+    return _state['ext']

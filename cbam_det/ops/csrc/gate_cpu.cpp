@@ -1,0 +1,437 @@
+// Fused CPU kernels for gated attention: CBAM (Woo et al., ECCV 2018, eq. 1-3) and SE.
+//
+// Every full-size (N, C, H, W) step of  y = x ⊗ g_c ⊗ g_s  and of its backward is one pass
+// over memory with no temporaries, where  x = a[c]·z + b[c]  is either the input itself
+// (a, b absent) or a BatchNorm's output computed on the fly from its input z (the fused
+// BatchNorm + attention block). The small steps (MLP, k×k conv) stay in PyTorch.
+// Inputs: float32, contiguous NCHW, CPU. Max-pool gradients are shared evenly between
+// tied maxima, as torch's amax does. Compiled with -ffp-contract=off so that x and x·g_c
+// are recomputed bit-identically in every kernel (the max masks compare them exactly).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using OptT = c10::optional<at::Tensor>;
+constexpr int64_t kLanes = 16;    // independent accumulators: lets the compiler vectorise
+constexpr int64_t kChunk = 1024;  // float lanes are flushed into a double every chunk
+constexpr int64_t kBlock = 256;   // pixels per task in reductions over channels
+
+const float* ptr_or_null(const OptT& t) { return t.has_value() && t->defined() ? t->data_ptr<float>() : nullptr; }
+
+struct Affine {
+  const float* a;
+  const float* b;
+  inline void get(int64_t c, float& sa, float& sb) const {
+    if (a) { sa = a[c]; sb = b[c]; } else { sa = 1.f; sb = 0.f; }
+  }
+};
+
+inline float xval(float z, float sa, float sb) { return sa * z + sb; }
+
+void check(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+              name, ": expected a contiguous float32 CPU tensor");
+}
+
+Affine affine(const OptT& a, const OptT& b, int64_t C) {
+  TORCH_CHECK(a.has_value() == b.has_value(), "a and b must be given together");
+  if (a.has_value()) {
+    check(*a, "a"); check(*b, "b");
+    TORCH_CHECK(a->numel() == C && b->numel() == C, "a and b must have C elements");
+  }
+  return {ptr_or_null(a), ptr_or_null(b)};
+}
+
+// sum (double) and max of x over one row of n values
+void row_sum_max(const float* z, int64_t n, float sa, float sb, double& sum, float& mx) {
+  float m[kLanes];
+  std::fill(m, m + kLanes, -std::numeric_limits<float>::infinity());
+  double total = 0;
+  float tail_max = -std::numeric_limits<float>::infinity();
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    float acc[kLanes] = {0};
+    int64_t i = i0;
+    for (; i + kLanes <= i1; i += kLanes)
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const float v = xval(z[i + j], sa, sb);
+        acc[j] += v;
+        m[j] = v > m[j] ? v : m[j];
+      }
+    for (; i < i1; ++i) {
+      const float v = xval(z[i], sa, sb);
+      acc[0] += v;
+      tail_max = v > tail_max ? v : tail_max;
+    }
+    for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
+  }
+  for (int64_t j = 0; j < kLanes; ++j) tail_max = m[j] > tail_max ? m[j] : tail_max;
+  sum = total;
+  mx = tail_max;
+}
+
+// number of x == value in one row (lanes: a single running count would not vectorise)
+float count_equal(const float* __restrict p, int64_t n, float sa, float sb, float value) {
+  float k[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) k[l] += xval(p[i + l], sa, sb) == value ? 1.f : 0.f;
+  for (; i < n; ++i) k[0] += xval(p[i], sa, sb) == value ? 1.f : 0.f;
+  float total = 0.f;
+  for (int64_t l = 0; l < kLanes; ++l) total += k[l];
+  return total;
+}
+
+inline float dx_value(float z, float dy, float s, float m, float wa, float wm, float sa, float sb, float g,
+                      float base, float cm, float cmg, bool spatial) {
+  const float x = xval(z, sa, sb);
+  float v = (dy * s) * g + base + (x == cm ? cmg : 0.f);
+  if (spatial) v += g * (wa + (x * g == m ? wm : 0.f));
+  return v;
+}
+
+// one row of input_grad: dx, and with kSums also Σdx and Σdx·z (lanes, flushed to double)
+template <bool kGs, bool kSpatial, bool kSums>
+void dx_row(float* __restrict o, const float* __restrict p, const float* __restrict q, const float* __restrict s,
+            const float* __restrict m, const float* __restrict wa, const float* __restrict wm, int64_t n, float sa,
+            float sb, float g, float base, float cm, float cmg, double& sum1, double& sum2) {
+  double t1 = 0, t2 = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    float a1[kLanes] = {0}, a2[kLanes] = {0};
+    int64_t i = i0;
+    for (; i + kLanes <= i1; i += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const int64_t j = i + l;
+        const float v = dx_value(p[j], q[j], kGs ? s[j] : 1.f, kSpatial ? m[j] : 0.f, kSpatial ? wa[j] : 0.f,
+                                 kSpatial ? wm[j] : 0.f, sa, sb, g, base, cm, cmg, kSpatial);
+        o[j] = v;
+        if (kSums) {
+          a1[l] += v;
+          a2[l] += v * p[j];
+        }
+      }
+    for (; i < i1; ++i) {
+      const float v = dx_value(p[i], q[i], kGs ? s[i] : 1.f, kSpatial ? m[i] : 0.f, kSpatial ? wa[i] : 0.f,
+                               kSpatial ? wm[i] : 0.f, sa, sb, g, base, cm, cmg, kSpatial);
+      o[i] = v;
+      if (kSums) {
+        a1[0] += v;
+        a2[0] += v * p[i];
+      }
+    }
+    if (kSums)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        t1 += a1[l];
+        t2 += a2[l];
+      }
+  }
+  sum1 = t1;
+  sum2 = t2;
+}
+
+}  // namespace
+
+// (mean, max) over H×W of x: two (N, C) tensors.
+std::vector<at::Tensor> channel_pool(const at::Tensor& z, const OptT& a, const OptT& b) {
+  check(z, "z");
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  const Affine af = affine(a, b, C);
+  auto avg = at::empty({N, C}, z.options()), mx = at::empty({N, C}, z.options());
+  const float* zp = z.data_ptr<float>();
+  float *ap = avg.data_ptr<float>(), *mp = mx.data_ptr<float>();
+  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float sa, sb;
+      af.get(r % C, sa, sb);
+      double s;
+      row_sum_max(zp + r * HW, HW, sa, sb, s, mp[r]);
+      ap[r] = static_cast<float>(s / HW);
+    }
+  });
+  return {avg, mx};
+}
+
+// (mean, max) over C of x·g_c: two (N, HW) tensors.
+std::vector<at::Tensor> spatial_pool(const at::Tensor& z, const OptT& a, const OptT& b, const at::Tensor& gc) {
+  check(z, "z"); check(gc, "gc");
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  const Affine af = affine(a, b, C);
+  auto avg = at::empty({N, HW}, z.options()), mx = at::empty({N, HW}, z.options());
+  const float *zp = z.data_ptr<float>(), *gp = gc.data_ptr<float>();
+  float *ap = avg.data_ptr<float>(), *mp = mx.data_ptr<float>();
+  const int64_t nb = (HW + kBlock - 1) / kBlock;
+  at::parallel_for(0, N * nb, 1, [&](int64_t t0, int64_t t1) {
+    float s[kBlock], m[kBlock];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nb, h0 = (t % nb) * kBlock, w = std::min(kBlock, HW - h0);
+      std::fill(s, s + w, 0.f);
+      std::fill(m, m + w, -std::numeric_limits<float>::infinity());
+      for (int64_t c = 0; c < C; ++c) {
+        float sa, sb;
+        af.get(c, sa, sb);
+        const float g = gp[n * C + c];
+        const float* p = zp + (n * C + c) * HW + h0;
+        for (int64_t j = 0; j < w; ++j) {
+          const float v = xval(p[j], sa, sb) * g;
+          s[j] += v;
+          m[j] = std::max(m[j], v);
+        }
+      }
+      for (int64_t j = 0; j < w; ++j) {
+        ap[n * HW + h0 + j] = s[j] / C;
+        mp[n * HW + h0 + j] = m[j];
+      }
+    }
+  });
+  return {avg, mx};
+}
+
+// y = x·g_c·g_s (g_s optional: SE). With out given (may alias z when there is no affine), writes there.
+at::Tensor apply_gates(const at::Tensor& z, const OptT& a, const OptT& b, const at::Tensor& gc, const OptT& gs,
+                       const OptT& out) {
+  check(z, "z"); check(gc, "gc");
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  const Affine af = affine(a, b, C);
+  at::Tensor y = out.has_value() ? *out : at::empty_like(z);
+  check(y, "out");
+  const float *zp = z.data_ptr<float>(), *gp = gc.data_ptr<float>(), *sp = ptr_or_null(gs);
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float sa, sb;
+      af.get(r % C, sa, sb);
+      const float g = gp[r];
+      const float* p = zp + r * HW;
+      float* q = yp + r * HW;
+      if (sp) {
+        const float* s = sp + (r / C) * HW;
+        for (int64_t j = 0; j < HW; ++j) q[j] = (xval(p[j], sa, sb) * g) * s[j];
+      } else {
+        for (int64_t j = 0; j < HW; ++j) q[j] = xval(p[j], sa, sb) * g;
+      }
+    }
+  });
+  return y;
+}
+
+// Gradients of the gates from dy: dg_c = Σ_hw dy·x·g_s (N, C) and dg_s = Σ_c dy·x·g_c (N, HW);
+// with g_s also the number of channels where x·g_c equals the spatial max s_max (N, HW).
+std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, const OptT& a, const OptT& b,
+                                   const at::Tensor& gc, const OptT& gs, const OptT& smax) {
+  check(dy, "dy"); check(z, "z"); check(gc, "gc");
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  const Affine af = affine(a, b, C);
+  const float *zp = z.data_ptr<float>(), *dp = dy.data_ptr<float>(), *gp = gc.data_ptr<float>(),
+              *sp = ptr_or_null(gs);
+  auto dgc = at::empty({N, C}, z.options());
+  float* dgcp = dgc.data_ptr<float>();
+  if (!sp) {  // SE: one reduction per row
+    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float sa, sb;
+        af.get(r % C, sa, sb);
+        const float *p = zp + r * HW, *q = dp + r * HW;
+        double total = 0;
+        for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
+          const int64_t i1 = std::min(HW, i0 + kChunk);
+          float acc[kLanes] = {0};
+          int64_t i = i0;
+          for (; i + kLanes <= i1; i += kLanes)
+            for (int64_t j = 0; j < kLanes; ++j) acc[j] += q[i + j] * xval(p[i + j], sa, sb);
+          for (; i < i1; ++i) acc[0] += q[i] * xval(p[i], sa, sb);
+          for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
+        }
+        dgcp[r] = static_cast<float>(total);
+      }
+    });
+    return {dgc, at::Tensor(), at::Tensor()};
+  }
+  TORCH_CHECK(smax.has_value(), "gs needs smax");
+  check(*smax, "smax");
+  auto dgs = at::empty({N, HW}, z.options()), cnt = at::empty({N, HW}, z.options());
+  float *dgsp = dgs.data_ptr<float>(), *cntp = cnt.data_ptr<float>();
+  const float* mp = smax->data_ptr<float>();
+  const int64_t nb = (HW + kBlock - 1) / kBlock;
+  std::vector<double> part(N * nb * C);
+  at::parallel_for(0, N * nb, 1, [&](int64_t t0, int64_t t1) {
+    float ds[kBlock], k[kBlock];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nb, blk = t % nb, h0 = blk * kBlock, w = std::min(kBlock, HW - h0);
+      const float *s = sp + n * HW + h0, *m = mp + n * HW + h0;
+      std::fill(ds, ds + w, 0.f);
+      std::fill(k, k + w, 0.f);
+      for (int64_t c = 0; c < C; ++c) {
+        float sa, sb;
+        af.get(c, sa, sb);
+        const float g = gp[n * C + c];
+        const float *p = zp + (n * C + c) * HW + h0, *q = dp + (n * C + c) * HW + h0;
+        float acc[kLanes] = {0};
+        int64_t j = 0;
+        for (; j + kLanes <= w; j += kLanes)
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const float x = xval(p[j + l], sa, sb), u = q[j + l] * x;
+            acc[l] += u * s[j + l];
+            ds[j + l] += u * g;
+            k[j + l] += x * g == m[j + l] ? 1.f : 0.f;
+          }
+        for (; j < w; ++j) {
+          const float x = xval(p[j], sa, sb), u = q[j] * x;
+          acc[0] += u * s[j];
+          ds[j] += u * g;
+          k[j] += x * g == m[j] ? 1.f : 0.f;
+        }
+        double total = 0;
+        for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
+        part[(n * nb + blk) * C + c] = total;
+      }
+      std::copy(ds, ds + w, dgsp + n * HW + h0);
+      std::copy(k, k + w, cntp + n * HW + h0);
+    }
+  });
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      double total = 0;
+      for (int64_t blk = 0; blk < nb; ++blk) total += part[(n * nb + blk) * C + c];
+      dgcp[n * C + c] = static_cast<float>(total);
+    }
+  return {dgc, dgs, cnt};
+}
+
+// Σ_hw x·(w_avg + [x·g_c == s_max]·w_max): the gradient reaching g_c through the spatial
+// pooling, with w_avg = d(avg)/C and w_max = d(max)/count per pixel, (N, HW) each.
+at::Tensor spatial_pool_grad(const at::Tensor& z, const OptT& a, const OptT& b, const at::Tensor& gc,
+                             const at::Tensor& smax, const at::Tensor& w_avg, const at::Tensor& w_max) {
+  check(z, "z"); check(gc, "gc"); check(smax, "smax"); check(w_avg, "w_avg"); check(w_max, "w_max");
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  const Affine af = affine(a, b, C);
+  const float *zp = z.data_ptr<float>(), *gp = gc.data_ptr<float>(), *mp = smax.data_ptr<float>(),
+              *wap = w_avg.data_ptr<float>(), *wmp = w_max.data_ptr<float>();
+  auto out = at::empty({N, C}, z.options());
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float sa, sb;
+      af.get(r % C, sa, sb);
+      const float g = gp[r];
+      const int64_t n = r / C;
+      const float *p = zp + r * HW, *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
+      double total = 0;
+      for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
+        const int64_t i1 = std::min(HW, i0 + kChunk);
+        float acc[kLanes] = {0};
+        int64_t i = i0;
+        for (; i + kLanes <= i1; i += kLanes)
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const float x = xval(p[i + l], sa, sb), w = wm[i + l];
+            acc[l] += x * (wa[i + l] + (x * g == m[i + l] ? w : 0.f));
+          }
+        for (; i < i1; ++i) {
+          const float x = xval(p[i], sa, sb);
+          const float w = wm[i];
+          acc[0] += x * (wa[i] + (x * g == m[i] ? w : 0.f));
+        }
+        for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
+      }
+      op[r] = static_cast<float>(total);
+    }
+  });
+  return out;
+}
+
+// dx = dy·g_c·g_s + g_c·(w_avg + [x·g_c == s_max]·w_max) + d_avg/HW + [x == c_max]·d_max/count.
+// The spatial terms are optional (SE), and so is the channel max (SE: c_max, d_max absent).
+// With sums=true also returns the per-(n, c) Σdx and Σdx·z that a BatchNorm backward needs.
+std::vector<at::Tensor> input_grad(const at::Tensor& dy, const at::Tensor& z, const OptT& a, const OptT& b,
+                                   const at::Tensor& gc, const OptT& gs, const OptT& smax, const OptT& w_avg,
+                                   const OptT& w_max, const at::Tensor& d_avg, const OptT& c_max,
+                                   const OptT& d_max, bool sums) {
+  check(dy, "dy"); check(z, "z"); check(gc, "gc"); check(d_avg, "d_avg");
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  const Affine af = affine(a, b, C);
+  const bool spatial = smax.has_value();
+  TORCH_CHECK(!spatial || (gs.has_value() && w_avg.has_value() && w_max.has_value()),
+              "smax needs gs, w_avg and w_max");
+  const float *zp = z.data_ptr<float>(), *dp = dy.data_ptr<float>(), *gp = gc.data_ptr<float>(),
+              *sp = ptr_or_null(gs), *mp = ptr_or_null(smax), *wap = ptr_or_null(w_avg),
+              *wmp = ptr_or_null(w_max), *dap = d_avg.data_ptr<float>(), *cmp = ptr_or_null(c_max),
+              *dmp = ptr_or_null(d_max);
+  auto dx = at::empty_like(z);
+  float* xp = dx.data_ptr<float>();
+  at::Tensor s1, s2;
+  float *s1p = nullptr, *s2p = nullptr;
+  if (sums) {
+    s1 = at::empty({N, C}, z.options());
+    s2 = at::empty({N, C}, z.options());
+    s1p = s1.data_ptr<float>();
+    s2p = s2.data_ptr<float>();
+  }
+  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float sa, sb;
+      af.get(r % C, sa, sb);
+      const int64_t n = r / C;
+      const float g = gp[r], base = dap[r] / HW;
+      const float *p = zp + r * HW, *q = dp + r * HW;
+      float* o = xp + r * HW;
+      float cm = std::numeric_limits<float>::quiet_NaN(), cmg = 0.f;  // NaN: never equal
+      if (cmp && dmp[r] != 0.f) {
+        cm = cmp[r];
+        cmg = dmp[r] / std::max(count_equal(p, HW, sa, sb, cm), 1.f);
+      }
+      double t1 = 0, t2 = 0;
+      const float *s = sp ? sp + n * HW : nullptr;
+      if (spatial) {
+        const float *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
+        if (sums) dx_row<true, true, true>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
+        else dx_row<true, true, false>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
+      } else if (sp) {
+        if (sums) dx_row<true, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+        else dx_row<true, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+      } else {
+        if (sums) dx_row<false, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+        else dx_row<false, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+      }
+      if (sums) {
+        s1p[r] = static_cast<float>(t1);
+        s2p[r] = static_cast<float>(t2);
+      }
+    }
+  });
+  return {dx, s1, s2};
+}
+
+// In place: t = A[c]·t + B[c]·z + D[c] (the BatchNorm backward once its sums are known).
+at::Tensor affine_combine_(at::Tensor t, const at::Tensor& z, const at::Tensor& A, const at::Tensor& B,
+                           const at::Tensor& D) {
+  check(t, "t"); check(z, "z"); check(A, "A"); check(B, "B"); check(D, "D");
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  float* tp = t.data_ptr<float>();
+  const float *zp = z.data_ptr<float>(), *Ap = A.data_ptr<float>(), *Bp = B.data_ptr<float>(),
+              *Dp = D.data_ptr<float>();
+  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t c = r % C;
+      const float ca = Ap[c], cb = Bp[c], cd = Dp[c];
+      float* o = tp + r * HW;
+      const float* p = zp + r * HW;
+      for (int64_t j = 0; j < HW; ++j) o[j] = ca * o[j] + cb * p[j] + cd;
+    }
+  });
+  return t;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("channel_pool", &channel_pool);
+  m.def("spatial_pool", &spatial_pool);
+  m.def("apply_gates", &apply_gates);
+  m.def("gate_grads", &gate_grads);
+  m.def("spatial_pool_grad", &spatial_pool_grad);
+  m.def("input_grad", &input_grad);
+  m.def("affine_combine_", &affine_combine_);
+}
