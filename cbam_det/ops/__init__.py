@@ -4,13 +4,14 @@
 environment variable ``CBAM_DET_NO_EXT=1`` is set, or compiling failed (no C++ compiler:
 a warning says why once). Callers then use the PyTorch implementation, which gives the
 same results, only slower. The build is cached per source, flags, torch and Python
-version under ``$CBAM_DET_EXT_DIR`` (default ``~/.cache/cbam_det/ext``); ``make setup``
+version and processor (``-march=native``) under ``$CBAM_DET_EXT_DIR`` (default ``~/.cache/cbam_det/ext``); ``make setup``
 compiles it ahead (``python -m cbam_det.ops``), about a minute on 2 cores.
 """
 import glob
 import hashlib
 import os
 import os.path as osp
+import platform
 import sys
 import warnings
 from typing import List, Optional
@@ -25,7 +26,7 @@ _state: dict = {'tried': False, 'ext': None}
 
 
 def _flags() -> List[List[str]]:
-    cflags = ['-O3', '-fopenmp', '-ffp-contract=off']
+    cflags = ['-O3', '-march=native', '-fopenmp', '-ffp-contract=off']
     # link OpenMP to torch's own libgomp (the pip wheels bundle one): a second runtime
     # would start its own threads next to torch's and they would fight for the cores
     lib = osp.join(osp.dirname(torch.__file__), 'lib')
@@ -34,10 +35,20 @@ def _flags() -> List[List[str]]:
     return [cflags, ldflags]
 
 
+def _cpu_id() -> str:
+    """The processor's feature flags: the kernels are built with -march=native."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line for line in f if line.startswith(('flags', 'Features'))), platform.processor())
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
 def build_dir() -> str:
-    """Cache folder of the compiled kernels for this source, flags, torch and Python."""
+    """Cache folder of the compiled kernels for this source, flags, processor, torch and Python."""
     with open(_SRC, 'rb') as f:
-        key = hashlib.sha1(f.read() + repr((_flags(), torch.__version__, sys.version)).encode()).hexdigest()[:16]
+        key = hashlib.sha1(f.read() + repr((_flags(), _cpu_id(), torch.__version__, sys.version)).encode())
+    key = key.hexdigest()[:16]
     root = os.environ.get('CBAM_DET_EXT_DIR', osp.join(osp.expanduser('~'), '.cache', 'cbam_det', 'ext'))
     return osp.join(root, key)
 

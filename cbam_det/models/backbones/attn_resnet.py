@@ -11,6 +11,10 @@ between stages (BAM paper, Fig. 1), built on mmdet's ResNet.
 - Parameter names are torchvision's (``conv1``, ``bn1``, ``layerL.i.convK/bnK``,
   ``layerL.i.downsample.0/1``), with the attention at ``layerL.i.cbam`` (or ``.se``) and
   ``bamK``: ``torchvision://resnetXX`` and converted official CBAM/BAM weights load unchanged.
+- ``fuse_attention=True`` (default) computes each block's last BatchNorm and its attention
+  as one fused function (CBAM, SE; float32 CPU tensors): the BN output is not stored for
+  backward, so the attention costs almost no activation memory. Parameters, buffers and
+  results are those of the unfused block.
 - mmdet's ``frozen_stages`` and ``norm_eval`` would freeze attention that was added to
   a pretrained backbone at random init; with ``freeze_attention=False`` (default) the
   attention modules stay trainable and their BatchNorms keep updating statistics.
@@ -20,6 +24,7 @@ from typing import List, Optional, Sequence
 import torch
 import torch.utils.checkpoint as cp
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 from mmdet.models.backbones.resnext import ResNeXt
 from mmdet.registry import MODELS
 from torch import nn
@@ -27,14 +32,65 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.factory import build_attention
 
-__all__ = ['PluginBasicBlock', 'AttnResNet', 'AttnResNeXt']
+__all__ = ['PluginBasicBlock', 'AttnBottleneck', 'AttnResNeXtBottleneck', 'AttnResNet', 'AttnResNeXt']
+
+
+def norm_and_plugins(block: nn.Module, out: torch.Tensor, norm: nn.Module, names: List[str]) -> torch.Tensor:
+    """``block.forward_plugin(norm(out), names)``, fused into one function when the block
+    allows it (``fuse_attention``) and the single plugin supports it (``forward_with_bn``)."""
+    if getattr(block, 'fuse_attention', False) and len(names) == 1:
+        plugin = getattr(block, names[0])
+        if hasattr(plugin, 'forward_with_bn'):
+            return plugin.forward_with_bn(out, norm)
+    return block.forward_plugin(norm(out), names)
+
+
+class _FusedBottleneckForward:
+    """mmdet's ``Bottleneck.forward`` with the last BN and the after_conv3 plugin fused."""
+
+    fuse_attention = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+
+        def _inner_forward(x):
+            identity = x
+            out = self.relu(self.norm1(self.conv1(x)))
+            if self.with_plugins:
+                out = self.forward_plugin(out, self.after_conv1_plugin_names)
+            out = self.relu(self.norm2(self.conv2(out)))
+            if self.with_plugins:
+                out = self.forward_plugin(out, self.after_conv2_plugin_names)
+            out = self.conv3(out)
+            out = (norm_and_plugins(self, out, self.norm3, self.after_conv3_plugin_names)
+                   if self.with_plugins else self.norm3(out))
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            out += identity
+            return out
+
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(_inner_forward, x)
+        else:
+            out = _inner_forward(x)
+        return self.relu(out)
+
+
+class AttnBottleneck(_FusedBottleneckForward, Bottleneck):
+    """mmdet's ResNet ``Bottleneck``; with ``fuse_attention`` its bn3 + attention are fused."""
+
+
+class AttnResNeXtBottleneck(_FusedBottleneckForward, ResNeXtBottleneck):
+    """mmdet's ResNeXt ``Bottleneck``; with ``fuse_attention`` its bn3 + attention are fused."""
 
 
 class PluginBasicBlock(BasicBlock):
     """mmdet's ``BasicBlock`` with mmcv plugins ``after_conv1`` and ``after_conv2``.
 
-    ``after_conv2`` is after the block's last BN and before the residual addition.
+    ``after_conv2`` is after the block's last BN and before the residual addition; with
+    ``fuse_attention`` that BN and the plugin are fused.
     """
+
+    fuse_attention = False
 
     def __init__(self, inplanes: int, planes: int, *args, plugins: Optional[List[dict]] = None,
                  **kwargs) -> None:
@@ -60,8 +116,7 @@ class PluginBasicBlock(BasicBlock):
             identity = x
             out = self.relu(self.norm1(self.conv1(x)))
             out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = self.norm2(self.conv2(out))
-            out = self.forward_plugin(out, self.after_conv2_plugin_names)
+            out = norm_and_plugins(self, self.conv2(out), self.norm2, self.after_conv2_plugin_names)
             if self.downsample is not None:
                 identity = self.downsample(x)
             return out + identity
@@ -79,7 +134,8 @@ class _AttentionMixin:
     def __init__(self, depth: int, *, attention: Optional[dict] = None,
                  attention_stages: Sequence[bool] = (True, True, True, True),
                  bam: Optional[dict] = None, bam_stages: Sequence[bool] = (True, True, True),
-                 freeze_attention: bool = False, plugins: Optional[list] = None, **kwargs) -> None:
+                 freeze_attention: bool = False, fuse_attention: bool = True, plugins: Optional[list] = None,
+                 **kwargs) -> None:
         if depth not in self.arch_settings:
             raise KeyError(f'invalid depth {depth} for {type(self).__name__}; '
                            f'allowed: {sorted(self.arch_settings)}')
@@ -87,6 +143,10 @@ class _AttentionMixin:
                                         freeze_attention, plugins, kwargs.get('num_stages', 4))
         super().__init__(depth=depth, plugins=plugins, **kwargs)
         self._build_bam(bam, bam_stages)
+        self.fuse_attention = fuse_attention
+        for layer_name in self.res_layers:
+            for block in getattr(self, layer_name):
+                block.fuse_attention = fuse_attention
         self._mark_frozen_attention()
         self._freeze_stages()
 
@@ -179,29 +239,33 @@ class AttnResNet(_AttentionMixin, ResNet):
         freeze_attention: False (default) keeps attention trainable and its BatchNorms in
             training mode whatever ``frozen_stages`` / ``norm_eval`` say; True lets them
             apply to the attention too (for converted official CBAM/BAM weights).
+        fuse_attention: compute each block's last BN and its attention (CBAM, SE) as one
+            fused function where possible (float32 CPU); same parameters and results.
         **kwargs: mmdet ``ResNet`` arguments (``plugins=`` also works for every depth).
     """
 
     arch_settings = {
         18: (PluginBasicBlock, (2, 2, 2, 2)),
         34: (PluginBasicBlock, (3, 4, 6, 3)),
-        50: (Bottleneck, (3, 4, 6, 3)),
-        101: (Bottleneck, (3, 4, 23, 3)),
-        152: (Bottleneck, (3, 8, 36, 3)),
+        50: (AttnBottleneck, (3, 4, 6, 3)),
+        101: (AttnBottleneck, (3, 4, 23, 3)),
+        152: (AttnBottleneck, (3, 8, 36, 3)),
     }
+
+    def __init__(self, depth: int, **kwargs) -> None:
+        # mmdet zero-initialises the last BN (zero_init_residual) only for its own block
+        # classes, and only without init_cfg / pretrained: do the same for ours
+        self._zero_init_last_bn = (kwargs.get('zero_init_residual', True) and kwargs.get('init_cfg') is None
+                                   and kwargs.get('pretrained') is None)
+        super().__init__(depth, **kwargs)
 
     def init_weights(self) -> None:
         super().init_weights()
-        # mmdet zero-initialises the last BN only when ``block is BasicBlock``: do the same
-        # for PluginBasicBlock when training from scratch with zero_init_residual
-        if self.zero_init_residual and self.block is PluginBasicBlock and not self._pretrained():
+        if self._zero_init_last_bn:
             for layer_name in self.res_layers:
                 for block in getattr(self, layer_name):
-                    nn.init.zeros_(block.norm2.weight)
-
-    def _pretrained(self) -> bool:
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
-        return any(isinstance(c, dict) and c.get('type') == 'Pretrained' for c in cfgs)
+                    nn.init.zeros_(block.norm2.weight if isinstance(block, PluginBasicBlock)
+                                   else block.norm3.weight)
 
 
 @MODELS.register_module()
@@ -210,3 +274,9 @@ class AttnResNeXt(_AttentionMixin, ResNeXt):
 
     Same extra arguments as :class:`AttnResNet`.
     """
+
+    arch_settings = {
+        50: (AttnResNeXtBottleneck, (3, 4, 6, 3)),
+        101: (AttnResNeXtBottleneck, (3, 4, 23, 3)),
+        152: (AttnResNeXtBottleneck, (3, 8, 36, 3)),
+    }

@@ -44,34 +44,45 @@ def _gates(module: nn.Module) -> Tuple[nn.Module, Optional[nn.Module], bool]:
     return cg, getattr(module, 'spatial_gate', None), cg.pool == 'avg_max'
 
 
-def _bn_affine(bn: nn.BatchNorm2d, z: torch.Tensor):
-    """Per-channel (a, b) with BN(z) = a·z + b, the statistics used, and whether they are the batch's.
+def _bn_affine(bn: nn.BatchNorm2d, z: torch.Tensor, ext):
+    """BN(z) = a[c]·z + b[c], and the channel pooling of BN(z), from one pass over z.
 
-    Updates the running statistics exactly as ``nn.BatchNorm2d`` does in training.
+    Returns a, b, the statistics used (mean, invstd), whether they are the batch's, and
+    the (N, C) mean and max over H×W of BN(z). Updates the running statistics exactly as
+    ``nn.BatchNorm2d`` does in training. The max is exact: z ↦ a·z + b is monotone, so it
+    is a·max(z) + b (a ≥ 0) or a·min(z) + b, rounded as the kernels round x.
     """
+    n, c, h, w = z.shape
+    shift = z[0, :, 0, 0].contiguous()
+    s1, s2, zmax, zmin = ext.channel_moments(z, shift)
+    row_mean = shift.double() + s1 / (h * w)
     batch_stats = bn.training or not bn.track_running_stats
     if batch_stats:
-        var, mean = torch.var_mean(z, dim=(0, 2, 3), correction=0)
+        m = n * h * w
+        d = s1.sum(0) / m
+        mean, var = (shift.double() + d).float(), (s2.sum(0) / m - d * d).clamp_min(0).float()
         if bn.training and bn.track_running_stats:
             bn.num_batches_tracked.add_(1)
-            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            n = z.numel() // z.shape[1]
-            bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
-            bn.running_var.mul_(1 - m).add_(var * (n / max(n - 1, 1)), alpha=m)
+            mom = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - mom).add_(mean, alpha=mom)
+            bn.running_var.mul_(1 - mom).add_(var * (m / max(m - 1, 1)), alpha=mom)
     else:
         mean, var = bn.running_mean, bn.running_var
     invstd = torch.rsqrt(var + bn.eps)
-    a = invstd * bn.weight.detach() if bn.affine else invstd
-    b = (bn.bias.detach() - mean * a) if bn.affine else -mean * a
-    return a.contiguous(), b.contiguous(), mean, invstd, batch_stats
+    a = (invstd * bn.weight.detach() if bn.affine else invstd).contiguous()
+    b = ((bn.bias.detach() - mean * a) if bn.affine else -mean * a).contiguous()
+    avg = (a.double() * row_mean + b.double()).float()
+    cmax = torch.where(a >= 0, a * zmax + b, a * zmin + b)
+    return a, b, mean, invstd, batch_stats, (avg, cmax)
 
 
-def _small_forward(module: nn.Module, ext, z: torch.Tensor, a, b, grad: bool):
-    """Pools (C++) and the small gate graphs (autograd when ``grad``); returns a dict of the pieces."""
+def _small_forward(module: nn.Module, ext, z: torch.Tensor, a, b, grad: bool, pooled=None):
+    """Pools (C++, unless ``pooled`` gives the channel pooling) and the small gate graphs
+    (autograd when ``grad``); returns a dict of the pieces."""
     n, c, h, w = z.shape
     cg, sg, use_max = _gates(module)
     s = {}
-    avg, mx = ext.channel_pool(z, a, b)
+    avg, mx = pooled if pooled is not None else ext.channel_pool(z, a, b)
     with torch.set_grad_enabled(grad):
         s['avg'], s['mx'] = avg.requires_grad_(grad), (mx.requires_grad_(grad) if use_max else None)
         s['g_c'] = torch.sigmoid(cg.logits(s['avg'], s['mx']))
@@ -98,10 +109,10 @@ class _GatedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, module: nn.Module, bn: Optional[nn.BatchNorm2d], *params):
         ext = gate_ext()
-        a = b = None
+        a = b = pooled = None
         if bn is not None:
-            a, b, ctx.bn_mean, ctx.bn_invstd, ctx.batch_stats = _bn_affine(bn, z)
-        s = _small_forward(module, ext, z, a, b, grad=True)
+            a, b, ctx.bn_mean, ctx.bn_invstd, ctx.batch_stats, pooled = _bn_affine(bn, z, ext)
+        s = _small_forward(module, ext, z, a, b, grad=True, pooled=pooled)
         y = ext.apply_gates(z, a, b, s['gc'], s['gs'], None)
         ctx.save_for_backward(z)
         ctx.module, ctx.bn, ctx.params, ctx.s, ctx.a, ctx.b = module, bn, params, s, a, b
@@ -172,8 +183,8 @@ def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNor
         return _GatedAttention.apply(z, module, bn, *params)
     ext = gate_ext()
     with torch.no_grad():
-        a = b = None
+        a = b = pooled = None
         if bn is not None:
-            a, b = _bn_affine(bn, z)[:2]
-        s = _small_forward(module, ext, z, a, b, grad=False)
+            a, b, *_, pooled = _bn_affine(bn, z, ext)
+        s = _small_forward(module, ext, z, a, b, grad=False, pooled=pooled)
         return ext.apply_gates(z, a, b, s['gc'], s['gs'], z if inplace and bn is None else None)

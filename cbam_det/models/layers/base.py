@@ -1,10 +1,12 @@
 """Common base of the attention modules (CBAM, SE, BAM): arguments, initialisation, freezing."""
 from typing import Optional, Union
 
+import torch
 from mmengine.model import BaseModule
 from torch import nn
 
-from ._utils import check_choice
+from ._fused_gate import fused_available, gated_attention
+from ._utils import check_choice, check_input, check_not_frozen
 
 __all__ = ['AttentionModule', 'INIT_MODES']
 
@@ -38,6 +40,24 @@ class AttentionModule(BaseModule):
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                 nn.init.zeros_(m.bias)
         self._init_special()
+
+    #: whether :meth:`forward_with_bn` can fold the preceding BatchNorm into the module's kernels
+    fusable_with_bn = False
+
+    def forward_with_bn(self, z: torch.Tensor, bn: nn.Module) -> torch.Tensor:
+        """``self(bn(z))``: the module applied to the output of the BatchNorm ``bn``.
+
+        CBAM (the paper's configuration) and SE compute it in one fused autograd function
+        on float32 CPU tensors (``_fused_gate``): the BN output is never stored, so the
+        pair costs no more activation memory than the BN alone. Otherwise it is literally
+        ``self(bn(z))``.
+        """
+        if self.fusable_with_bn and fused_available(z, bn):
+            owner = type(self).__name__
+            check_input(owner, z, self.in_channels)
+            check_not_frozen(self, owner)
+            return gated_attention(self, z, bn=bn)
+        return self(bn(z))
 
     def _init_special(self) -> None:
         """Module-specific part of the initialisation (after the common one)."""

@@ -196,6 +196,10 @@ class CBAM(AttentionModule):
         return x
 
     @property
+    def fusable_with_bn(self) -> bool:  # type: ignore[override]
+        return self._fast
+
+    @property
     def _fast(self) -> bool:
         """The paper's module (and the official variant) has a memory-lean autograd path."""
         return (self.arrangement == 'channel_first' and self.channel_gate is not None

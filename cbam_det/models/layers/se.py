@@ -36,6 +36,7 @@ class SE(AttentionModule):
     """
 
     _abbr_ = 'se'
+    fusable_with_bn = True
 
     def __init__(self,
                  in_channels: int,

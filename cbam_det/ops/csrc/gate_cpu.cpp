@@ -31,7 +31,19 @@ struct Affine {
   }
 };
 
-inline float xval(float z, float sa, float sb) { return sa * z + sb; }
+// x from z: a[c]·z + b[c] with a BatchNorm folded in (kA), z itself otherwise
+template <bool kA>
+inline float xv(float z, float sa, float sb) {
+  if constexpr (kA) return sa * z + sb;
+  else return z;
+}
+
+// calls f(std::true_type) when the affine is present, f(std::false_type) otherwise
+template <typename F>
+void dispatch_affine(const Affine& af, F&& f) {
+  if (af.a) f(std::true_type{});
+  else f(std::false_type{});
+}
 
 void check(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
@@ -48,6 +60,7 @@ Affine affine(const OptT& a, const OptT& b, int64_t C) {
 }
 
 // sum (double) and max of x over one row of n values
+template <bool kA>
 void row_sum_max(const float* z, int64_t n, float sa, float sb, double& sum, float& mx) {
   float m[kLanes];
   std::fill(m, m + kLanes, -std::numeric_limits<float>::infinity());
@@ -59,12 +72,12 @@ void row_sum_max(const float* z, int64_t n, float sa, float sb, double& sum, flo
     int64_t i = i0;
     for (; i + kLanes <= i1; i += kLanes)
       for (int64_t j = 0; j < kLanes; ++j) {
-        const float v = xval(z[i + j], sa, sb);
+        const float v = xv<kA>(z[i + j], sa, sb);
         acc[j] += v;
         m[j] = v > m[j] ? v : m[j];
       }
     for (; i < i1; ++i) {
-      const float v = xval(z[i], sa, sb);
+      const float v = xv<kA>(z[i], sa, sb);
       acc[0] += v;
       tail_max = v > tail_max ? v : tail_max;
     }
@@ -76,27 +89,29 @@ void row_sum_max(const float* z, int64_t n, float sa, float sb, double& sum, flo
 }
 
 // number of x == value in one row (lanes: a single running count would not vectorise)
+template <bool kA>
 float count_equal(const float* __restrict p, int64_t n, float sa, float sb, float value) {
   float k[kLanes] = {0};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) k[l] += xval(p[i + l], sa, sb) == value ? 1.f : 0.f;
-  for (; i < n; ++i) k[0] += xval(p[i], sa, sb) == value ? 1.f : 0.f;
+    for (int64_t l = 0; l < kLanes; ++l) k[l] += xv<kA>(p[i + l], sa, sb) == value ? 1.f : 0.f;
+  for (; i < n; ++i) k[0] += xv<kA>(p[i], sa, sb) == value ? 1.f : 0.f;
   float total = 0.f;
   for (int64_t l = 0; l < kLanes; ++l) total += k[l];
   return total;
 }
 
+template <bool kA>
 inline float dx_value(float z, float dy, float s, float m, float wa, float wm, float sa, float sb, float g,
                       float base, float cm, float cmg, bool spatial) {
-  const float x = xval(z, sa, sb);
+  const float x = xv<kA>(z, sa, sb);
   float v = (dy * s) * g + base + (x == cm ? cmg : 0.f);
   if (spatial) v += g * (wa + (x * g == m ? wm : 0.f));
   return v;
 }
 
 // one row of input_grad: dx, and with kSums also Σdx and Σdx·z (lanes, flushed to double)
-template <bool kGs, bool kSpatial, bool kSums>
+template <bool kA, bool kGs, bool kSpatial, bool kSums>
 void dx_row(float* __restrict o, const float* __restrict p, const float* __restrict q, const float* __restrict s,
             const float* __restrict m, const float* __restrict wa, const float* __restrict wm, int64_t n, float sa,
             float sb, float g, float base, float cm, float cmg, double& sum1, double& sum2) {
@@ -108,7 +123,7 @@ void dx_row(float* __restrict o, const float* __restrict p, const float* __restr
     for (; i + kLanes <= i1; i += kLanes)
       for (int64_t l = 0; l < kLanes; ++l) {
         const int64_t j = i + l;
-        const float v = dx_value(p[j], q[j], kGs ? s[j] : 1.f, kSpatial ? m[j] : 0.f, kSpatial ? wa[j] : 0.f,
+        const float v = dx_value<kA>(p[j], q[j], kGs ? s[j] : 1.f, kSpatial ? m[j] : 0.f, kSpatial ? wa[j] : 0.f,
                                  kSpatial ? wm[j] : 0.f, sa, sb, g, base, cm, cmg, kSpatial);
         o[j] = v;
         if (kSums) {
@@ -117,7 +132,7 @@ void dx_row(float* __restrict o, const float* __restrict p, const float* __restr
         }
       }
     for (; i < i1; ++i) {
-      const float v = dx_value(p[i], q[i], kGs ? s[i] : 1.f, kSpatial ? m[i] : 0.f, kSpatial ? wa[i] : 0.f,
+      const float v = dx_value<kA>(p[i], q[i], kGs ? s[i] : 1.f, kSpatial ? m[i] : 0.f, kSpatial ? wa[i] : 0.f,
                                kSpatial ? wm[i] : 0.f, sa, sb, g, base, cm, cmg, kSpatial);
       o[i] = v;
       if (kSums) {
@@ -145,16 +160,77 @@ std::vector<at::Tensor> channel_pool(const at::Tensor& z, const OptT& a, const O
   auto avg = at::empty({N, C}, z.options()), mx = at::empty({N, C}, z.options());
   const float* zp = z.data_ptr<float>();
   float *ap = avg.data_ptr<float>(), *mp = mx.data_ptr<float>();
-  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float sa, sb;
-      af.get(r % C, sa, sb);
-      double s;
-      row_sum_max(zp + r * HW, HW, sa, sb, s, mp[r]);
-      ap[r] = static_cast<float>(s / HW);
-    }
+  dispatch_affine(af, [&](auto tag) {
+    constexpr bool kA = decltype(tag)::value;
+    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float sa, sb;
+        af.get(r % C, sa, sb);
+        double s;
+        row_sum_max<kA>(zp + r * HW, HW, sa, sb, s, mp[r]);
+        ap[r] = static_cast<float>(s / HW);
+      }
+    });
   });
   return {avg, mx};
+}
+
+// Per (n, c) row of z: Σ(z − k[c]) and Σ(z − k[c])² (float64; the shift k keeps the variance
+// accurate when |mean| ≫ std), max z and min z. A BatchNorm's batch statistics and, since
+// z ↦ a·z + b is monotone, the exact channel max of x = a·z + b, all in one pass.
+std::vector<at::Tensor> channel_moments(const at::Tensor& z, const at::Tensor& shift) {
+  check(z, "z"); check(shift, "shift");
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  TORCH_CHECK(shift.numel() == C, "shift must have C elements");
+  auto s1 = at::empty({N, C}, z.options().dtype(at::kDouble)), s2 = at::empty({N, C}, s1.options());
+  auto mx = at::empty({N, C}, z.options()), mn = at::empty({N, C}, z.options());
+  const float *zp = z.data_ptr<float>(), *kp = shift.data_ptr<float>();
+  double *s1p = s1.data_ptr<double>(), *s2p = s2.data_ptr<double>();
+  float *mxp = mx.data_ptr<float>(), *mnp = mn.data_ptr<float>();
+  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float k = kp[r % C];
+      const float* p = zp + r * HW;
+      float hi[kLanes], lo[kLanes];
+      std::fill(hi, hi + kLanes, -std::numeric_limits<float>::infinity());
+      std::fill(lo, lo + kLanes, std::numeric_limits<float>::infinity());
+      double t1 = 0, t2 = 0;
+      for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
+        const int64_t i1 = std::min(HW, i0 + kChunk);
+        float a1[kLanes] = {0}, a2[kLanes] = {0};
+        int64_t i = i0;
+        for (; i + kLanes <= i1; i += kLanes)
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const float v = p[i + l], d = v - k;
+            a1[l] += d;
+            a2[l] += d * d;
+            hi[l] = std::max(hi[l], v);
+            lo[l] = std::min(lo[l], v);
+          }
+        for (; i < i1; ++i) {
+          const float v = p[i], d = v - k;
+          a1[0] += d;
+          a2[0] += d * d;
+          hi[0] = std::max(hi[0], v);
+          lo[0] = std::min(lo[0], v);
+        }
+        for (int64_t l = 0; l < kLanes; ++l) {
+          t1 += a1[l];
+          t2 += a2[l];
+        }
+      }
+      float h = hi[0], w = lo[0];
+      for (int64_t l = 1; l < kLanes; ++l) {
+        h = std::max(h, hi[l]);
+        w = std::min(w, lo[l]);
+      }
+      s1p[r] = t1;
+      s2p[r] = t2;
+      mxp[r] = h;
+      mnp[r] = w;
+    }
+  });
+  return {s1, s2, mx, mn};
 }
 
 // (mean, max) over C of x·g_c: two (N, HW) tensors.
@@ -166,28 +242,31 @@ std::vector<at::Tensor> spatial_pool(const at::Tensor& z, const OptT& a, const O
   const float *zp = z.data_ptr<float>(), *gp = gc.data_ptr<float>();
   float *ap = avg.data_ptr<float>(), *mp = mx.data_ptr<float>();
   const int64_t nb = (HW + kBlock - 1) / kBlock;
-  at::parallel_for(0, N * nb, 1, [&](int64_t t0, int64_t t1) {
-    float s[kBlock], m[kBlock];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / nb, h0 = (t % nb) * kBlock, w = std::min(kBlock, HW - h0);
-      std::fill(s, s + w, 0.f);
-      std::fill(m, m + w, -std::numeric_limits<float>::infinity());
-      for (int64_t c = 0; c < C; ++c) {
-        float sa, sb;
-        af.get(c, sa, sb);
-        const float g = gp[n * C + c];
-        const float* p = zp + (n * C + c) * HW + h0;
+  dispatch_affine(af, [&](auto tag) {
+    constexpr bool kA = decltype(tag)::value;
+    at::parallel_for(0, N * nb, 1, [&](int64_t t0, int64_t t1) {
+      float s[kBlock], m[kBlock];
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n = t / nb, h0 = (t % nb) * kBlock, w = std::min(kBlock, HW - h0);
+        std::fill(s, s + w, 0.f);
+        std::fill(m, m + w, -std::numeric_limits<float>::infinity());
+        for (int64_t c = 0; c < C; ++c) {
+          float sa, sb;
+          af.get(c, sa, sb);
+          const float g = gp[n * C + c];
+          const float* p = zp + (n * C + c) * HW + h0;
+          for (int64_t j = 0; j < w; ++j) {
+            const float v = xv<kA>(p[j], sa, sb) * g;
+            s[j] += v;
+            m[j] = std::max(m[j], v);
+          }
+        }
         for (int64_t j = 0; j < w; ++j) {
-          const float v = xval(p[j], sa, sb) * g;
-          s[j] += v;
-          m[j] = std::max(m[j], v);
+          ap[n * HW + h0 + j] = s[j] / C;
+          mp[n * HW + h0 + j] = m[j];
         }
       }
-      for (int64_t j = 0; j < w; ++j) {
-        ap[n * HW + h0 + j] = s[j] / C;
-        mp[n * HW + h0 + j] = m[j];
-      }
-    }
+    });
   });
   return {avg, mx};
 }
@@ -202,20 +281,23 @@ at::Tensor apply_gates(const at::Tensor& z, const OptT& a, const OptT& b, const 
   check(y, "out");
   const float *zp = z.data_ptr<float>(), *gp = gc.data_ptr<float>(), *sp = ptr_or_null(gs);
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float sa, sb;
-      af.get(r % C, sa, sb);
-      const float g = gp[r];
-      const float* p = zp + r * HW;
-      float* q = yp + r * HW;
-      if (sp) {
-        const float* s = sp + (r / C) * HW;
-        for (int64_t j = 0; j < HW; ++j) q[j] = (xval(p[j], sa, sb) * g) * s[j];
-      } else {
-        for (int64_t j = 0; j < HW; ++j) q[j] = xval(p[j], sa, sb) * g;
+  dispatch_affine(af, [&](auto tag) {
+    constexpr bool kA = decltype(tag)::value;
+    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float sa, sb;
+        af.get(r % C, sa, sb);
+        const float g = gp[r];
+        const float* p = zp + r * HW;
+        float* q = yp + r * HW;
+        if (sp) {
+          const float* s = sp + (r / C) * HW;
+          for (int64_t j = 0; j < HW; ++j) q[j] = (xv<kA>(p[j], sa, sb) * g) * s[j];
+        } else {
+          for (int64_t j = 0; j < HW; ++j) q[j] = xv<kA>(p[j], sa, sb) * g;
+        }
       }
-    }
+    });
   });
   return y;
 }
@@ -232,23 +314,26 @@ std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, co
   auto dgc = at::empty({N, C}, z.options());
   float* dgcp = dgc.data_ptr<float>();
   if (!sp) {  // SE: one reduction per row
-    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float sa, sb;
-        af.get(r % C, sa, sb);
-        const float *p = zp + r * HW, *q = dp + r * HW;
-        double total = 0;
-        for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
-          const int64_t i1 = std::min(HW, i0 + kChunk);
-          float acc[kLanes] = {0};
-          int64_t i = i0;
-          for (; i + kLanes <= i1; i += kLanes)
-            for (int64_t j = 0; j < kLanes; ++j) acc[j] += q[i + j] * xval(p[i + j], sa, sb);
-          for (; i < i1; ++i) acc[0] += q[i] * xval(p[i], sa, sb);
-          for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
+    dispatch_affine(af, [&](auto tag) {
+      constexpr bool kA = decltype(tag)::value;
+      at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          float sa, sb;
+          af.get(r % C, sa, sb);
+          const float *p = zp + r * HW, *q = dp + r * HW;
+          double total = 0;
+          for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
+            const int64_t i1 = std::min(HW, i0 + kChunk);
+            float acc[kLanes] = {0};
+            int64_t i = i0;
+            for (; i + kLanes <= i1; i += kLanes)
+              for (int64_t j = 0; j < kLanes; ++j) acc[j] += q[i + j] * xv<kA>(p[i + j], sa, sb);
+            for (; i < i1; ++i) acc[0] += q[i] * xv<kA>(p[i], sa, sb);
+            for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
+          }
+          dgcp[r] = static_cast<float>(total);
         }
-        dgcp[r] = static_cast<float>(total);
-      }
+      });
     });
     return {dgc, at::Tensor(), at::Tensor()};
   }
@@ -259,40 +344,43 @@ std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, co
   const float* mp = smax->data_ptr<float>();
   const int64_t nb = (HW + kBlock - 1) / kBlock;
   std::vector<double> part(N * nb * C);
-  at::parallel_for(0, N * nb, 1, [&](int64_t t0, int64_t t1) {
-    float ds[kBlock], k[kBlock];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / nb, blk = t % nb, h0 = blk * kBlock, w = std::min(kBlock, HW - h0);
-      const float *s = sp + n * HW + h0, *m = mp + n * HW + h0;
-      std::fill(ds, ds + w, 0.f);
-      std::fill(k, k + w, 0.f);
-      for (int64_t c = 0; c < C; ++c) {
-        float sa, sb;
-        af.get(c, sa, sb);
-        const float g = gp[n * C + c];
-        const float *p = zp + (n * C + c) * HW + h0, *q = dp + (n * C + c) * HW + h0;
-        float acc[kLanes] = {0};
-        int64_t j = 0;
-        for (; j + kLanes <= w; j += kLanes)
-          for (int64_t l = 0; l < kLanes; ++l) {
-            const float x = xval(p[j + l], sa, sb), u = q[j + l] * x;
-            acc[l] += u * s[j + l];
-            ds[j + l] += u * g;
-            k[j + l] += x * g == m[j + l] ? 1.f : 0.f;
+  dispatch_affine(af, [&](auto tag) {
+    constexpr bool kA = decltype(tag)::value;
+    at::parallel_for(0, N * nb, 1, [&](int64_t t0, int64_t t1) {
+      float ds[kBlock], k[kBlock];
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n = t / nb, blk = t % nb, h0 = blk * kBlock, w = std::min(kBlock, HW - h0);
+        const float *s = sp + n * HW + h0, *m = mp + n * HW + h0;
+        std::fill(ds, ds + w, 0.f);
+        std::fill(k, k + w, 0.f);
+        for (int64_t c = 0; c < C; ++c) {
+          float sa, sb;
+          af.get(c, sa, sb);
+          const float g = gp[n * C + c];
+          const float *p = zp + (n * C + c) * HW + h0, *q = dp + (n * C + c) * HW + h0;
+          float acc[kLanes] = {0};
+          int64_t j = 0;
+          for (; j + kLanes <= w; j += kLanes)
+            for (int64_t l = 0; l < kLanes; ++l) {
+              const float x = xv<kA>(p[j + l], sa, sb), u = q[j + l] * x;
+              acc[l] += u * s[j + l];
+              ds[j + l] += u * g;
+              k[j + l] += x * g == m[j + l] ? 1.f : 0.f;
+            }
+          for (; j < w; ++j) {
+            const float x = xv<kA>(p[j], sa, sb), u = q[j] * x;
+            acc[0] += u * s[j];
+            ds[j] += u * g;
+            k[j] += x * g == m[j] ? 1.f : 0.f;
           }
-        for (; j < w; ++j) {
-          const float x = xval(p[j], sa, sb), u = q[j] * x;
-          acc[0] += u * s[j];
-          ds[j] += u * g;
-          k[j] += x * g == m[j] ? 1.f : 0.f;
+          double total = 0;
+          for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
+          part[(n * nb + blk) * C + c] = total;
         }
-        double total = 0;
-        for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
-        part[(n * nb + blk) * C + c] = total;
+        std::copy(ds, ds + w, dgsp + n * HW + h0);
+        std::copy(k, k + w, cntp + n * HW + h0);
       }
-      std::copy(ds, ds + w, dgsp + n * HW + h0);
-      std::copy(k, k + w, cntp + n * HW + h0);
-    }
+    });
   });
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) {
@@ -314,32 +402,35 @@ at::Tensor spatial_pool_grad(const at::Tensor& z, const OptT& a, const OptT& b, 
               *wap = w_avg.data_ptr<float>(), *wmp = w_max.data_ptr<float>();
   auto out = at::empty({N, C}, z.options());
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float sa, sb;
-      af.get(r % C, sa, sb);
-      const float g = gp[r];
-      const int64_t n = r / C;
-      const float *p = zp + r * HW, *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
-      double total = 0;
-      for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
-        const int64_t i1 = std::min(HW, i0 + kChunk);
-        float acc[kLanes] = {0};
-        int64_t i = i0;
-        for (; i + kLanes <= i1; i += kLanes)
-          for (int64_t l = 0; l < kLanes; ++l) {
-            const float x = xval(p[i + l], sa, sb), w = wm[i + l];
-            acc[l] += x * (wa[i + l] + (x * g == m[i + l] ? w : 0.f));
+  dispatch_affine(af, [&](auto tag) {
+    constexpr bool kA = decltype(tag)::value;
+    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float sa, sb;
+        af.get(r % C, sa, sb);
+        const float g = gp[r];
+        const int64_t n = r / C;
+        const float *p = zp + r * HW, *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
+        double total = 0;
+        for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
+          const int64_t i1 = std::min(HW, i0 + kChunk);
+          float acc[kLanes] = {0};
+          int64_t i = i0;
+          for (; i + kLanes <= i1; i += kLanes)
+            for (int64_t l = 0; l < kLanes; ++l) {
+              const float x = xv<kA>(p[i + l], sa, sb), w = wm[i + l];
+              acc[l] += x * (wa[i + l] + (x * g == m[i + l] ? w : 0.f));
+            }
+          for (; i < i1; ++i) {
+            const float x = xv<kA>(p[i], sa, sb);
+            const float w = wm[i];
+            acc[0] += x * (wa[i] + (x * g == m[i] ? w : 0.f));
           }
-        for (; i < i1; ++i) {
-          const float x = xval(p[i], sa, sb);
-          const float w = wm[i];
-          acc[0] += x * (wa[i] + (x * g == m[i] ? w : 0.f));
+          for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
         }
-        for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
+        op[r] = static_cast<float>(total);
       }
-      op[r] = static_cast<float>(total);
-    }
+    });
   });
   return out;
 }
@@ -371,37 +462,40 @@ std::vector<at::Tensor> input_grad(const at::Tensor& dy, const at::Tensor& z, co
     s1p = s1.data_ptr<float>();
     s2p = s2.data_ptr<float>();
   }
-  at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float sa, sb;
-      af.get(r % C, sa, sb);
-      const int64_t n = r / C;
-      const float g = gp[r], base = dap[r] / HW;
-      const float *p = zp + r * HW, *q = dp + r * HW;
-      float* o = xp + r * HW;
-      float cm = std::numeric_limits<float>::quiet_NaN(), cmg = 0.f;  // NaN: never equal
-      if (cmp && dmp[r] != 0.f) {
-        cm = cmp[r];
-        cmg = dmp[r] / std::max(count_equal(p, HW, sa, sb, cm), 1.f);
+  dispatch_affine(af, [&](auto tag) {
+    constexpr bool kA = decltype(tag)::value;
+    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float sa, sb;
+        af.get(r % C, sa, sb);
+        const int64_t n = r / C;
+        const float g = gp[r], base = dap[r] / HW;
+        const float *p = zp + r * HW, *q = dp + r * HW;
+        float* o = xp + r * HW;
+        float cm = std::numeric_limits<float>::quiet_NaN(), cmg = 0.f;  // NaN: never equal
+        if (cmp && dmp[r] != 0.f) {
+          cm = cmp[r];
+          cmg = dmp[r] / std::max(count_equal<kA>(p, HW, sa, sb, cm), 1.f);
+        }
+        double t1 = 0, t2 = 0;
+        const float *s = sp ? sp + n * HW : nullptr;
+        if (spatial) {
+          const float *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
+          if (sums) dx_row<kA, true, true, true>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
+          else dx_row<kA, true, true, false>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
+        } else if (sp) {
+          if (sums) dx_row<kA, true, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+          else dx_row<kA, true, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+        } else {
+          if (sums) dx_row<kA, false, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+          else dx_row<kA, false, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+        }
+        if (sums) {
+          s1p[r] = static_cast<float>(t1);
+          s2p[r] = static_cast<float>(t2);
+        }
       }
-      double t1 = 0, t2 = 0;
-      const float *s = sp ? sp + n * HW : nullptr;
-      if (spatial) {
-        const float *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
-        if (sums) dx_row<true, true, true>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
-        else dx_row<true, true, false>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
-      } else if (sp) {
-        if (sums) dx_row<true, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
-        else dx_row<true, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
-      } else {
-        if (sums) dx_row<false, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
-        else dx_row<false, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
-      }
-      if (sums) {
-        s1p[r] = static_cast<float>(t1);
-        s2p[r] = static_cast<float>(t2);
-      }
-    }
+    });
   });
   return {dx, s1, s2};
 }
@@ -428,6 +522,7 @@ at::Tensor affine_combine_(at::Tensor t, const at::Tensor& z, const at::Tensor& 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_pool", &channel_pool);
+  m.def("channel_moments", &channel_moments);
   m.def("spatial_pool", &spatial_pool);
   m.def("apply_gates", &apply_gates);
   m.def("gate_grads", &gate_grads);
