@@ -1,0 +1,205 @@
+"""The fused CPU kernels (cbam_det/ops) against plain PyTorch: CBAM and SE, alone and with the
+BatchNorm before them folded in (AttnResNet's fused blocks)."""
+import copy
+import contextlib
+
+import pytest
+import torch
+from mmdet.registry import MODELS
+from torch import nn
+
+from cbam_det import CBAM, SE
+from cbam_det.models.layers import _fused_gate, base as base_mod, cbam as cbam_mod, se as se_mod
+from cbam_det.ops import gate_ext
+
+
+def test_kernels_compiled():
+    assert gate_ext() is not None, 'the fused CPU kernels did not compile (see the warning above)'
+
+
+@contextlib.contextmanager
+def plain_pytorch(monkeypatch):
+    """The eager reference: no fused kernels, and CBAM's generic eq. 1-3 path."""
+    with monkeypatch.context() as m:
+        for mod in (cbam_mod, se_mod, base_mod):
+            m.setattr(mod, 'fused_available', lambda *a, **k: False)
+        m.setattr(CBAM, '_fast', property(lambda self: False))
+        yield
+
+
+def make(kind: str, c: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = {'cbam': lambda: CBAM(c, reduction=4), 'cbam_official': lambda: CBAM(c, 4, spatial_pool='max_avg'),
+         'se': lambda: SE(c, 4)}[kind]()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    return m
+
+
+def step(fn, x: torch.Tensor, params):
+    x = x.detach().clone().requires_grad_()
+    params = [p for p in params if p.requires_grad]
+    y = fn(x)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad((y * w).sum(), [x] + params, allow_unused=True)
+    return y.detach(), grads
+
+
+def assert_same(a, b, rtol=1e-4, atol=1e-5):
+    ya, ga = a
+    yb, gb = b
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    for u, v in zip(ga, gb):
+        if u is None or v is None:
+            assert u is None and v is None
+        else:
+            torch.testing.assert_close(u, v, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize('kind', ['cbam', 'cbam_official', 'se'])
+@pytest.mark.parametrize('shape', [(2, 32, 9, 13), (1, 48, 7, 7), (3, 32, 1, 1), (2, 16, 1, 17)], ids=str)
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_fused_module_equals_plain_pytorch(kind, shape, train, monkeypatch):
+    x = torch.randn(shape)
+    assert _fused_gate.fused_available(x)
+    fused, ref = make(kind, shape[1]).train(train), make(kind, shape[1]).train(train)
+    got = step(fused, x, fused.parameters())
+    with plain_pytorch(monkeypatch):
+        want = step(ref, x, ref.parameters())
+    assert_same(got, want)
+    for bf, br in zip(fused.buffers(), ref.buffers()):  # the spatial gate's BN statistics
+        torch.testing.assert_close(bf, br)
+
+
+def test_fused_ties_share_the_max_gradient_like_torch(monkeypatch):
+    """Integer-valued input: many tied maxima over H×W and over C."""
+    x = torch.randint(0, 3, (2, 16, 5, 6)).float()
+    fused, ref = make('cbam', 16), make('cbam', 16)
+    got = step(fused, x, fused.parameters())
+    with plain_pytorch(monkeypatch):
+        want = step(ref, x, ref.parameters())
+    assert_same(got, want)
+
+
+def bn_variants():
+    def bn(**kw):
+        torch.manual_seed(1)
+        m = nn.BatchNorm2d(24, **kw)
+        if m.affine:
+            with torch.no_grad():
+                m.weight.normal_(0, 1)  # negative γ too: the channel max comes from min(z)
+                m.weight[:3] = 0  # zero_init_residual-like channels: x is constant
+                m.bias.normal_(0, 1)
+        if m.track_running_stats:
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2)
+        return m
+
+    frozen = bn().eval()
+    frozen.requires_grad_(False)
+    return {'train': bn(), 'eval': bn().eval(), 'cumulative_momentum': bn(momentum=None),
+            'no_affine': bn(affine=False), 'no_running_stats': bn(track_running_stats=False),
+            'frozen': frozen}
+
+
+@pytest.mark.parametrize('kind', ['cbam', 'se'])
+@pytest.mark.parametrize('variant', list(bn_variants()))
+def test_forward_with_bn_equals_bn_then_module(kind, variant, monkeypatch):
+    z = torch.randn(2, 24, 6, 10) * 3 + 5  # |mean| > std: the shifted moments keep the variance exact
+    bn_f, bn_r = bn_variants()[variant], bn_variants()[variant]
+    att_f, att_r = make(kind, 24), make(kind, 24)
+    params_f = list(att_f.parameters()) + list(bn_f.parameters())
+    params_r = list(att_r.parameters()) + list(bn_r.parameters())
+    for _ in range(2):  # twice: running statistics feed the second step
+        got = step(lambda t: att_f.forward_with_bn(t, bn_f), z, params_f)
+        with plain_pytorch(monkeypatch):
+            want = step(lambda t: att_r.forward_with_bn(t, bn_r), z, params_r)
+        assert_same(got, want)
+        for bf, br in zip(bn_f.buffers(), bn_r.buffers()):
+            torch.testing.assert_close(bf, br, rtol=1e-5, atol=1e-6)
+
+
+def backbone(depth: int, att: str, fuse: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    m = MODELS.build(dict(type='AttnResNet', depth=depth, base_channels=16, attention=dict(type=att),
+                          norm_eval=False, zero_init_residual=False, fuse_attention=fuse))
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.normal_(1, 0.3)
+                mod.bias.normal_(0, 0.3)
+    return m
+
+
+@pytest.mark.parametrize('depth,att', [(50, 'CBAM'), (18, 'SE'), (18, 'CBAM')])
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_fused_backbone_equals_unfused(depth, att, train):
+    fused = backbone(depth, att, True)
+    plain = copy.deepcopy(fused)
+    for blk in plain.modules():
+        if hasattr(blk, 'fuse_attention'):
+            blk.fuse_attention = False
+    fused.train(train), plain.train(train)
+    x = torch.randn(2, 3, 48, 80)
+    outs = []
+    for m in (fused, plain):
+        y = m(x)
+        grads = torch.autograd.grad(sum((o * o).mean() for o in y), list(m.parameters()))
+        outs.append((y, grads))
+    for a, b in zip(outs[0][0], outs[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
+    for a, b in zip(fused.buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert list(fused.state_dict()) == list(plain.state_dict())
+
+
+def saved_elements(block: nn.Module, x: torch.Tensor) -> int:
+    """Elements of the distinct tensors a training forward of ``block`` keeps for backward."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes() // t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    storages.pop(x.untyped_storage().data_ptr(), None)  # the input is kept by the caller anyway
+    return sum(storages.values())
+
+
+def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
+    """Memory: the fused BN + CBAM block saves what the plain block saves, plus small tensors."""
+    x = torch.randn(2, 64, 40, 48, requires_grad=True)
+    full = 2 * 64 * 40 * 48
+    plain = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16)).layer1[1].train()
+    fused = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16,
+                              attention=dict(type='CBAM'))).layer1[1].train()
+    plugin = copy.deepcopy(fused)
+    plugin.fuse_attention = False
+    n_plain, n_fused, n_plugin = (saved_elements(b, x) for b in (plain, fused, plugin))
+    small = 2 * (64 + 40 * 48) * 8  # gates, pooled maps, the 7×7 conv's input
+    assert n_plain <= n_fused <= n_plain + small
+    assert n_plugin >= n_plain + full  # the plugin must keep the BN output it refines
+
+
+def test_other_inputs_take_the_pytorch_path(monkeypatch):
+    x = torch.randn(2, 16, 5, 7)
+    assert not _fused_gate.fused_available(x.to(memory_format=torch.channels_last))
+    assert not _fused_gate.fused_available(x.double())
+    assert not _fused_gate.fused_available(x[:, :, :, :4])
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not _fused_gate.fused_available(x)
+    assert not _fused_gate.fused_available(x, nn.SyncBatchNorm(16))
+    monkeypatch.setenv('CBAM_DET_NO_EXT', '1')
+    assert not _fused_gate.fused_available(x)
+
+
+def test_kernels_refuse_bad_tensors():
+    ext = gate_ext()
+    x = torch.randn(2, 8, 4, 4)
+    with pytest.raises(RuntimeError, match='contiguous float32 CPU tensor'):
+        ext.channel_pool(x.to(memory_format=torch.channels_last), None, None)
+    with pytest.raises(RuntimeError, match='C elements'):
+        ext.channel_pool(x, torch.ones(3), torch.ones(3))
