@@ -48,7 +48,7 @@ def test_basic_block_plugin_placement_and_output(depth):
     x = torch.randn(2, 64, 10, 14)
     with torch.no_grad():
         out = blk.norm2(blk.conv2(blk.relu(blk.norm1(blk.conv1(x)))))
-        expected = torch.relu(blk.cbam(out) + blk.downsample(x))
+        expected = torch.relu(blk.cbam(out.clone()) + blk.downsample(x))  # inplace=True here
         torch.testing.assert_close(blk(x), expected)
         # the plain block (attention removed) gives a different output: the attention is used
         assert not torch.allclose(torch.relu(out + blk.downsample(x)), expected)

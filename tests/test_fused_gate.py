@@ -8,8 +8,8 @@ import torch
 from mmdet.registry import MODELS
 from torch import nn
 
-from cbam_det import CBAM, SE
-from cbam_det.models.layers import _fused_gate, base as base_mod, cbam as cbam_mod, se as se_mod
+from cbam_det import BAM, CBAM, SE
+from cbam_det.models.layers import _fused_gate, bam as bam_mod, base as base_mod, cbam as cbam_mod, se as se_mod
 from cbam_det.ops import gate_ext
 
 
@@ -21,7 +21,7 @@ def test_kernels_compiled():
 def plain_pytorch(monkeypatch):
     """The eager reference: no fused kernels, and CBAM's generic eq. 1-3 path."""
     with monkeypatch.context() as m:
-        for mod in (cbam_mod, se_mod, base_mod):
+        for mod in (cbam_mod, se_mod, base_mod, bam_mod):
             m.setattr(mod, 'fused_available', lambda *a, **k: False)
         m.setattr(CBAM, '_fast', property(lambda self: False))
         yield
@@ -70,6 +70,49 @@ def test_fused_module_equals_plain_pytorch(kind, shape, train, monkeypatch):
     assert_same(got, want)
     for bf, br in zip(fused.buffers(), ref.buffers()):  # the spatial gate's BN statistics
         torch.testing.assert_close(bf, br)
+
+
+@pytest.mark.parametrize('combine', ['sum', 'product'])
+@pytest.mark.parametrize('residual', [True, False])
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_fused_bam_equals_plain_pytorch(combine, residual, train, monkeypatch):
+    x = torch.randn(2, 32, 9, 13)
+    fused, ref = (BAM(32, 4, 2, combine=combine, residual=residual).train(train) for _ in range(2))
+    ref.load_state_dict(fused.state_dict())
+    with torch.no_grad():  # logits of both signs and magnitudes up to ~10: exercises the sigmoid
+        for m in (fused, ref):
+            torch.manual_seed(5)
+            m.spatial_att.final.weight.normal_(0, 2)
+            m.channel_att.fc2.weight.normal_(0, 2)
+    got = step(fused, x, fused.parameters())
+    with plain_pytorch(monkeypatch):
+        want = step(ref, x, ref.parameters())
+    # biases right before a training BatchNorm have a true gradient of 0: float noise there
+    # is judged against the scale of all gradients
+    scale = max(g.abs().max().item() for g in want[1])
+    assert_same(got, want, atol=1e-6 * scale)
+    for bf, br in zip(fused.buffers(), ref.buffers()):
+        torch.testing.assert_close(bf, br)
+
+
+def test_bam_inplace_inference_writes_into_its_input():
+    bam = BAM(16, 4, inplace=True).eval()
+    x = torch.randn(2, 16, 6, 8)
+    with torch.no_grad():
+        ref = BAM(16, 4).eval()
+        ref.load_state_dict(bam.state_dict())
+        want = ref(x)
+        got = bam(x)
+    assert got.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(got, want)
+
+
+def test_attn_resnet_makes_its_attention_inplace_unless_told():
+    b = MODELS.build(dict(type='AttnResNet', depth=18, base_channels=16, attention=dict(type='CBAM'),
+                          bam=dict(type='BAM')))
+    assert b.layer1[0].cbam.inplace and b.bam1.inplace
+    b = MODELS.build(dict(type='AttnResNet', depth=18, base_channels=16, attention=dict(type='SE', inplace=False)))
+    assert not b.layer1[0].se.inplace
 
 
 def test_fused_ties_share_the_max_gradient_like_torch(monkeypatch):

@@ -17,7 +17,7 @@ model = dict(
         frozen_stages=-1,
         norm_eval=False,
         init_cfg=None,  # random init: nothing is downloaded
-        plugins=[dict(cfg=dict(type='CBAM'), stages=(True, True, True, True), position='after_conv3')]),
+        plugins=[dict(cfg=dict(type='CBAM', inplace=True), stages=(True, True, True, True), position='after_conv3')]),
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=width),
     rpn_head=dict(
         in_channels=width,

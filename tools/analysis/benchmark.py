@@ -119,7 +119,7 @@ def build(args, variant: str) -> nn.Module:
                    norm_eval=False, frozen_stages=-1)
         if variant != 'plain':
             att = dict(ATT[args.attention])
-            if args.inplace and args.attention == 'cbam':
+            if args.inplace:
                 att['inplace'] = True
             if args.attention == 'bam':
                 if args.path != 'attn_resnet':

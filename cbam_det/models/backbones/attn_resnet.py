@@ -11,6 +11,8 @@ between stages (BAM paper, Fig. 1), built on mmdet's ResNet.
 - Parameter names are torchvision's (``conv1``, ``bn1``, ``layerL.i.convK/bnK``,
   ``layerL.i.downsample.0/1``), with the attention at ``layerL.i.cbam`` (or ``.se``) and
   ``bamK``: ``torchvision://resnetXX`` and converted official CBAM/BAM weights load unchanged.
+- ``inplace=True`` is the default of the attention and BAM modules here (CBAM, SE, BAM):
+  in inference they write into the tensor they refine, which nothing else reads.
 - ``fuse_attention=True`` (default) computes each block's last BatchNorm and its attention
   as one fused function (CBAM, SE; float32 CPU tensors): the BN output is not stored for
   backward, so the attention costs almost no activation memory. Parameters, buffers and
@@ -19,6 +21,7 @@ between stages (BAM paper, Fig. 1), built on mmdet's ResNet.
   a pretrained backbone at random init; with ``freeze_attention=False`` (default) the
   attention modules stay trainable and their BatchNorms keep updating statistics.
 """
+import inspect
 from typing import List, Optional, Sequence
 
 import torch
@@ -33,6 +36,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..layers.factory import build_attention
 
 __all__ = ['PluginBasicBlock', 'AttnBottleneck', 'AttnResNeXtBottleneck', 'AttnResNet', 'AttnResNeXt']
+
+
+def _inplace_by_default(cfg: Optional[dict]) -> Optional[dict]:
+    """``cfg`` with ``inplace=True`` unless set: in these positions nothing else reads the
+    tensor the attention refines, so inference can multiply into it (no allocation)."""
+    if not isinstance(cfg, dict) or 'inplace' in cfg:
+        return cfg
+    cls = MODELS.get(cfg.get('type')) if isinstance(cfg.get('type'), str) else cfg.get('type')
+    if cls is not None and 'inplace' in inspect.signature(cls).parameters:
+        cfg = dict(cfg, inplace=True)
+    return cfg
 
 
 def norm_and_plugins(block: nn.Module, out: torch.Tensor, norm: nn.Module, names: List[str]) -> torch.Tensor:
@@ -139,6 +153,7 @@ class _AttentionMixin:
         if depth not in self.arch_settings:
             raise KeyError(f'invalid depth {depth} for {type(self).__name__}; '
                            f'allowed: {sorted(self.arch_settings)}')
+        attention, bam = _inplace_by_default(attention), _inplace_by_default(bam)
         plugins = self._setup_attention(depth, attention, attention_stages, bam, bam_stages,
                                         freeze_attention, plugins, kwargs.get('num_stages', 4))
         super().__init__(depth=depth, plugins=plugins, **kwargs)

@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 
 from ...ops import gate_ext
 
-__all__ = ['fused_available', 'gated_attention']
+__all__ = ['fused_available', 'gated_attention', 'bam_gate']
 
 
 def fused_available(x: torch.Tensor, bn: Optional[nn.Module] = None) -> bool:
@@ -175,8 +175,8 @@ def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNor
                     inplace: bool = False) -> torch.Tensor:
     """CBAM / SE ``module`` applied to ``z`` (or to ``bn(z)``) with the fused kernels.
 
-    Call only where :func:`fused_available` is true. ``inplace`` (no autograd, no ``bn``)
-    writes the result into ``z``.
+    Call only where :func:`fused_available` is true. ``inplace`` (no autograd) writes the
+    result into ``z``.
     """
     params = list(module.parameters()) + (list(bn.parameters()) if bn is not None else [])
     if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in params)):
@@ -187,4 +187,34 @@ def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNor
         if bn is not None:
             a, b, *_, pooled = _bn_affine(bn, z, ext)
         s = _small_forward(module, ext, z, a, b, grad=False, pooled=pooled)
-        return ext.apply_gates(z, a, b, s['gc'], s['gs'], z if inplace and bn is None else None)
+        return ext.apply_gates(z, a, b, s['gc'], s['gs'], z if inplace else None)
+
+
+class _BAMGate(torch.autograd.Function):
+    """BAM eq. 1-2: (x, Mc, Ms) → x ⊗ (r + σ(Mc + Ms)) (or σ(Mc·Ms)); saves x and the small maps."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool):
+        ctx.save_for_backward(x, c, s)
+        ctx.flags = (product, residual)
+        return gate_ext().bam_apply(x, c, s, product, residual, None)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        x, c, s = ctx.saved_tensors
+        dx, dc, ds = gate_ext().bam_grads(dy.contiguous(), x, c, s, *ctx.flags)
+        return dx, dc, ds, None, None
+
+
+def bam_gate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool,
+             inplace: bool = False) -> torch.Tensor:
+    """BAM's refinement ``x ⊗ (r + σ(c + s))`` (``product``: σ(c·s)), r = 1 if ``residual``,
+    with c (N, C, 1, 1) and s (N, 1, H, W) float32 logits, in one pass over x (the full-size
+    M(F) is never stored). Call only where :func:`fused_available` is true. ``inplace`` (no
+    autograd) writes the result into ``x``."""
+    n, ch, h, w = x.shape
+    c2, s2 = c.reshape(n, ch).float().contiguous(), s.reshape(n, h * w).float().contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or s.requires_grad):
+        return _BAMGate.apply(x, c2, s2, product, residual)
+    return gate_ext().bam_apply(x, c2, s2, product, residual, x if inplace else None)

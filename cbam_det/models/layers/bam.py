@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.registry import MODELS
 
+from ._fused_gate import bam_gate, fused_available
 from ._utils import check_choice, check_input, check_not_frozen, hidden_channels, safe_batch_norm
 from .base import AttentionModule
 
@@ -88,6 +89,12 @@ class BAM(AttentionModule):
         identity_logit: magnitude of the gate logit for ``init_mode='identity'``.
         allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
             (see ``check_not_frozen``); for pretrained attention weights.
+        inplace: without autograd (inference), write F' into the input tensor itself (safe
+            between ResNet stages, where nothing else reads the stage output). Training is
+            unaffected.
+
+    With ``combine`` 'sum' or 'product', float32 contiguous CPU input uses a fused kernel
+    for F ⊗ (1 + M(F)): M(F) is computed on the fly (forward and backward), never stored.
     """
 
     _abbr_ = 'bam'
@@ -104,6 +111,7 @@ class BAM(AttentionModule):
                  init_mode: str = 'scratch',
                  identity_logit: float = 5.0,
                  allow_frozen: bool = False,
+                 inplace: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__('BAM', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
         check_choice('BAM', 'combine', combine, COMBINES)
@@ -114,6 +122,7 @@ class BAM(AttentionModule):
         hidden = hidden_channels('BAM', in_channels, reduction, min_hidden_channels)
         self.combine = combine
         self.residual = residual
+        self.inplace = inplace
         self.channel_att = BAMChannelGate(in_channels, hidden)
         self.spatial_att = BAMSpatialGate(in_channels, hidden, dilation, num_dilated)
         self.reset_parameters()
@@ -149,6 +158,9 @@ class BAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('BAM', x, self.in_channels)
         check_not_frozen(self, 'BAM')
+        if self.combine in ('sum', 'product') and fused_available(x):
+            c, s = self.channel_att(x), self.spatial_att(x)
+            return bam_gate(x, c, s, self.combine == 'product', self.residual, self.inplace)
         m = self.attention(x).to(x.dtype)
         return x + x * m if self.residual else x * m
 

@@ -50,13 +50,14 @@ class AttentionModule(BaseModule):
         CBAM (the paper's configuration) and SE compute it in one fused autograd function
         on float32 CPU tensors (``_fused_gate``): the BN output is never stored, so the
         pair costs no more activation memory than the BN alone. Otherwise it is literally
-        ``self(bn(z))``.
+        ``self(bn(z))``. With the module's ``inplace`` (no autograd) the result is written
+        into ``z``: callers pass a ``z`` that nothing else reads (a block's last conv output).
         """
         if self.fusable_with_bn and fused_available(z, bn):
             owner = type(self).__name__
             check_input(owner, z, self.in_channels)
             check_not_frozen(self, owner)
-            return gated_attention(self, z, bn=bn)
+            return gated_attention(self, z, bn=bn, inplace=getattr(self, 'inplace', False))
         return self(bn(z))
 
     def _init_special(self) -> None:
