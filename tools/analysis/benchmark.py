@@ -14,6 +14,13 @@ train-mode forward + backward of the sum of outputs. Reported: median ratio to
 ``plain`` with min/max over repeats. Memory of a training step: CPU = peak RSS
 growth of a fresh subprocess per variant (model and input built, then Linux's peak-RSS
 mark is reset and the step runs); CUDA = ``torch.cuda.max_memory_allocated`` after synchronisation.
+
+``--path attn_resnet`` measures cbam_det's backbone, where CBAM/SE are fused with the
+block's last BatchNorm (``fuse_attention=True``); ``--path plugin`` mmdet's ResNet with
+``plugins=``. ``--malloc tuned`` re-runs the tool with glibc's malloc told to keep freed
+memory (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``): with
+the defaults, every large tensor is a fresh ``mmap`` whose pages fault in on first touch,
+which makes CPU step times depend on how many tensors a network keeps alive.
 """
 import argparse
 import json
@@ -36,6 +43,9 @@ from mmdet.registry import MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
 
 ATT = {'cbam': dict(type='CBAM'), 'se': dict(type='SE'), 'bam': dict(type='BAM')}
+# glibc: serve every allocation from the heap and never give freed memory back to the OS
+TUNED_MALLOC = {'MALLOC_MMAP_THRESHOLD_': str(2**31), 'MALLOC_TRIM_THRESHOLD_': str(2**40),
+                'MALLOC_TOP_PAD_': str(2**30)}
 
 
 # ----------------------------------------------------------------------------- eager references
@@ -235,7 +245,11 @@ def main() -> None:
                         help='with --backbone: CBAM/SE in every block, BAM after stages 1-3')
     parser.add_argument('--path', choices=['plugin', 'attn_resnet'], default='plugin',
                         help="with --backbone: mmdet's ResNet with plugins=, or cbam_det's AttnResNet")
-    parser.add_argument('--inplace', action='store_true', help="CBAM with inplace=True (in-place products in inference)")
+    parser.add_argument('--inplace', action='store_true',
+                        help='inplace=True for the attention (in-place products in inference; AttnResNet '
+                             'sets it by default)')
+    parser.add_argument('--malloc', choices=['default', 'tuned'], default='default',
+                        help="glibc malloc settings for the whole run (see above)")
     parser.add_argument('--shape', type=int, nargs=4, default=(2, 3, 512, 768), metavar=('N', 'C', 'H', 'W'))
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--reference', action='store_true', help='also time the plain eager reference')
@@ -247,6 +261,9 @@ def main() -> None:
     parser.add_argument('--json', help='write the results here too')
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.malloc == 'tuned' and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, osp.abspath(__file__), *sys.argv[1:]],
+                  dict(os.environ, **TUNED_MALLOC))  # glibc reads these at start-up only
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
@@ -255,8 +272,9 @@ def main() -> None:
 
     variants = ['plain', 'attn'] + (['reference'] if args.reference else [])
     times = time_variants(args, variants)
-    result = dict(spec=args.config or f'{args.backbone} {args.attention}{" inplace" if args.inplace else ""} ({args.path})', shape=list(args.shape),
-                  device=args.device, threads=torch.get_num_threads(), torch=torch.__version__, amp=args.amp,
+    spec = args.config or f'{args.backbone} {args.attention}{" inplace" if args.inplace else ""} ({args.path})'
+    result = dict(spec=spec, shape=list(args.shape), malloc=args.malloc, device=args.device,
+                  threads=torch.get_num_threads(), torch=torch.__version__, amp=args.amp,
                   channels_last=args.channels_last, repeats=args.repeats, variants={})
     for v in variants:
         result['variants'][v] = {k: ratio_stats(times[v][k], times['plain'][k]) for k in ('inference', 'train')}
@@ -273,7 +291,8 @@ def main() -> None:
             result['variants'][v]['train_memory_ratio'] = result['variants'][v]['train_memory_bytes'] / base
 
     print(f"{result['spec']}  input {'x'.join(map(str, args.shape))}  {args.device}, {result['threads']} threads, "
-          f"torch {torch.__version__}{', amp' if args.amp else ''}{', channels_last' if args.channels_last else ''}")
+          f"torch {torch.__version__}{', amp' if args.amp else ''}{', channels_last' if args.channels_last else ''}, "
+          f"malloc {args.malloc}")
     print(f"{'variant':10s} {'inference ×':>24s} {'train step ×':>24s} {'train memory':>22s}")
     for v, r in result['variants'].items():
         inf, tr = r['inference'], r['train']
