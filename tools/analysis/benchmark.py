@@ -9,7 +9,7 @@ Variants (each a model built from the same spec with a different attention setti
 ``reference`` (the attention replaced by the plain eager implementation written in
 this file, eq. 1-3 of the CBAM paper / SE / BAM eq. 1-4 as one would write them first).
 Times: in one process, variants alternate inside every repeat (so machine noise hits
-all of them alike); inference = eval-mode forward under no_grad, training step =
+all of them alike; ``--isolate``: each variant in a fresh process per repeat); inference = eval-mode forward under no_grad, training step =
 train-mode forward + backward of the sum of outputs. Reported: median ratio to
 ``plain`` with min/max over repeats. Memory of a training step: CPU = peak RSS
 growth of a fresh subprocess per variant (model and input built, then Linux's peak-RSS
@@ -197,6 +197,43 @@ def time_variants(args, variants: List[str]) -> Dict[str, Dict[str, List[float]]
     return times
 
 
+def time_child(args, variant: str) -> Dict[str, List[float]]:
+    """Step times of ``variant`` alone in this process: one warm-up, then two steps of each kind."""
+    torch.manual_seed(0)
+    x = torch.randn(*args.shape, device=args.device)
+    if args.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    fns = step_fns(build(args, variant), x, args)
+    times: Dict[str, List[float]] = {}
+    for kind in ('inference', 'train'):
+        fns[kind]()
+        times[kind] = []
+        for _ in range(2):
+            sync(args.device)
+            t = time.perf_counter()
+            fns[kind]()
+            sync(args.device)
+            times[kind].append(time.perf_counter() - t)
+    return times
+
+
+def time_isolated(args, variants: List[str]) -> Dict[str, Dict[str, List[float]]]:
+    """``--isolate``: every repeat runs each variant in a fresh process (alternating order), so
+    one variant's memory use cannot change the allocator state the other one sees."""
+    child_args = [a for a in sys.argv[1:] if a not in ('--reference', '--isolate')]
+    times = {v: {'inference': [], 'train': []} for v in variants}
+    for r in range(args.repeats):
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            proc = subprocess.run([sys.executable, osp.abspath(__file__), *child_args, '--no-memory',
+                                   '--time-child', v], capture_output=True, text=True, env=dict(os.environ))
+            if proc.returncode != 0:
+                raise RuntimeError(f'timing run of {v} failed:\n{proc.stderr[-3000:]}')
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            for kind in times[v]:
+                times[v][kind].append(statistics.median(res[kind]))
+    return times
+
+
 def memory_child(args, variant: str) -> int:
     """Peak memory growth (bytes) of one training step of ``variant`` (run in its own process)."""
     torch.manual_seed(0)
@@ -259,7 +296,10 @@ def main() -> None:
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     parser.add_argument('--json', help='write the results here too')
+    parser.add_argument('--isolate', action='store_true',
+                        help='time every variant in its own fresh process per repeat (see time_isolated)')
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
+    parser.add_argument('--time-child', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.malloc == 'tuned' and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
         os.execve(sys.executable, [sys.executable, osp.abspath(__file__), *sys.argv[1:]],
@@ -269,11 +309,14 @@ def main() -> None:
     if args.memory_child:
         print(json.dumps({'bytes': memory_child(args, args.memory_child)}))
         return
+    if args.time_child:
+        print(json.dumps(time_child(args, args.time_child)))
+        return
 
     variants = ['plain', 'attn'] + (['reference'] if args.reference else [])
-    times = time_variants(args, variants)
+    times = (time_isolated if args.isolate else time_variants)(args, variants)
     spec = args.config or f'{args.backbone} {args.attention}{" inplace" if args.inplace else ""} ({args.path})'
-    result = dict(spec=spec, shape=list(args.shape), malloc=args.malloc, device=args.device,
+    result = dict(spec=spec, shape=list(args.shape), malloc=args.malloc, isolate=args.isolate, device=args.device,
                   threads=torch.get_num_threads(), torch=torch.__version__, amp=args.amp,
                   channels_last=args.channels_last, repeats=args.repeats, variants={})
     for v in variants:
@@ -292,7 +335,7 @@ def main() -> None:
 
     print(f"{result['spec']}  input {'x'.join(map(str, args.shape))}  {args.device}, {result['threads']} threads, "
           f"torch {torch.__version__}{', amp' if args.amp else ''}{', channels_last' if args.channels_last else ''}, "
-          f"malloc {args.malloc}")
+          f"malloc {args.malloc}{', isolated processes' if args.isolate else ''}")
     print(f"{'variant':10s} {'inference ×':>24s} {'train step ×':>24s} {'train memory':>22s}")
     for v, r in result['variants'].items():
         inf, tr = r['inference'], r['train']
