@@ -246,3 +246,25 @@ def test_kernels_refuse_bad_tensors():
         ext.channel_pool(x.to(memory_format=torch.channels_last), None, None)
     with pytest.raises(RuntimeError, match='C elements'):
         ext.channel_pool(x, torch.ones(3), torch.ones(3))
+
+
+@pytest.mark.parametrize('att', ['CBAM', 'SE'])
+def test_inplace_plugin_trains_exactly_like_the_default(att):
+    """inplace=True in mmdet's ResNet: inference writes into the BN output and backward writes
+    dx over the saved input; a training step must not change."""
+    torch.manual_seed(0)
+    cfg = dict(type='ResNet', depth=50, base_channels=16, norm_eval=False, zero_init_residual=False,
+               plugins=[dict(cfg=dict(type=att, inplace=True), stages=(True,) * 4, position='after_conv3')])
+    inplace = MODELS.build(cfg)
+    default = copy.deepcopy(inplace)
+    for m in default.modules():
+        if isinstance(m, (CBAM, SE)):
+            m.inplace = False
+    x = torch.randn(2, 3, 64, 96)
+    results = []
+    for model in (inplace, default):
+        model.train()
+        y = model(x)
+        results.append((y, torch.autograd.grad(sum((o * o).mean() for o in y), list(model.parameters()))))
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,5 +1,6 @@
 """Fused gating on the compiled CPU kernels: CBAM (Woo et al., ECCV 2018, eq. 1-3) and SE
-(Hu et al., CVPR 2018), optionally fused with the BatchNorm that precedes them.
+(Hu et al., CVPR 2018), optionally fused with the BatchNorm that precedes them, and BAM's
+refinement F ⊗ (1 + M(F)) (Park et al., BMVC 2018, eq. 1-2).
 
     x = BN(z) (or x = z),  y = x ⊗ σ(MLP(pool_hw(x))) ⊗ σ(BN(f([pool_c(x ⊗ g_c)])))
 
@@ -44,7 +45,7 @@ def _gates(module: nn.Module) -> Tuple[nn.Module, Optional[nn.Module], bool]:
     return cg, getattr(module, 'spatial_gate', None), cg.pool == 'avg_max'
 
 
-def _bn_affine(bn: nn.BatchNorm2d, z: torch.Tensor, ext):
+def _bn_affine(bn: nn.BatchNorm2d, z: torch.Tensor, ext) -> tuple:
     """BN(z) = a[c]·z + b[c], and the channel pooling of BN(z), from one pass over z.
 
     Returns a, b, the statistics used (mean, invstd), whether they are the batch's, and
@@ -76,7 +77,8 @@ def _bn_affine(bn: nn.BatchNorm2d, z: torch.Tensor, ext):
     return a, b, mean, invstd, batch_stats, (avg, cmax)
 
 
-def _small_forward(module: nn.Module, ext, z: torch.Tensor, a, b, grad: bool, pooled=None):
+def _small_forward(module: nn.Module, ext, z: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.Tensor],
+                   grad: bool, pooled: Optional[tuple] = None) -> dict:
     """Pools (C++, unless ``pooled`` gives the channel pooling) and the small gate graphs
     (autograd when ``grad``); returns a dict of the pieces."""
     n, c, h, w = z.shape
@@ -104,10 +106,12 @@ def _grads(outputs: torch.Tensor, inputs: List[torch.Tensor], grad_out: torch.Te
 
 
 class _GatedAttention(torch.autograd.Function):
-    """(z, module, bn, *params) → y; params are the module's (and the BN's) parameters."""
+    """(z, module, bn, reuse_input, *params) → y; params are the module's (and the BN's)
+    parameters. ``reuse_input``: backward may write dx over z."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, module: nn.Module, bn: Optional[nn.BatchNorm2d], *params):
+    def forward(ctx, z: torch.Tensor, module: nn.Module, bn: Optional[nn.BatchNorm2d], reuse_input: bool,
+                *params):
         ext = gate_ext()
         a = b = pooled = None
         if bn is not None:
@@ -116,6 +120,7 @@ class _GatedAttention(torch.autograd.Function):
         y = ext.apply_gates(z, a, b, s['gc'], s['gs'], None)
         ctx.save_for_backward(z)
         ctx.module, ctx.bn, ctx.params, ctx.s, ctx.a, ctx.b = module, bn, params, s, a, b
+        ctx.reuse_input = reuse_input
         return y
 
     @staticmethod
@@ -144,14 +149,18 @@ class _GatedAttention(torch.autograd.Function):
         d_max = d[1].contiguous() if use_max else None
         want_sums = bn is not None and bn.affine and (bn.weight.requires_grad or bn.bias.requires_grad)
         want_sums = want_sums or (bn is not None and ctx.batch_stats)
+        # an inplace module's input is read by nobody else (its contract), so once backward has
+        # read it, dx can take its place: one allocation less
+        out = z if ctx.reuse_input and not want_sums else None
         dx, s1, s2 = ext.input_grad(dy, z, a, b, s['gc'], s['gs'], s['smax'], w_avg, w_max, d_avg,
-                                    s['cmax'], d_max, want_sums)
+                                    s['cmax'], d_max, want_sums, out)
         if bn is not None:
             dx = _bn_backward(ext, bn, ctx, z, dx, s1, s2, param_grads)
-        return (dx, None, None) + tuple(param_grads.get(p) for p in ctx.params)
+        return (dx, None, None, None) + tuple(param_grads.get(p) for p in ctx.params)
 
 
-def _bn_backward(ext, bn: nn.BatchNorm2d, ctx, z: torch.Tensor, dx: torch.Tensor, s1, s2, param_grads) -> torch.Tensor:
+def _bn_backward(ext, bn: nn.BatchNorm2d, ctx, z: torch.Tensor, dx: torch.Tensor, s1: Optional[torch.Tensor],
+                 s2: Optional[torch.Tensor], param_grads: dict) -> torch.Tensor:
     """dz from dx = d(BN output), in place; BN weight/bias gradients into ``param_grads``."""
     mean, invstd, a = ctx.bn_mean, ctx.bn_invstd, ctx.a
     scale = a  # γ·invstd (or invstd without affine): d x / d z at fixed statistics
@@ -175,12 +184,13 @@ def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNor
                     inplace: bool = False) -> torch.Tensor:
     """CBAM / SE ``module`` applied to ``z`` (or to ``bn(z)``) with the fused kernels.
 
-    Call only where :func:`fused_available` is true. ``inplace`` (no autograd) writes the
-    result into ``z``.
+    Call only where :func:`fused_available` is true. ``inplace`` (the caller does not read
+    ``z`` afterwards): without autograd the result is written into ``z``; in training,
+    backward writes the input gradient over the saved ``z``.
     """
     params = list(module.parameters()) + (list(bn.parameters()) if bn is not None else [])
     if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in params)):
-        return _GatedAttention.apply(z, module, bn, *params)
+        return _GatedAttention.apply(z, module, bn, inplace and bn is None, *params)
     ext = gate_ext()
     with torch.no_grad():
         a = b = pooled = None

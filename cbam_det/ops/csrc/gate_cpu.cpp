@@ -471,11 +471,13 @@ at::Tensor spatial_pool_grad(const at::Tensor& z, const OptT& a, const OptT& b, 
 // dx = dy·g_c·g_s + g_c·(w_avg + [x·g_c == s_max]·w_max) + d_avg/HW + [x == c_max]·d_max/count.
 // The spatial terms are optional (SE), and so is the channel max (SE: c_max, d_max absent).
 // With sums=true also returns the per-(n, c) Σdx and Σdx·z that a BatchNorm backward needs.
+// With out given, dx is written there; out may be z (each element is read before it is written).
 std::vector<at::Tensor> input_grad(const at::Tensor& dy, const at::Tensor& z, const OptT& a, const OptT& b,
                                    const at::Tensor& gc, const OptT& gs, const OptT& smax, const OptT& w_avg,
                                    const OptT& w_max, const at::Tensor& d_avg, const OptT& c_max,
-                                   const OptT& d_max, bool sums) {
+                                   const OptT& d_max, bool sums, const OptT& out) {
   check(dy, "dy"); check(z, "z"); check(gc, "gc"); check(d_avg, "d_avg");
+  TORCH_CHECK(!(sums && out.has_value()), "out (writing dx over z) cannot be combined with sums");
   const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
   const Affine af = affine(a, b, C);
   const bool spatial = smax.has_value();
@@ -485,7 +487,8 @@ std::vector<at::Tensor> input_grad(const at::Tensor& dy, const at::Tensor& z, co
               *sp = ptr_or_null(gs), *mp = ptr_or_null(smax), *wap = ptr_or_null(w_avg),
               *wmp = ptr_or_null(w_max), *dap = d_avg.data_ptr<float>(), *cmp = ptr_or_null(c_max),
               *dmp = ptr_or_null(d_max);
-  auto dx = at::empty_like(z);
+  at::Tensor dx = out.has_value() ? *out : at::empty_like(z);  // out may be z itself: read, then overwrite
+  check(dx, "out");
   float* xp = dx.data_ptr<float>();
   at::Tensor s1, s2;
   float *s1p = nullptr, *s2p = nullptr;
