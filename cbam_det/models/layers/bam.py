@@ -162,6 +162,8 @@ class BAM(AttentionModule):
             c, s = self.channel_att(x), self.spatial_att(x)
             return bam_gate(x, c, s, self.combine == 'product', self.residual, self.inplace)
         m = self.attention(x).to(x.dtype)
+        if self.inplace and not torch.is_grad_enabled():
+            return x.mul_(m.add_(1) if self.residual else m)
         return x + x * m if self.residual else x * m
 
     def extra_repr(self) -> str:
