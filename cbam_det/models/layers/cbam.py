@@ -127,10 +127,11 @@ class CBAM(AttentionModule):
         allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
             (see ``check_not_frozen``); for pretrained attention weights.
         identity_logit: gate logit of ``init_mode='identity'`` (5.0 → gates 0.9933).
-        inplace: without autograd (inference), multiply the gates into the input tensor
-            itself, like ``nn.ReLU(inplace=True)``: no full-size allocation. Safe as a ResNet
-            plugin (the block does not reuse its BN output); leave False when the caller
-            reuses the input. Training is unaffected.
+        inplace: the caller does not read the input again (true for a ResNet plugin: the
+            block does not reuse its BN output). Inference multiplies the gates into the
+            input tensor itself, like ``nn.ReLU(inplace=True)``: no full-size allocation;
+            with the fused CPU kernels, training's backward writes the input gradient over
+            the saved input (so do not backward twice through one graph). Results unchanged.
     """
 
     _abbr_ = 'cbam'

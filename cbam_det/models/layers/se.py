@@ -31,8 +31,8 @@ class SE(AttentionModule):
         allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
             (see ``check_not_frozen``); for pretrained attention weights.
         identity_logit: gate logit of ``init_mode='identity'``.
-        inplace: without autograd (inference), multiply the gate into the input tensor
-            itself (as CBAM's ``inplace``); safe as a ResNet plugin. Training is unaffected.
+        inplace: the caller does not read the input again; as CBAM's ``inplace`` (in-place
+            product in inference, input gradient written over the saved input in training).
     """
 
     _abbr_ = 'se'
