@@ -11,7 +11,7 @@ this file, eq. 1-3 of the CBAM paper / SE / BAM eq. 1-4 as one would write them 
 Times: in one process, variants alternate inside every repeat (so machine noise hits
 all of them alike; ``--isolate``: each variant in a fresh process per repeat); inference = eval-mode forward under no_grad, training step =
 train-mode forward + backward of the sum of outputs. Reported: median ratio to
-``plain`` with min/max over repeats. Memory of a training step: CPU = peak RSS
+``plain`` with min/max over repeats (each repeat's pair), and the ratio of the median times. Memory of a training step: CPU = peak RSS
 growth of a fresh subprocess per variant (model and input built, then Linux's peak-RSS
 mark is reset and the step runs); CUDA = ``torch.cuda.max_memory_allocated`` after synchronisation.
 
@@ -270,7 +270,8 @@ def _proc_status_bytes(key: str) -> int:
 def ratio_stats(values: List[float], base: List[float]) -> Dict[str, float]:
     ratios = [v / b for v, b in zip(values, base)]
     return dict(median=statistics.median(ratios), min=min(ratios), max=max(ratios),
-                median_s=statistics.median(values))
+                median_s=statistics.median(values),
+                ratio_of_medians=statistics.median(values) / statistics.median(base))
 
 
 def main() -> None:
@@ -342,7 +343,8 @@ def main() -> None:
         mem = (f"{r['train_memory_bytes'] / 2**20:8.0f} MiB {r['train_memory_ratio']:5.2f}×"
                if 'train_memory_bytes' in r else '')
         print(f"{v:10s} {inf['median']:6.3f} [{inf['min']:.3f}, {inf['max']:.3f}] {inf['median_s']:5.3f}s "
-              f"{tr['median']:6.3f} [{tr['min']:.3f}, {tr['max']:.3f}] {tr['median_s']:5.3f}s {mem:>22s}")
+              f"{tr['median']:6.3f} [{tr['min']:.3f}, {tr['max']:.3f}] {tr['median_s']:5.3f}s {mem:>22s}   "
+              f"(ratio of medians {inf['ratio_of_medians']:.3f} / {tr['ratio_of_medians']:.3f})")
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=1)
