@@ -49,12 +49,16 @@ TUNED_MALLOC = {'MALLOC_MMAP_THRESHOLD_': str(2**31), 'MALLOC_TRIM_THRESHOLD_': 
 
 
 # ----------------------------------------------------------------------------- eager references
-class EagerCBAM(nn.Module):
-    """The obvious eager CBAM: adaptive pools, two MLP calls, cat, 7×7 conv, out-of-place products."""
+class _Eager(nn.Module):
+    """Wraps a cbam_det module ``m`` and recomputes it the obvious eager way with its weights."""
 
-    def __init__(self, m: CBAM) -> None:
+    def __init__(self, m: nn.Module) -> None:
         super().__init__()
         self.m = m
+
+
+class EagerCBAM(_Eager):
+    """The obvious eager CBAM: adaptive pools, two MLP calls, cat, 7×7 conv, out-of-place products."""
 
     def forward(self, x):
         cg, sg = self.m.channel_gate, self.m.spatial_gate
@@ -65,21 +69,13 @@ class EagerCBAM(nn.Module):
         return x * torch.sigmoid(sg.bn(sg.conv(desc)))
 
 
-class EagerSE(nn.Module):
-    def __init__(self, m: SE) -> None:
-        super().__init__()
-        self.m = m
-
+class EagerSE(_Eager):
     def forward(self, x):
         cg = self.m.channel_gate
         return x * torch.sigmoid(cg.fc2(F.relu(cg.fc1(F.adaptive_avg_pool2d(x, 1).flatten(1)))))[:, :, None, None]
 
 
-class EagerBAM(nn.Module):
-    def __init__(self, m: BAM) -> None:
-        super().__init__()
-        self.m = m
-
+class EagerBAM(_Eager):
     def forward(self, x):
         ca, sa = self.m.channel_att, self.m.spatial_att
         c = ca.fc2(F.relu(ca.bn(ca.fc1(F.adaptive_avg_pool2d(x, 1).flatten(1)))))[:, :, None, None]

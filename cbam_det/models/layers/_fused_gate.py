@@ -147,8 +147,8 @@ class _GatedAttention(torch.autograd.Function):
         param_grads.update(zip(pc, d[len(leaves):]))
         d_avg = d[0].contiguous()
         d_max = d[1].contiguous() if use_max else None
-        want_sums = bn is not None and bn.affine and (bn.weight.requires_grad or bn.bias.requires_grad)
-        want_sums = want_sums or (bn is not None and ctx.batch_stats)
+        want_sums = bn is not None and (ctx.batch_stats or (bn.affine and (bn.weight.requires_grad
+                                                                          or bn.bias.requires_grad)))
         # an inplace module's input is read by nobody else (its contract), so once backward has
         # read it, dx can take its place: one allocation less
         out = z if ctx.reuse_input and not want_sums else None

@@ -48,6 +48,47 @@ void dispatch_affine(const Affine& af, F&& f) {
   else f(std::false_type{});
 }
 
+// f(tag, r, sa, sb) for every (n, c) row r in parallel, with the row's affine (sa, sb) and a
+// tag whose ::value says whether the affine is present (use it as xv<decltype(tag)::value>)
+template <typename F>
+void for_rows(const Affine& af, int64_t rows, int64_t C, F&& f) {
+  dispatch_affine(af, [&](auto tag) {
+    at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float sa, sb;
+        af.get(r % C, sa, sb);
+        f(tag, r, sa, sb);
+      }
+    });
+  });
+}
+
+// Σ_{i<n} term(i): kLanes float accumulators (vectorisable), flushed into a double every kChunk
+template <typename F>
+inline double lane_sum(int64_t n, F&& term) {
+  double total = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    float acc[kLanes] = {0};
+    int64_t i = i0;
+    for (; i + kLanes <= i1; i += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) acc[l] += term(i + l);
+    for (; i < i1; ++i) acc[0] += term(i);
+    for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
+  }
+  return total;
+}
+
+// out[n, c] = Σ_blk part[(n·nb + blk)·C + c]: per-(n, c) totals of per-pixel-block partial sums
+void sum_parts(const std::vector<double>& part, int64_t N, int64_t nb, int64_t C, float* out) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      double total = 0;
+      for (int64_t blk = 0; blk < nb; ++blk) total += part[(n * nb + blk) * C + c];
+      out[n * C + c] = static_cast<float>(total);
+    }
+}
+
 void check(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
               name, ": expected a contiguous float32 CPU tensor");
@@ -94,14 +135,7 @@ void row_sum_max(const float* z, int64_t n, float sa, float sb, double& sum, flo
 // number of x == value in one row (lanes: a single running count would not vectorise)
 template <bool kA>
 float count_equal(const float* __restrict p, int64_t n, float sa, float sb, float value) {
-  float k[kLanes] = {0};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) k[l] += xv<kA>(p[i + l], sa, sb) == value ? 1.f : 0.f;
-  for (; i < n; ++i) k[0] += xv<kA>(p[i], sa, sb) == value ? 1.f : 0.f;
-  float total = 0.f;
-  for (int64_t l = 0; l < kLanes; ++l) total += k[l];
-  return total;
+  return static_cast<float>(lane_sum(n, [&](int64_t i) { return xv<kA>(p[i], sa, sb) == value ? 1.f : 0.f; }));
 }
 
 template <bool kA>
@@ -193,17 +227,10 @@ std::vector<at::Tensor> channel_pool(const at::Tensor& z, const OptT& a, const O
   auto avg = at::empty({N, C}, z.options()), mx = at::empty({N, C}, z.options());
   const float* zp = z.data_ptr<float>();
   float *ap = avg.data_ptr<float>(), *mp = mx.data_ptr<float>();
-  dispatch_affine(af, [&](auto tag) {
-    constexpr bool kA = decltype(tag)::value;
-    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float sa, sb;
-        af.get(r % C, sa, sb);
-        double s;
-        row_sum_max<kA>(zp + r * HW, HW, sa, sb, s, mp[r]);
-        ap[r] = static_cast<float>(s / HW);
-      }
-    });
+  for_rows(af, N * C, C, [&](auto tag, int64_t r, float sa, float sb) {
+    double s;
+    row_sum_max<decltype(tag)::value>(zp + r * HW, HW, sa, sb, s, mp[r]);
+    ap[r] = static_cast<float>(s / HW);
   });
   return {avg, mx};
 }
@@ -314,23 +341,17 @@ at::Tensor apply_gates(const at::Tensor& z, const OptT& a, const OptT& b, const 
   check(y, "out");
   const float *zp = z.data_ptr<float>(), *gp = gc.data_ptr<float>(), *sp = ptr_or_null(gs);
   float* yp = y.data_ptr<float>();
-  dispatch_affine(af, [&](auto tag) {
+  for_rows(af, N * C, C, [&](auto tag, int64_t r, float sa, float sb) {
     constexpr bool kA = decltype(tag)::value;
-    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float sa, sb;
-        af.get(r % C, sa, sb);
-        const float g = gp[r];
-        const float* p = zp + r * HW;
-        float* q = yp + r * HW;
-        if (sp) {
-          const float* s = sp + (r / C) * HW;
-          for (int64_t j = 0; j < HW; ++j) q[j] = (xv<kA>(p[j], sa, sb) * g) * s[j];
-        } else {
-          for (int64_t j = 0; j < HW; ++j) q[j] = xv<kA>(p[j], sa, sb) * g;
-        }
-      }
-    });
+    const float g = gp[r];
+    const float* p = zp + r * HW;
+    float* q = yp + r * HW;
+    if (sp) {
+      const float* s = sp + (r / C) * HW;
+      for (int64_t j = 0; j < HW; ++j) q[j] = (xv<kA>(p[j], sa, sb) * g) * s[j];
+    } else {
+      for (int64_t j = 0; j < HW; ++j) q[j] = xv<kA>(p[j], sa, sb) * g;
+    }
   });
   return y;
 }
@@ -347,26 +368,10 @@ std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, co
   auto dgc = at::empty({N, C}, z.options());
   float* dgcp = dgc.data_ptr<float>();
   if (!sp) {  // SE: one reduction per row
-    dispatch_affine(af, [&](auto tag) {
-      constexpr bool kA = decltype(tag)::value;
-      at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          float sa, sb;
-          af.get(r % C, sa, sb);
-          const float *p = zp + r * HW, *q = dp + r * HW;
-          double total = 0;
-          for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
-            const int64_t i1 = std::min(HW, i0 + kChunk);
-            float acc[kLanes] = {0};
-            int64_t i = i0;
-            for (; i + kLanes <= i1; i += kLanes)
-              for (int64_t j = 0; j < kLanes; ++j) acc[j] += q[i + j] * xv<kA>(p[i + j], sa, sb);
-            for (; i < i1; ++i) acc[0] += q[i] * xv<kA>(p[i], sa, sb);
-            for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
-          }
-          dgcp[r] = static_cast<float>(total);
-        }
-      });
+    for_rows(af, N * C, C, [&](auto tag, int64_t r, float sa, float sb) {
+      const float *p = zp + r * HW, *q = dp + r * HW;
+      dgcp[r] = static_cast<float>(
+          lane_sum(HW, [&](int64_t i) { return q[i] * xv<decltype(tag)::value>(p[i], sa, sb); }));
     });
     return {dgc, at::Tensor(), at::Tensor()};
   }
@@ -415,12 +420,7 @@ std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, co
       }
     });
   });
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      double total = 0;
-      for (int64_t blk = 0; blk < nb; ++blk) total += part[(n * nb + blk) * C + c];
-      dgcp[n * C + c] = static_cast<float>(total);
-    }
+  sum_parts(part, N, nb, C, dgcp);
   return {dgc, dgs, cnt};
 }
 
@@ -435,35 +435,14 @@ at::Tensor spatial_pool_grad(const at::Tensor& z, const OptT& a, const OptT& b, 
               *wap = w_avg.data_ptr<float>(), *wmp = w_max.data_ptr<float>();
   auto out = at::empty({N, C}, z.options());
   float* op = out.data_ptr<float>();
-  dispatch_affine(af, [&](auto tag) {
-    constexpr bool kA = decltype(tag)::value;
-    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float sa, sb;
-        af.get(r % C, sa, sb);
-        const float g = gp[r];
-        const int64_t n = r / C;
-        const float *p = zp + r * HW, *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
-        double total = 0;
-        for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
-          const int64_t i1 = std::min(HW, i0 + kChunk);
-          float acc[kLanes] = {0};
-          int64_t i = i0;
-          for (; i + kLanes <= i1; i += kLanes)
-            for (int64_t l = 0; l < kLanes; ++l) {
-              const float x = xv<kA>(p[i + l], sa, sb), w = wm[i + l];
-              acc[l] += x * (wa[i + l] + (x * g == m[i + l] ? w : 0.f));
-            }
-          for (; i < i1; ++i) {
-            const float x = xv<kA>(p[i], sa, sb);
-            const float w = wm[i];
-            acc[0] += x * (wa[i] + (x * g == m[i] ? w : 0.f));
-          }
-          for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
-        }
-        op[r] = static_cast<float>(total);
-      }
-    });
+  for_rows(af, N * C, C, [&](auto tag, int64_t r, float sa, float sb) {
+    const float g = gp[r];
+    const int64_t n = r / C;
+    const float *p = zp + r * HW, *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
+    op[r] = static_cast<float>(lane_sum(HW, [&](int64_t i) {
+      const float x = xv<decltype(tag)::value>(p[i], sa, sb), w = wm[i];
+      return x * (wa[i] + (x * g == m[i] ? w : 0.f));
+    }));
   });
   return out;
 }
@@ -498,40 +477,34 @@ std::vector<at::Tensor> input_grad(const at::Tensor& dy, const at::Tensor& z, co
     s1p = s1.data_ptr<float>();
     s2p = s2.data_ptr<float>();
   }
-  dispatch_affine(af, [&](auto tag) {
+  for_rows(af, N * C, C, [&](auto tag, int64_t r, float sa, float sb) {
     constexpr bool kA = decltype(tag)::value;
-    at::parallel_for(0, N * C, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float sa, sb;
-        af.get(r % C, sa, sb);
-        const int64_t n = r / C;
-        const float g = gp[r], base = dap[r] / HW;
-        const float *p = zp + r * HW, *q = dp + r * HW;
-        float* o = xp + r * HW;
-        float cm = std::numeric_limits<float>::quiet_NaN(), cmg = 0.f;  // NaN: never equal
-        if (cmp && dmp[r] != 0.f) {
-          cm = cmp[r];
-          cmg = dmp[r] / std::max(count_equal<kA>(p, HW, sa, sb, cm), 1.f);
-        }
-        double t1 = 0, t2 = 0;
-        const float *s = sp ? sp + n * HW : nullptr;
-        if (spatial) {
-          const float *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
-          if (sums) dx_row<kA, true, true, true>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
-          else dx_row<kA, true, true, false>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
-        } else if (sp) {
-          if (sums) dx_row<kA, true, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
-          else dx_row<kA, true, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
-        } else {
-          if (sums) dx_row<kA, false, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
-          else dx_row<kA, false, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
-        }
-        if (sums) {
-          s1p[r] = static_cast<float>(t1);
-          s2p[r] = static_cast<float>(t2);
-        }
-      }
-    });
+    const int64_t n = r / C;
+    const float g = gp[r], base = dap[r] / HW;
+    const float *p = zp + r * HW, *q = dp + r * HW;
+    float* o = xp + r * HW;
+    float cm = std::numeric_limits<float>::quiet_NaN(), cmg = 0.f;  // NaN: never equal
+    if (cmp && dmp[r] != 0.f) {
+      cm = cmp[r];
+      cmg = dmp[r] / std::max(count_equal<kA>(p, HW, sa, sb, cm), 1.f);
+    }
+    double t1 = 0, t2 = 0;
+    const float *s = sp ? sp + n * HW : nullptr;
+    if (spatial) {
+      const float *m = mp + n * HW, *wa = wap + n * HW, *wm = wmp + n * HW;
+      if (sums) dx_row<kA, true, true, true>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
+      else dx_row<kA, true, true, false>(o, p, q, s, m, wa, wm, HW, sa, sb, g, base, cm, cmg, t1, t2);
+    } else if (sp) {
+      if (sums) dx_row<kA, true, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+      else dx_row<kA, true, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+    } else {
+      if (sums) dx_row<kA, false, false, true>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+      else dx_row<kA, false, false, false>(o, p, q, s, nullptr, nullptr, nullptr, HW, sa, sb, g, base, cm, cmg, t1, t2);
+    }
+    if (sums) {
+      s1p[r] = static_cast<float>(t1);
+      s2p[r] = static_cast<float>(t2);
+    }
   });
   return {dx, s1, s2};
 }
@@ -634,12 +607,7 @@ std::vector<at::Tensor> bam_grads(const at::Tensor& dy, const at::Tensor& x, con
   };
   if (product) run(std::true_type{});
   else run(std::false_type{});
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t ch = 0; ch < C; ++ch) {
-      double total = 0;
-      for (int64_t blk = 0; blk < nb; ++blk) total += part[(n * nb + blk) * C + ch];
-      dcp[n * C + ch] = static_cast<float>(total);
-    }
+  sum_parts(part, N, nb, C, dcp);
   return {dx, dc, ds};
 }
 
