@@ -205,33 +205,114 @@ def test_fused_backbone_equals_unfused(depth, att, train):
     assert list(fused.state_dict()) == list(plain.state_dict())
 
 
-def saved_elements(block: nn.Module, x: torch.Tensor) -> int:
-    """Elements of the distinct tensors a training forward of ``block`` keeps for backward."""
-    storages = {}
+def kept_elements(out: torch.Tensor) -> int:
+    """Elements of the distinct non-parameter tensors the autograd graph of ``out`` keeps
+    (saved tensors of every node, custom functions' saved tensors and ctx attributes)."""
+    storages, seen, stack = {}, set(), [out.grad_fn]
 
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes() // t.element_size()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x)
-    storages.pop(x.untyped_storage().data_ptr(), None)  # the input is kept by the caller anyway
+    def add(t):
+        if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and t.numel():
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes() // t.element_size()
+            stack.append(t.grad_fn)
+        elif isinstance(t, (list, tuple)):
+            for u in t:
+                add(u)
+        elif isinstance(t, dict):
+            for u in t.values():
+                add(u)
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for name in dir(node):
+            if name.startswith('_saved_'):
+                add(getattr(node, name))
+        if hasattr(node, 'saved_tensors'):  # a custom autograd function's ctx
+            add(node.saved_tensors)
+            add(dict(vars(node)))
+        stack.extend(f for f, _ in node.next_functions)
     return sum(storages.values())
+
+
+def mmdet_block(att=None, inplace=False, **kw) -> nn.Module:
+    """Second bottleneck of stage 1 of a thin mmdet ResNet-50, the attention as a plugin."""
+    torch.manual_seed(0)
+    plugins = None if att is None else [dict(cfg=dict(type=att, inplace=inplace), stages=(True,) * 4,
+                                             position='after_conv3')]
+    block = MODELS.build(dict(type='ResNet', depth=50, base_channels=16, plugins=plugins, **kw)).layer1[1]
+    block.train()
+    return block
 
 
 @no_ext
 def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
-    """Memory: the fused BN + CBAM block saves what the plain block saves, plus small tensors."""
+    """Memory: the fused BN + CBAM block, and a CBAM/SE plugin right after the block's last BN
+    (which computes from the BN's saved input), keep what the plain block keeps, plus small
+    tensors. Under saved-tensor hooks the plugin falls back to keeping the BN output."""
     x = torch.randn(2, 64, 40, 48, requires_grad=True)
     full = 2 * 64 * 40 * 48
     plain = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16)).layer1[1].train()
     fused = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16,
                               attention=dict(type='CBAM'))).layer1[1].train()
-    plugin = copy.deepcopy(fused)
-    plugin.fuse_attention = False
-    n_plain, n_fused, n_plugin = (saved_elements(b, x) for b in (plain, fused, plugin))
+    n_plain = kept_elements(plain(x))
+    assert n_plain == kept_elements(mmdet_block()(x))
     small = 2 * (64 + 40 * 48) * 8  # gates, pooled maps, the 7×7 conv's input
-    assert n_plain <= n_fused <= n_plain + small
-    assert n_plugin >= n_plain + full  # the plugin must keep the BN output it refines
+    for block in (fused, mmdet_block('CBAM'), mmdet_block('CBAM', inplace=True), mmdet_block('SE')):
+        assert n_plain <= kept_elements(block(x)) <= n_plain + small
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        assert kept_elements(mmdet_block('CBAM')(x)) >= n_plain + full
+
+
+@pytest.mark.parametrize('kind', ['cbam', 'cbam_official', 'se'])
+@pytest.mark.parametrize('variant', list(bn_variants()))
+@pytest.mark.parametrize('inplace', [False, True], ids=['copy', 'inplace'])
+def test_module_after_bn_equals_plain_pytorch(kind, variant, inplace, monkeypatch):
+    """A plugin fed by a BatchNorm computes from the BN's saved input (affine BN with a
+    trainable bias) or falls back; either way outputs, every gradient and the BN buffers
+    match plain PyTorch, and ``inplace`` writes the output over the BN output."""
+    z = torch.randn(2, 24, 6, 10) * 3 + 5
+    bn_f, bn_r = bn_variants()[variant], bn_variants()[variant]
+    att_f, att_r = make(kind, 24), make(kind, 24)
+    att_f.inplace = inplace
+    params_f = list(att_f.parameters()) + list(bn_f.parameters())
+    params_r = list(att_r.parameters()) + list(bn_r.parameters())
+    sources = []
+    spy = _fused_gate._bn_source
+    monkeypatch.setattr(_fused_gate, '_bn_source', lambda t: sources.append(spy(t)) or sources[-1])
+
+    def fused(t):
+        x = bn_f(t)
+        y = att_f(x)
+        assert (y.data_ptr() == x.data_ptr()) == (inplace and sources[-1] is not None)
+        return y
+    for _ in range(2):  # twice: running statistics feed the second step
+        got = step(fused, z, params_f)
+        with plain_pytorch(monkeypatch):
+            want = step(lambda t: att_r(bn_r(t)), z, params_r)
+        assert_same(got, want)
+        for bf, br in zip(bn_f.buffers(), bn_r.buffers()):
+            torch.testing.assert_close(bf, br, rtol=1e-5, atol=1e-6)
+    used = variant not in ('no_affine', 'frozen')  # no trainable bias on the node: falls back
+    assert sources and all((s is not None) == used for s in sources) or os.environ.get('CBAM_DET_NO_EXT') == '1'
+
+
+@pytest.mark.parametrize('with_cp', [True, False], ids=['checkpointed', 'plain'])
+def test_plugin_under_checkpointing_trains_like_without(with_cp):
+    """mmdet's with_cp (reentrant checkpoint) and PyTorch's non-reentrant checkpoint (saved
+    tensor hooks) give the same step as the plain plugin block."""
+    x = torch.randn(2, 64, 12, 16)
+    ref, blk = mmdet_block('CBAM', inplace=True), mmdet_block('CBAM', inplace=True, with_cp=with_cp)
+
+    def run(module, fn):  # .backward(): reentrant checkpointing refuses autograd.grad
+        xi = x.detach().clone().requires_grad_()
+        y = fn(xi)
+        (y * y).mean().backward()
+        return (y.detach(), xi.grad) + tuple(p.grad for p in module.parameters())
+    want = run(ref, ref)
+    got = run(blk, blk if with_cp else lambda t: torch.utils.checkpoint.checkpoint(blk, t, use_reentrant=False))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_other_inputs_take_the_pytorch_path(monkeypatch):

@@ -106,21 +106,29 @@ def _grads(outputs: torch.Tensor, inputs: List[torch.Tensor], grad_out: torch.Te
 
 
 class _GatedAttention(torch.autograd.Function):
-    """(z, module, bn, reuse_input, *params) → y; params are the module's (and the BN's)
-    parameters. ``reuse_input``: backward may write dx over z."""
+    """(z, module, bn, inplace, src, *params) → y; params are the module's (and the BN's)
+    parameters. ``src`` = (z_bn, a, b) when z is the output a[c]·z_bn + b[c] of a
+    BatchNorm that keeps z_bn for its own backward (see :func:`_bn_source`): everything is
+    computed from z_bn, z itself is not kept, and ``inplace`` writes y over z. Without
+    ``src``, ``inplace`` lets backward write dx over z."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, module: nn.Module, bn: Optional[nn.BatchNorm2d], reuse_input: bool,
-                *params):
+    def forward(ctx, z: torch.Tensor, module: nn.Module, bn: Optional[nn.BatchNorm2d], inplace: bool,
+                src: Optional[tuple], *params):
         ext = gate_ext()
-        a = b = pooled = None
-        if bn is not None:
+        a = b = pooled = out = None
+        if src is not None:
+            if inplace:
+                out = z
+                ctx.mark_dirty(z)
+            z, a, b = src
+        elif bn is not None:
             a, b, ctx.bn_mean, ctx.bn_invstd, ctx.batch_stats, pooled = _bn_affine(bn, z, ext)
         s = _small_forward(module, ext, z, a, b, grad=True, pooled=pooled)
-        y = ext.apply_gates(z, a, b, s['gc'], s['gs'], None)
+        y = ext.apply_gates(z, a, b, s['gc'], s['gs'], out)
         ctx.save_for_backward(z)
         ctx.module, ctx.bn, ctx.params, ctx.s, ctx.a, ctx.b = module, bn, params, s, a, b
-        ctx.reuse_input = reuse_input
+        ctx.reuse_input = inplace and src is None and bn is None
         return y
 
     @staticmethod
@@ -156,7 +164,7 @@ class _GatedAttention(torch.autograd.Function):
                                     s['cmax'], d_max, want_sums, out)
         if bn is not None:
             dx = _bn_backward(ext, bn, ctx, z, dx, s1, s2, param_grads)
-        return (dx, None, None, None) + tuple(param_grads.get(p) for p in ctx.params)
+        return (dx, None, None, None, None) + tuple(param_grads.get(p) for p in ctx.params)
 
 
 def _bn_backward(ext, bn: nn.BatchNorm2d, ctx, z: torch.Tensor, dx: torch.Tensor, s1: Optional[torch.Tensor],
@@ -180,17 +188,63 @@ def _bn_backward(ext, bn: nn.BatchNorm2d, ctx, z: torch.Tensor, dx: torch.Tensor
     return ext.affine_combine_(dx, z, scale.contiguous(), coef_z, const)
 
 
+def _saved_tensor_hooks_active() -> bool:
+    """Whether ``saved_tensors_hooks`` (activation checkpointing, offloading) are in force:
+    then saved tensors must not be unpacked in forward."""
+    probe = torch.empty(0, requires_grad=True)
+    with torch.enable_grad():
+        node = probe.sin().grad_fn
+    try:
+        node._raw_saved_self.register_hooks(lambda t: t, lambda t: t)
+    except RuntimeError:  # the default hooks got there first
+        return True
+    return False
+
+
+def _bn_source(x: torch.Tensor) -> Optional[tuple]:
+    """(z, a, b) with x = a[c]·z + b[c] when ``x`` is the untouched output of an affine
+    BatchNorm (trainable bias) on float32 CPU tensors, read from its autograd node; else None.
+
+    The node keeps z (the BN's input) for its own backward, so a gate on x that computes
+    from z instead costs no activation memory: x need not outlive the gate. This is how a
+    plugin after a block's last BN (mmdet ResNet ``position='after_conv3'``) gets the fused
+    path's memory without owning the BN. a and b are formed as PyTorch's CPU kernel forms
+    them (batch or running statistics); the gate kernels recompute a·z + b consistently in
+    forward and backward, so the result equals the gate applied to x within float32 rounding.
+    """
+    node = x.grad_fn
+    if type(node).__name__ != 'NativeBatchNormBackward0' or x._version != 0 or _saved_tensor_hooks_active():
+        return None
+    weight, bias_edge = node._saved_weight, node.next_functions[2][0]
+    bias = getattr(bias_edge, 'variable', None)  # AccumulateGrad of a trainable leaf bias
+    if weight is None or bias is None:
+        return None
+    z = node._saved_input
+    if z.shape != x.shape or z.dtype != torch.float32 or not z.is_contiguous():
+        return None
+    if node._saved_training:
+        mean, invstd = node._saved_result1, node._saved_result2
+    else:
+        mean, invstd = node._saved_running_mean, torch.rsqrt(node._saved_running_var + node._saved_eps)
+    with torch.no_grad():
+        a = (invstd * weight).float().contiguous()
+        b = (bias - mean * a).float().contiguous()
+    return z, a, b
+
+
 def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNorm2d] = None,
                     inplace: bool = False) -> torch.Tensor:
     """CBAM / SE ``module`` applied to ``z`` (or to ``bn(z)``) with the fused kernels.
 
     Call only where :func:`fused_available` is true. ``inplace`` (the caller does not read
-    ``z`` afterwards): without autograd the result is written into ``z``; in training,
-    backward writes the input gradient over the saved ``z``.
+    ``z`` afterwards): the result is written into ``z`` without autograd, and in training
+    when z is a BatchNorm output (:func:`_bn_source`); otherwise training's backward writes
+    the input gradient over the saved ``z``.
     """
     params = list(module.parameters()) + (list(bn.parameters()) if bn is not None else [])
     if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in params)):
-        return _GatedAttention.apply(z, module, bn, inplace and bn is None, *params)
+        src = _bn_source(z) if bn is None and z.requires_grad else None
+        return _GatedAttention.apply(z, module, bn, inplace, src, *params)
     ext = gate_ext()
     with torch.no_grad():
         a = b = pooled = None

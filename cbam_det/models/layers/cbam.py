@@ -129,9 +129,12 @@ class CBAM(AttentionModule):
         identity_logit: gate logit of ``init_mode='identity'`` (5.0 → gates 0.9933).
         inplace: the caller does not read the input again (true for a ResNet plugin: the
             block does not reuse its BN output). Inference multiplies the gates into the
-            input tensor itself, like ``nn.ReLU(inplace=True)``: no full-size allocation;
-            with the fused CPU kernels, training's backward writes the input gradient over
-            the saved input (so do not backward twice through one graph). Results unchanged.
+            input tensor itself, like ``nn.ReLU(inplace=True)``: no full-size allocation.
+            With the fused CPU kernels in training, the output is written over the input
+            too when the input is a BatchNorm's output (the module then computes from the
+            BN's saved input and keeps nothing full-size of its own); otherwise backward
+            writes the input gradient over the saved input (so do not backward twice
+            through one graph). Results unchanged.
     """
 
     _abbr_ = 'cbam'

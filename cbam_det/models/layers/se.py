@@ -32,7 +32,8 @@ class SE(AttentionModule):
             (see ``check_not_frozen``); for pretrained attention weights.
         identity_logit: gate logit of ``init_mode='identity'``.
         inplace: the caller does not read the input again; as CBAM's ``inplace`` (in-place
-            product in inference, input gradient written over the saved input in training).
+            product in inference and after a BatchNorm in training, otherwise the input
+            gradient written over the saved input in training).
     """
 
     _abbr_ = 'se'
