@@ -357,3 +357,34 @@ def test_inplace_plugin_trains_exactly_like_the_default(att):
         results.append((y, torch.autograd.grad(sum((o * o).mean() for o in y), list(model.parameters()))))
     for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@no_ext
+@pytest.mark.parametrize('shape,k', [((2, 2, 40, 52), 7), ((1, 2, 5, 4), 7), ((3, 1, 9, 13), 3),
+                                     ((2, 2, 1, 1), 7), ((1, 2, 2, 30), 5)], ids=str)
+def test_spatial_conv_equals_conv2d_in_float64(shape, k):
+    """The spatial gate's one-output-channel k×k conv kernel, forward and both gradients,
+    against F.conv2d in float64 (borders: kernels wider than the map)."""
+    torch.manual_seed(0)
+    x64 = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(1, shape[1], k, k, dtype=torch.float64, requires_grad=True)
+    y64 = torch.nn.functional.conv2d(x64, w64, padding=k // 2)
+    g = torch.randn_like(y64)
+    dx64, dw64 = torch.autograd.grad(y64, [x64, w64], g)
+    x, w = x64.detach().float().requires_grad_(), w64.detach().float().requires_grad_()
+    y = _fused_gate.spatial_conv(x, w)
+    dx, dw = torch.autograd.grad(y, [x, w], g.float())
+    for got, want in ((y, y64), (dx, dx64), (dw, dw64)):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6 * want.abs().max().item())
+    x.requires_grad_(False)  # only the weight gradient asked for
+    (dw_only,) = torch.autograd.grad(_fused_gate.spatial_conv(x, w), [w], g.float())
+    torch.testing.assert_close(dw_only, dw, rtol=0, atol=0)
+
+
+@no_ext
+def test_spatial_conv_refuses_bad_weights():
+    ext = gate_ext()
+    x = torch.randn(2, 2, 6, 6)
+    for w in (torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3), torch.randn(1, 1, 3, 3)):
+        with pytest.raises(RuntimeError, match=r'weight \(1, Cin, k, k\) with odd k'):
+            ext.spatial_conv(x, w)

@@ -16,7 +16,7 @@ Used for float32 contiguous CPU tensors when the kernels compiled, outside
 ``torch.compile``; everything else takes the PyTorch path of the modules, which computes
 the same values.
 """
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 
 from ...ops import gate_ext
 
-__all__ = ['fused_available', 'gated_attention', 'bam_gate']
+__all__ = ['fused_available', 'gated_attention', 'bam_gate', 'spatial_conv']
 
 
 def fused_available(x: torch.Tensor, bn: Optional[nn.Module] = None) -> bool:
@@ -39,6 +39,17 @@ def fused_available(x: torch.Tensor, bn: Optional[nn.Module] = None) -> bool:
     return gate_ext() is not None
 
 
+class _BNState(NamedTuple):
+    """A BatchNorm as the gate kernels see it: x = a[c]·z + b[c] with these statistics."""
+    weight: Optional[torch.Tensor]  # γ (None: affine=False); gradients go to it and to β
+    bias: Optional[torch.Tensor]
+    mean: torch.Tensor
+    invstd: torch.Tensor
+    batch_stats: bool  # the statistics are the batch's (their gradient flows back to z)
+    a: torch.Tensor
+    b: torch.Tensor
+
+
 def _gates(module: nn.Module) -> Tuple[nn.Module, Optional[nn.Module], bool]:
     """(channel gate, spatial gate or None, whether the channel gate uses max pooling)."""
     cg = module.channel_gate
@@ -48,8 +59,7 @@ def _gates(module: nn.Module) -> Tuple[nn.Module, Optional[nn.Module], bool]:
 def _bn_affine(bn: nn.BatchNorm2d, z: torch.Tensor, ext) -> tuple:
     """BN(z) = a[c]·z + b[c], and the channel pooling of BN(z), from one pass over z.
 
-    Returns a, b, the statistics used (mean, invstd), whether they are the batch's, and
-    the (N, C) mean and max over H×W of BN(z). Updates the running statistics exactly as
+    Returns the :class:`_BNState` and the (N, C) mean and max over H×W of BN(z). Updates the running statistics exactly as
     ``nn.BatchNorm2d`` does in training. The max is exact: z ↦ a·z + b is monotone, so it
     is a·max(z) + b (a ≥ 0) or a·min(z) + b, rounded as the kernels round x.
     """
@@ -74,7 +84,8 @@ def _bn_affine(bn: nn.BatchNorm2d, z: torch.Tensor, ext) -> tuple:
     b = ((bn.bias.detach() - mean * a) if bn.affine else -mean * a).contiguous()
     avg = (a.double() * row_mean + b.double()).float()
     cmax = torch.where(a >= 0, a * zmax + b, a * zmin + b)
-    return a, b, mean, invstd, batch_stats, (avg, cmax)
+    affine = (bn.weight, bn.bias) if bn.affine else (None, None)
+    return _BNState(*affine, mean, invstd, batch_stats, a, b), (avg, cmax)
 
 
 def _small_forward(module: nn.Module, ext, z: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.Tensor],
@@ -106,36 +117,34 @@ def _grads(outputs: torch.Tensor, inputs: List[torch.Tensor], grad_out: torch.Te
 
 
 class _GatedAttention(torch.autograd.Function):
-    """(z, module, bn, inplace, src, *params) → y; params are the module's (and the BN's)
-    parameters. ``src`` = (z_bn, a, b) when z is the output a[c]·z_bn + b[c] of a
-    BatchNorm that keeps z_bn for its own backward (see :func:`_bn_source`): everything is
-    computed from z_bn, z itself is not kept, and ``inplace`` writes y over z. Without
-    ``src``, ``inplace`` lets backward write dx over z."""
+    """(z, out, module, bn, reuse_input, *params) → y; ``params`` are the module's and the
+    BN's parameters. ``bn``: None, a BatchNorm2d to fold in (its statistics computed and
+    updated here), or the :class:`_BNState` of a BatchNorm that already ran (see
+    :func:`_bn_source`). ``out``: a tensor to write y into (marked dirty). ``reuse_input``
+    (no BN): backward may write dx over z."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, module: nn.Module, bn: Optional[nn.BatchNorm2d], inplace: bool,
-                src: Optional[tuple], *params):
+    def forward(ctx, z: torch.Tensor, out: Optional[torch.Tensor], module: nn.Module, bn, reuse_input: bool,
+                *params):
         ext = gate_ext()
-        a = b = pooled = out = None
-        if src is not None:
-            if inplace:
-                out = z
-                ctx.mark_dirty(z)
-            z, a, b = src
-        elif bn is not None:
-            a, b, ctx.bn_mean, ctx.bn_invstd, ctx.batch_stats, pooled = _bn_affine(bn, z, ext)
+        pooled = None
+        if isinstance(bn, nn.Module):
+            bn, pooled = _bn_affine(bn, z, ext)
+        a, b = (bn.a, bn.b) if bn is not None else (None, None)
         s = _small_forward(module, ext, z, a, b, grad=True, pooled=pooled)
+        if out is not None:
+            ctx.mark_dirty(out)
         y = ext.apply_gates(z, a, b, s['gc'], s['gs'], out)
         ctx.save_for_backward(z)
-        ctx.module, ctx.bn, ctx.params, ctx.s, ctx.a, ctx.b = module, bn, params, s, a, b
-        ctx.reuse_input = inplace and src is None and bn is None
+        ctx.module, ctx.bn, ctx.params, ctx.s, ctx.reuse_input = module, bn, params, s, reuse_input
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         ext = gate_ext()
-        (z,), s, a, b, bn = ctx.saved_tensors, ctx.s, ctx.a, ctx.b, ctx.bn
+        (z,), s, bn = ctx.saved_tensors, ctx.s, ctx.bn
+        a, b = (bn.a, bn.b) if bn is not None else (None, None)
         n, c, h, w = z.shape
         dy = dy.contiguous()
         cg, sg, use_max = _gates(ctx.module)
@@ -155,30 +164,30 @@ class _GatedAttention(torch.autograd.Function):
         param_grads.update(zip(pc, d[len(leaves):]))
         d_avg = d[0].contiguous()
         d_max = d[1].contiguous() if use_max else None
-        want_sums = bn is not None and (ctx.batch_stats or (bn.affine and (bn.weight.requires_grad
-                                                                          or bn.bias.requires_grad)))
+        want_sums = bn is not None and (bn.batch_stats or any(
+            t is not None and t.requires_grad for t in (bn.weight, bn.bias)))
         # an inplace module's input is read by nobody else (its contract), so once backward has
         # read it, dx can take its place: one allocation less
         out = z if ctx.reuse_input and not want_sums else None
         dx, s1, s2 = ext.input_grad(dy, z, a, b, s['gc'], s['gs'], s['smax'], w_avg, w_max, d_avg,
                                     s['cmax'], d_max, want_sums, out)
         if bn is not None:
-            dx = _bn_backward(ext, bn, ctx, z, dx, s1, s2, param_grads)
+            dx = _bn_backward(ext, bn, z, dx, s1, s2, param_grads)
         return (dx, None, None, None, None) + tuple(param_grads.get(p) for p in ctx.params)
 
 
-def _bn_backward(ext, bn: nn.BatchNorm2d, ctx, z: torch.Tensor, dx: torch.Tensor, s1: Optional[torch.Tensor],
+def _bn_backward(ext, bn: _BNState, z: torch.Tensor, dx: torch.Tensor, s1: Optional[torch.Tensor],
                  s2: Optional[torch.Tensor], param_grads: dict) -> torch.Tensor:
     """dz from dx = d(BN output), in place; BN weight/bias gradients into ``param_grads``."""
-    mean, invstd, a = ctx.bn_mean, ctx.bn_invstd, ctx.a
-    scale = a  # γ·invstd (or invstd without affine): d x / d z at fixed statistics
+    mean, invstd, scale = bn.mean, bn.invstd, bn.a  # a = γ·invstd: d x / d z at fixed statistics
     if s1 is not None:
         sum_dx = s1.double().sum(0)
         sum_dx_xhat = (invstd.double() * (s2.double().sum(0) - mean.double() * sum_dx))
-        if bn.affine:
-            param_grads[bn.weight] = sum_dx_xhat.float() if bn.weight.requires_grad else None
-            param_grads[bn.bias] = sum_dx.float() if bn.bias.requires_grad else None
-    if not ctx.batch_stats:  # running statistics: a per-channel scale
+        if bn.weight is not None and bn.weight.requires_grad:
+            param_grads[bn.weight] = sum_dx_xhat.float()
+        if bn.bias is not None and bn.bias.requires_grad:
+            param_grads[bn.bias] = sum_dx.float()
+    if not bn.batch_stats:  # running statistics: a per-channel scale
         zero = torch.zeros_like(scale)
         return ext.affine_combine_(dx, z, scale.contiguous(), zero, zero)
     m = z.numel() // z.shape[1]
@@ -201,19 +210,23 @@ def _saved_tensor_hooks_active() -> bool:
     return False
 
 
-def _bn_source(x: torch.Tensor) -> Optional[tuple]:
-    """(z, a, b) with x = a[c]·z + b[c] when ``x`` is the untouched output of an affine
-    BatchNorm (trainable bias) on float32 CPU tensors, read from its autograd node; else None.
+def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
+    """(z, BN state) when ``x`` = BN(z) is the untouched output of an affine BatchNorm with a
+    trainable bias on float32 CPU tensors, read from x's autograd node; else None.
 
-    The node keeps z (the BN's input) for its own backward, so a gate on x that computes
-    from z instead costs no activation memory: x need not outlive the gate. This is how a
-    plugin after a block's last BN (mmdet ResNet ``position='after_conv3'``) gets the fused
-    path's memory without owning the BN. a and b are formed as PyTorch's CPU kernel forms
-    them (batch or running statistics); the gate kernels recompute a·z + b consistently in
-    forward and backward, so the result equals the gate applied to x within float32 rounding.
+    That node keeps z (the BN's input) for its own backward anyway, so a gate on x can take
+    z, γ and β as its inputs instead: it recomputes x = a·z + b in its kernels and applies
+    the BN backward in place itself, x need not outlive the gate, and the BN's node drops
+    out of the graph. This is how a plugin after a block's last BN (mmdet ResNet
+    ``position='after_conv3'``) gets the fused path's memory and speed without owning the
+    BN. The statistics are the ones the BN used (its running statistics were updated by
+    the BN), a and b are formed as PyTorch's CPU kernel forms them, and the gate equals the
+    gate applied to x within float32 rounding. Hooks on x (``register_hook``,
+    ``retain_grad``) or saved-tensor hooks in force keep the plain graph.
     """
     node = x.grad_fn
-    if type(node).__name__ != 'NativeBatchNormBackward0' or x._version != 0 or _saved_tensor_hooks_active():
+    if (type(node).__name__ != 'NativeBatchNormBackward0' or x._version != 0 or x._backward_hooks
+            or x.retains_grad or _saved_tensor_hooks_active()):
         return None
     weight, bias_edge = node._saved_weight, node.next_functions[2][0]
     bias = getattr(bias_edge, 'variable', None)  # AccumulateGrad of a trainable leaf bias
@@ -229,7 +242,7 @@ def _bn_source(x: torch.Tensor) -> Optional[tuple]:
     with torch.no_grad():
         a = (invstd * weight).float().contiguous()
         b = (bias - mean * a).float().contiguous()
-    return z, a, b
+    return z, _BNState(weight, bias, mean, invstd, bool(node._saved_training), a, b)
 
 
 def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNorm2d] = None,
@@ -244,12 +257,17 @@ def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNor
     params = list(module.parameters()) + (list(bn.parameters()) if bn is not None else [])
     if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in params)):
         src = _bn_source(z) if bn is None and z.requires_grad else None
-        return _GatedAttention.apply(z, module, bn, inplace, src, *params)
+        if src is not None:
+            z_bn, state = src
+            return _GatedAttention.apply(z_bn, z.detach() if inplace else None, module, state, False,
+                                         *params, state.weight, state.bias)
+        return _GatedAttention.apply(z, None, module, bn, inplace and bn is None, *params)
     ext = gate_ext()
     with torch.no_grad():
         a = b = pooled = None
         if bn is not None:
-            a, b, *_, pooled = _bn_affine(bn, z, ext)
+            state, pooled = _bn_affine(bn, z, ext)
+            a, b = state.a, state.b
         s = _small_forward(module, ext, z, a, b, grad=False, pooled=pooled)
         return ext.apply_gates(z, a, b, s['gc'], s['gs'], z if inplace else None)
 
@@ -282,3 +300,26 @@ def bam_gate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, r
     if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or s.requires_grad):
         return _BAMGate.apply(x, c2, s2, product, residual)
     return gate_ext().bam_apply(x, c2, s2, product, residual, x if inplace else None)
+
+
+class _SpatialConv(torch.autograd.Function):
+    """k×k conv, one output channel, zero padding k // 2, no bias (CBAM eq. 3's f^{7×7})."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor):
+        weight = weight.contiguous()
+        ctx.save_for_backward(x, weight)
+        return gate_ext().spatial_conv(x, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        dx, dw = gate_ext().spatial_conv_grad(dout.contiguous(), x, weight, *ctx.needs_input_grad)
+        return dx, dw
+
+
+def spatial_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, weight, padding=k // 2)`` for a (1, Cin, k, k) float32 ``weight`` with
+    the compiled kernels. Call only where :func:`fused_available` is true for ``x``."""
+    return _SpatialConv.apply(x, weight)

@@ -23,7 +23,7 @@ from mmdet.registry import MODELS
 from ._utils import (check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels,
                      safe_batch_norm)
 from ._fast_cbam import ApplyGates, ChannelPool, GatedChannelPool
-from ._fused_gate import fused_available, gated_attention
+from ._fused_gate import fused_available, gated_attention, spatial_conv
 from .base import AttentionModule
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -90,7 +90,7 @@ class SpatialGate(nn.Module):
         if self.pool == 'conv1x1':
             with torch.autocast(x.device.type, enabled=False):
                 desc = self.reduce(x.to(self.reduce.weight.dtype))
-                return safe_batch_norm(self.bn, self.conv(desc)).float()
+                return safe_batch_norm(self.bn, self._conv(desc)).float()
         return self.logits(x.mean(1, keepdim=True, dtype=torch.float32), x.amax(1, keepdim=True))
 
     def logits(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,14 @@ class SpatialGate(nn.Module):
         with torch.autocast(avg.device.type, enabled=False):
             dtype = self.conv.weight.dtype
             desc = torch.cat([avg, mx] if self.pool == 'avg_max' else [mx, avg], 1).to(dtype)
-            return safe_batch_norm(self.bn, self.conv(desc)).float()
+            return safe_batch_norm(self.bn, self._conv(desc)).float()
+
+    def _conv(self, desc: torch.Tensor) -> torch.Tensor:
+        """``self.conv(desc)``; on float32 CPU maps the compiled one-output-channel kernel
+        (a generic convolution is 2-10× slower on this shape, mostly in backward)."""
+        if fused_available(desc):
+            return spatial_conv(desc, self.conv.weight)
+        return self.conv(desc)
 
 
 @MODELS.register_module()

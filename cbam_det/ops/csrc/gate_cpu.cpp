@@ -4,7 +4,8 @@
 // Every full-size (N, C, H, W) step of  y = x ⊗ g_c ⊗ g_s  and of its backward is one pass
 // over memory with no temporaries, where  x = a[c]·z + b[c]  is either the input itself
 // (a, b absent) or a BatchNorm's output computed on the fly from its input z (the fused
-// BatchNorm + attention block). The small steps (MLP, k×k conv) stay in PyTorch.
+// BatchNorm + attention block). The small steps stay in PyTorch, except the spatial gate's
+// k×k conv with one output channel, which has its own kernels (spatial_conv*).
 // Inputs: float32, contiguous NCHW, CPU. Max-pool gradients are shared evenly between
 // tied maxima, as torch's amax does. Compiled with -ffp-contract=off so that x and x·g_c
 // are recomputed bit-identically in every kernel (the max masks compare them exactly).
@@ -611,6 +612,86 @@ std::vector<at::Tensor> bam_grads(const at::Tensor& dy, const at::Tensor& x, con
   return {dx, dc, ds};
 }
 
+// CBAM's spatial conv (eq. 3): a k×k cross-correlation of the (N, Cin, H, W) pooled maps with
+// one output channel, zero padding k/2, stride 1, no bias. A general convolution routine is
+// slow for one output channel; here every output row is a sum of shifted input rows.
+void check_conv(const at::Tensor& in, const at::Tensor& w) {
+  check(in, "input"); check(w, "weight");
+  TORCH_CHECK(in.dim() == 4 && w.dim() == 4 && w.size(0) == 1 && w.size(1) == in.size(1) &&
+              w.size(2) == w.size(3) && w.size(2) % 2 == 1,
+              "spatial_conv: expected input (N, Cin, H, W) and weight (1, Cin, k, k) with odd k");
+}
+
+// o[j] += wt · row[j + off] for every j in [0, W) whose j + off lies in [0, W)
+inline void shifted_axpy(float* o, const float* row, float wt, int64_t off, int64_t W) {
+  const int64_t j0 = std::max<int64_t>(0, -off), j1 = std::min<int64_t>(W, W - off);
+  for (int64_t j = j0; j < j1; ++j) o[j] += wt * row[j + off];
+}
+
+at::Tensor spatial_conv(const at::Tensor& in, const at::Tensor& w) {
+  check_conv(in, w);
+  const int64_t N = in.size(0), Cin = in.size(1), H = in.size(2), W = in.size(3), k = w.size(2), p = k / 2;
+  auto out = at::zeros({N, 1, H, W}, in.options());
+  const float *ip = in.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, N * H, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / H, i = r % H;
+      for (int64_t c = 0; c < Cin; ++c)
+        for (int64_t u = 0; u < k; ++u) {
+          const int64_t ii = i + u - p;
+          if (ii < 0 || ii >= H) continue;
+          const float* row = ip + ((n * Cin + c) * H + ii) * W;
+          for (int64_t v = 0; v < k; ++v) shifted_axpy(op + r * W, row, wp[(c * k + u) * k + v], v - p, W);
+        }
+    }
+  });
+  return out;
+}
+
+// (d input, d weight) of spatial_conv from d out (N, 1, H, W); each only when asked for
+std::vector<at::Tensor> spatial_conv_grad(const at::Tensor& dout, const at::Tensor& in, const at::Tensor& w,
+                                          bool want_input, bool want_weight) {
+  check_conv(in, w); check(dout, "dout");
+  const int64_t N = in.size(0), Cin = in.size(1), H = in.size(2), W = in.size(3), k = w.size(2), p = k / 2;
+  TORCH_CHECK(dout.numel() == N * H * W, "spatial_conv_grad: dout must be (N, 1, H, W)");
+  const float *gp = dout.data_ptr<float>(), *ip = in.data_ptr<float>(), *wp = w.data_ptr<float>();
+  at::Tensor din, dw;
+  if (want_input) {  // din[n, c, i, j] = Σ_uv w[c, u, v] · dout[n, i - u + p, j - v + p]
+    din = at::zeros_like(in);
+    float* dp = din.data_ptr<float>();
+    at::parallel_for(0, N * Cin * H, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r % H, c = (r / H) % Cin, n = r / (H * Cin);
+        for (int64_t u = 0; u < k; ++u) {
+          const int64_t oi = i - u + p;
+          if (oi < 0 || oi >= H) continue;
+          const float* g = gp + (n * H + oi) * W;
+          for (int64_t v = 0; v < k; ++v) shifted_axpy(dp + r * W, g, wp[(c * k + u) * k + v], p - v, W);
+        }
+      }
+    });
+  }
+  if (want_weight) {  // dw[c, u, v] = Σ_n,i,j dout[n, i, j] · in[n, c, i + u - p, j + v - p]
+    dw = at::empty_like(w);
+    float* dwp = dw.data_ptr<float>();
+    at::parallel_for(0, Cin * k * k, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t c = t / (k * k), u = (t / k) % k, off = t % k - p;
+        const int64_t j0 = std::max<int64_t>(0, -off), j1 = std::min<int64_t>(W, W - off);
+        double total = 0;
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t i = std::max<int64_t>(0, p - u); i < std::min<int64_t>(H, H + p - u); ++i) {
+            const float *g = gp + (n * H + i) * W + j0, *x = ip + ((n * Cin + c) * H + i + u - p) * W + j0 + off;
+            total += lane_sum(j1 - j0, [&](int64_t j) { return g[j] * x[j]; });
+          }
+        dwp[t] = static_cast<float>(total);
+      }
+    });
+  }
+  return {din, dw};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_pool", &channel_pool);
   m.def("channel_moments", &channel_moments);
@@ -622,4 +703,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("affine_combine_", &affine_combine_);
   m.def("bam_apply", &bam_apply);
   m.def("bam_grads", &bam_grads);
+  m.def("spatial_conv", &spatial_conv);
+  m.def("spatial_conv_grad", &spatial_conv_grad);
 }
