@@ -248,8 +248,9 @@ def mmdet_block(att=None, inplace=False, **kw) -> nn.Module:
 @no_ext
 def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
     """Memory: the fused BN + CBAM block, and a CBAM/SE plugin right after the block's last BN
-    (which computes from the BN's saved input), keep what the plain block keeps, plus small
-    tensors. Under saved-tensor hooks the plugin falls back to keeping the BN output."""
+    (which computes from the BN's saved input), keep no more than the plain block: not even
+    small tensors (pools and gates are recomputed in backward). Under saved-tensor hooks the
+    plugin falls back to keeping the BN output."""
     x = torch.randn(2, 64, 40, 48, requires_grad=True)
     full = 2 * 64 * 40 * 48
     plain = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16)).layer1[1].train()
@@ -257,9 +258,8 @@ def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
                               attention=dict(type='CBAM'))).layer1[1].train()
     n_plain = kept_elements(plain(x))
     assert n_plain == kept_elements(mmdet_block()(x))
-    small = 2 * (64 + 40 * 48) * 8  # gates, pooled maps, the 7×7 conv's input
     for block in (fused, mmdet_block('CBAM'), mmdet_block('CBAM', inplace=True), mmdet_block('SE')):
-        assert n_plain <= kept_elements(block(x)) <= n_plain + small
+        assert n_plain - 4 * 64 <= kept_elements(block(x)) <= n_plain  # BN statistics: 2-4 × C
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         assert kept_elements(mmdet_block('CBAM')(x)) >= n_plain + full
 

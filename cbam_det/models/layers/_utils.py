@@ -52,15 +52,18 @@ def check_input(owner: str, x: torch.Tensor, in_channels: int) -> None:
                          f'got {tuple(x.shape)}')
 
 
-def safe_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+def safe_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
     """``bn(x)``, except that one value per channel in training uses the running statistics.
 
     BatchNorm cannot normalise a single value (batch 1 through BAM's channel MLP, or
     batch 1 with a 1×1 map); the official code raises there. We normalise it with the
-    running statistics and leave them unchanged, as in eval mode.
+    running statistics and leave them unchanged, as in eval mode. ``update_stats=False``
+    computes the same output as ``bn(x)`` without touching the running statistics.
     """
     if bn.training and x.numel() // x.shape[1] <= 1:
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    if bn.training and not update_stats:
+        return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
     return bn(x)
 
 

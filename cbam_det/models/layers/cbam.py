@@ -93,12 +93,13 @@ class SpatialGate(nn.Module):
                 return safe_batch_norm(self.bn, self._conv(desc)).float()
         return self.logits(x.mean(1, keepdim=True, dtype=torch.float32), x.amax(1, keepdim=True))
 
-    def logits(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
-        """k×k conv + BN on the channel-pooled (N, 1, H, W) maps, in the configured order."""
+    def logits(self, avg: torch.Tensor, mx: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """k×k conv + BN on the channel-pooled (N, 1, H, W) maps, in the configured order
+        (``update_stats=False``: a recomputation; the BN leaves its running statistics)."""
         with torch.autocast(avg.device.type, enabled=False):
             dtype = self.conv.weight.dtype
             desc = torch.cat([avg, mx] if self.pool == 'avg_max' else [mx, avg], 1).to(dtype)
-            return safe_batch_norm(self.bn, self._conv(desc)).float()
+            return safe_batch_norm(self.bn, self._conv(desc), update_stats).float()
 
     def _conv(self, desc: torch.Tensor) -> torch.Tensor:
         """``self.conv(desc)``; on float32 CPU maps the compiled one-output-channel kernel
