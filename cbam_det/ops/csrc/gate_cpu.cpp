@@ -24,6 +24,7 @@ using OptT = c10::optional<at::Tensor>;
 constexpr int64_t kLanes = 16;    // independent accumulators: lets the compiler vectorise
 constexpr int64_t kChunk = 1024;  // float lanes are flushed into a double every chunk
 constexpr int64_t kBlock = 256;   // pixels per task in reductions over channels
+constexpr int64_t kAhead = 2;     // channels read ahead (prefetched) in those reductions
 
 const float* ptr_or_null(const OptT& t) { return t.has_value() && t->defined() ? t->data_ptr<float>() : nullptr; }
 
@@ -88,6 +89,13 @@ void sum_parts(const std::vector<double>& part, int64_t N, int64_t nb, int64_t C
       for (int64_t blk = 0; blk < nb; ++blk) total += part[(n * nb + blk) * C + c];
       out[n * C + c] = static_cast<float>(total);
     }
+}
+
+// Loops over channels read kBlock pixels of each channel row, one page apart: the hardware
+// prefetcher does not follow, so the rows kAhead channels ahead are requested explicitly.
+inline void prefetch_ahead(const float* row, int64_t c, int64_t C, int64_t HW, int64_t w) {
+  if (c + kAhead < C)
+    for (int64_t j = 0; j < w; j += 16) __builtin_prefetch(row + kAhead * HW + j);
 }
 
 void check(const at::Tensor& t, const char* name) {
@@ -316,6 +324,7 @@ std::vector<at::Tensor> spatial_pool(const at::Tensor& z, const OptT& a, const O
           af.get(c, sa, sb);
           const float g = gp[n * C + c];
           const float* p = zp + (n * C + c) * HW + h0;
+          prefetch_ahead(p, c, C, HW, w);
           for (int64_t j = 0; j < w; ++j) {
             const float v = xv<kA>(p[j], sa, sb) * g;
             s[j] += v;
@@ -397,6 +406,8 @@ std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, co
           af.get(c, sa, sb);
           const float g = gp[n * C + c];
           const float *p = zp + (n * C + c) * HW + h0, *q = dp + (n * C + c) * HW + h0;
+          prefetch_ahead(p, c, C, HW, w);
+          prefetch_ahead(q, c, C, HW, w);
           float acc[kLanes] = {0};
           int64_t j = 0;
           for (; j + kLanes <= w; j += kLanes)
