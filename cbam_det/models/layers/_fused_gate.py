@@ -5,12 +5,13 @@ refinement F ⊗ (1 + M(F)) (Park et al., BMVC 2018, eq. 1-2).
     x = BN(z) (or x = z),  y = x ⊗ σ(MLP(pool_hw(x))) ⊗ σ(BN(f([pool_c(x ⊗ g_c)])))
 
 One autograd function does every full-size step in C++ (``cbam_det/ops/csrc``): forward
-reads the input three times and writes the output once; backward saves nothing full-size
-but the input z. With a BatchNorm, z is the BN's input, which a plain block keeps for the
-BN's backward anyway, and x = a[c]·z + b[c] is recomputed on the fly: the fused block
-costs no extra activation memory. The small steps (shared MLP, k×k conv, the gate's own
-BN, sigmoids) run as ordinary autograd graphs on (N, C) and (N, 1, H, W) tensors inside
-the function; backward differentiates them with ``torch.autograd.grad``.
+reads the input three times and writes the output once; between forward and backward it
+keeps only the input z (and references). With a BatchNorm, z is the BN's input, which a
+plain block keeps for the BN's backward anyway, and x = a[c]·z + b[c] is recomputed on the
+fly: the fused block costs no extra activation memory. A plugin fed by a BatchNorm gets the
+same by reading z off the BN's autograd node (:func:`_bn_source`). The small steps (shared
+MLP, k×k conv, the gate's own BN, sigmoids) run on (N, C) and (N, 1, H, W) tensors; backward
+recomputes them (and the pools) and differentiates them with ``torch.autograd.grad``.
 
 Used for float32 contiguous CPU tensors when the kernels compiled, outside
 ``torch.compile``; everything else takes the PyTorch path of the modules, which computes
