@@ -297,7 +297,7 @@ def test_module_after_bn_equals_plain_pytorch(kind, variant, inplace, monkeypatc
     assert sources and all((s is not None) == used for s in sources) or os.environ.get('CBAM_DET_NO_EXT') == '1'
 
 
-@pytest.mark.parametrize('with_cp', [True, False], ids=['checkpointed', 'plain'])
+@pytest.mark.parametrize('with_cp', [True, False], ids=['mmdet_with_cp', 'torch_non_reentrant'])
 def test_plugin_under_checkpointing_trains_like_without(with_cp):
     """mmdet's with_cp (reentrant checkpoint) and PyTorch's non-reentrant checkpoint (saved
     tensor hooks) give the same step as the plain plugin block."""

@@ -139,6 +139,15 @@ def _small_forward(module: nn.Module, ext, z: torch.Tensor, bn: Optional[_BNStat
     return s
 
 
+def _forward_gates(module: nn.Module, ext, z: torch.Tensor, bn) -> Tuple[Optional[_BNState], dict]:
+    """Forward's gates (no autograd; the BNs update their running statistics). ``bn``: None,
+    a BatchNorm2d to fold in, or a :class:`_BNState`; returned as a state."""
+    moments = None
+    if isinstance(bn, nn.Module):
+        bn, moments = _bn_state(bn, z, ext)
+    return bn, _small_forward(module, ext, z, bn, grad=False, update_stats=True, moments=moments)
+
+
 def _grads(outputs: torch.Tensor, inputs: List[torch.Tensor], grad_out: torch.Tensor) -> List[Optional[torch.Tensor]]:
     return list(torch.autograd.grad(outputs, inputs, grad_out, allow_unused=True)) if inputs else []
 
@@ -162,10 +171,7 @@ class _GatedAttention(torch.autograd.Function):
     def forward(ctx, z: torch.Tensor, out: Optional[torch.Tensor], module: nn.Module, bn, reuse_input: bool,
                 *params):
         ext = gate_ext()
-        moments = None
-        if isinstance(bn, nn.Module):
-            bn, moments = _bn_state(bn, z, ext)
-        s = _small_forward(module, ext, z, bn, grad=False, update_stats=True, moments=moments)
+        bn, s = _forward_gates(module, ext, z, bn)
         if out is not None:
             ctx.mark_dirty(out)
         y = ext.apply_gates(z, s['a'], s['b'], s['gc'], s['gs'], out)
@@ -256,7 +262,8 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
     out of the graph. This is how a plugin after a block's last BN (mmdet ResNet
     ``position='after_conv3'``) gets the fused path's memory and speed without owning the
     BN. The statistics are the ones the BN used (its running statistics were updated by
-    the BN), a and b are formed as PyTorch's CPU kernel forms them, and the gate equals the
+    the BN), a = invstd·γ and b = β − mean·a as in PyTorch's CPU kernel (which fuses the
+    multiply-adds, so x differs from the BN output by rounding), and the gate equals the
     gate applied to x within float32 rounding. Hooks on x (``register_hook``,
     ``retain_grad``) or saved-tensor hooks in force keep the plain graph.
     """
@@ -298,8 +305,7 @@ def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNor
         return _GatedAttention.apply(z, None, module, bn, inplace and bn is None, *params)
     ext = gate_ext()
     with torch.no_grad():
-        state, moments = _bn_state(bn, z, ext) if bn is not None else (None, None)
-        s = _small_forward(module, ext, z, state, grad=False, update_stats=True, moments=moments)
+        _, s = _forward_gates(module, ext, z, bn)
         return ext.apply_gates(z, s['a'], s['b'], s['gc'], s['gs'], z if inplace else None)
 
 

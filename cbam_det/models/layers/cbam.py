@@ -219,7 +219,8 @@ class CBAM(AttentionModule):
                 and self.spatial_gate.pool in ('avg_max', 'max_avg'))
 
     def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """Same result as the generic path; saves only ``x`` and the gates for backward.
+        """Same result as the generic path; keeps only ``x`` for backward (fused kernels) or
+        ``x`` and the gates (the PyTorch functions).
 
         float32 contiguous CPU input: the compiled fused kernels (``_fused_gate``);
         otherwise memory-lean autograd functions built from PyTorch ops (``_fast_cbam``).
