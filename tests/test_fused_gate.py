@@ -169,6 +169,37 @@ def test_forward_with_bn_equals_bn_then_module(kind, variant, monkeypatch):
             torch.testing.assert_close(bf, br, rtol=1e-5, atol=1e-6)
 
 
+@no_ext
+@pytest.mark.parametrize('kind', ['cbam', 'cbam_official', 'se'])
+@pytest.mark.parametrize('variant', ['none'] + list(bn_variants()))
+@pytest.mark.parametrize('inplace', [False, True], ids=['copy', 'inplace'])
+def test_inference_in_one_call_equals_plain_pytorch(kind, variant, inplace, monkeypatch):
+    """No-grad inference runs the whole module in one kernel call (``gated_infer``) whenever
+    no BatchNorm has statistics to update; the result equals the plain PyTorch module."""
+    z = torch.randn(2, 24, 6, 10) * 3 + 1
+    att_f, att_r = make(kind, 24).eval(), make(kind, 24).eval()
+    for att in (att_f, att_r):
+        att.inplace = inplace
+        if kind != 'se':  # non-trivial running statistics in the spatial gate's BN
+            att.spatial_gate.bn.running_mean.fill_(0.7)
+            att.spatial_gate.bn.running_var.fill_(2.5)
+    bn_f, bn_r = (bn_variants()[variant], bn_variants()[variant]) if variant != 'none' else (None, None)
+    ext, calls = gate_ext(), []
+    monkeypatch.setattr(ext, 'gated_infer', lambda *a, _f=ext.gated_infer: calls.append(1) or _f(*a))
+    x = z.clone()
+    with torch.no_grad():
+        got = att_f(x) if bn_f is None else att_f.forward_with_bn(x, bn_f)
+        with plain_pytorch(monkeypatch):
+            want = att_r(z.clone()) if bn_r is None else att_r(bn_r(z.clone()))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # statistics to update (BN in training mode, or none tracked): the step-by-step path
+    assert len(calls) == int(variant in ('none', 'eval', 'frozen'))
+    assert (got.data_ptr() == x.data_ptr()) == inplace
+    if bn_f is not None:
+        for bf, br in zip(bn_f.buffers(), bn_r.buffers()):
+            torch.testing.assert_close(bf, br, rtol=1e-5, atol=1e-6)
+
+
 def backbone(depth: int, att: str, fuse: bool, seed: int = 0):
     torch.manual_seed(seed)
     m = MODELS.build(dict(type='AttnResNet', depth=depth, base_channels=16, attention=dict(type=att),

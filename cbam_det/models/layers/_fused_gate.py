@@ -305,8 +305,37 @@ def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNor
         return _GatedAttention.apply(z, None, module, bn, inplace and bn is None, *params)
     ext = gate_ext()
     with torch.no_grad():
+        out = z if inplace else None
+        args = _infer_args(module, bn)
+        if args is not None:  # the whole module in one compiled call
+            return ext.gated_infer(z, *args, out)
         _, s = _forward_gates(module, ext, z, bn)
-        return ext.apply_gates(z, s['a'], s['b'], s['gc'], s['gs'], z if inplace else None)
+        return ext.apply_gates(z, s['a'], s['b'], s['gc'], s['gs'], out)
+
+
+def _infer_args(module: nn.Module, bn: Optional[nn.BatchNorm2d]) -> Optional[tuple]:
+    """The arguments of the kernels' ``gated_infer`` (after z) when inference can run in one
+    call: float32 parameters, and every BatchNorm (the folded one, the spatial gate's) using
+    its running statistics, so that nothing is updated; else None."""
+    cg, sg, use_max = _gates(module)
+    tensors = [cg.fc1.weight, cg.fc1.bias, cg.fc2.weight, cg.fc2.bias]
+    a = b = None
+    if bn is not None:
+        if bn.training or not bn.track_running_stats:
+            return None
+        weight, bias = (bn.weight, bn.bias) if bn.affine else (None, None)
+        _, a, b = _BNState(weight, bias, bn.running_mean, None, bn.running_var, bn.eps, False, False).affine()
+    spatial = (None,) * 5 + (0.0, True)
+    if sg is not None:
+        sbn = sg.bn
+        if sbn.training or not sbn.track_running_stats or sg.pool not in ('avg_max', 'max_avg'):
+            return None
+        spatial = (sg.conv.weight, sbn.weight, sbn.bias, sbn.running_mean, sbn.running_var, sbn.eps,
+                   sg.pool == 'avg_max')
+        tensors.append(sg.conv.weight)
+    if any(t is None or t.dtype != torch.float32 for t in tensors):
+        return None
+    return (a, b, *tensors[:4], use_max) + spatial
 
 
 class _BAMGate(torch.autograd.Function):

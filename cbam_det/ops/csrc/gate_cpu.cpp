@@ -26,6 +26,22 @@ constexpr int64_t kChunk = 1024;  // float lanes are flushed into a double every
 constexpr int64_t kBlock = 256;   // pixels per task in reductions over channels
 constexpr int64_t kAhead = 2;     // channels read ahead (prefetched) in those reductions
 
+// kLanes floats as one value (GCC/Clang vector extension): element-wise arithmetic, compares
+// and selects compile to SIMD instructions whatever the auto-vectoriser decides
+typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf splat(float s) { return vf{} + s; }
+inline double hsum(vf v) {  // lane by lane in lane order, in double
+  double t = 0;
+  for (int64_t l = 0; l < kLanes; ++l) t += v[l];
+  return t;
+}
+
 const float* ptr_or_null(const OptT& t) { return t.has_value() && t->defined() ? t->data_ptr<float>() : nullptr; }
 
 struct Affine {
@@ -115,26 +131,25 @@ Affine affine(const OptT& a, const OptT& b, int64_t C) {
 // sum (double) and max of x over one row of n values
 template <bool kA>
 void row_sum_max(const float* z, int64_t n, float sa, float sb, double& sum, float& mx) {
-  float m[kLanes];
-  std::fill(m, m + kLanes, -std::numeric_limits<float>::infinity());
+  const vf va = splat(sa), vb = splat(sb);
+  vf m = splat(-std::numeric_limits<float>::infinity());
   double total = 0;
   float tail_max = -std::numeric_limits<float>::infinity();
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
     const int64_t i1 = std::min(n, i0 + kChunk);
-    float acc[kLanes] = {0};
+    vf acc = {};
     int64_t i = i0;
-    for (; i + kLanes <= i1; i += kLanes)
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const float v = xv<kA>(z[i + j], sa, sb);
-        acc[j] += v;
-        m[j] = v > m[j] ? v : m[j];
-      }
+    for (; i + kLanes <= i1; i += kLanes) {
+      const vf v = kA ? va * load(z + i) + vb : load(z + i);
+      acc += v;
+      m = v > m ? v : m;
+    }
     for (; i < i1; ++i) {
       const float v = xv<kA>(z[i], sa, sb);
       acc[0] += v;
       tail_max = v > tail_max ? v : tail_max;
     }
-    for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
+    total += hsum(acc);
   }
   for (int64_t j = 0; j < kLanes; ++j) tail_max = m[j] > tail_max ? m[j] : tail_max;
   sum = total;
@@ -144,15 +159,21 @@ void row_sum_max(const float* z, int64_t n, float sa, float sb, double& sum, flo
 // number of x == value in one row (lanes: a single running count would not vectorise)
 template <bool kA>
 float count_equal(const float* __restrict p, int64_t n, float sa, float sb, float value) {
-  return static_cast<float>(lane_sum(n, [&](int64_t i) { return xv<kA>(p[i], sa, sb) == value ? 1.f : 0.f; }));
+  const vf va = splat(sa), vb = splat(sb), vv = splat(value), one = splat(1.f), zero = {};
+  vf acc = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) acc += (kA ? va * load(p + i) + vb : load(p + i)) == vv ? one : zero;
+  float total = static_cast<float>(hsum(acc));  // counts: exact in float up to 2^24
+  for (; i < n; ++i) total += xv<kA>(p[i], sa, sb) == value ? 1.f : 0.f;
+  return total;
 }
 
-template <bool kA>
-inline float dx_value(float z, float dy, float s, float m, float wa, float wm, float sa, float sb, float g,
-                      float base, float cm, float cmg, bool spatial) {
-  const float x = xv<kA>(z, sa, sb);
-  float v = (dy * s) * g + base + (x == cm ? cmg : 0.f);
-  if (spatial) v += g * (wa + (x * g == m ? wm : 0.f));
+// one element (T = float) or kLanes elements (T = vf) of input_grad's dx
+template <bool kA, bool kSpatial, typename T>
+inline T dx_value(T z, T dy, T s, T m, T wa, T wm, T sa, T sb, T g, T base, T cm, T cmg, T zero) {
+  const T x = kA ? sa * z + sb : z;
+  T v = (dy * s) * g + base + (x == cm ? cmg : zero);
+  if (kSpatial) v += g * (wa + (x * g == m ? wm : zero));
   return v;
 }
 
@@ -161,36 +182,38 @@ template <bool kA, bool kGs, bool kSpatial, bool kSums>
 void dx_row(float* __restrict o, const float* __restrict p, const float* __restrict q, const float* __restrict s,
             const float* __restrict m, const float* __restrict wa, const float* __restrict wm, int64_t n, float sa,
             float sb, float g, float base, float cm, float cmg, double& sum1, double& sum2) {
+  const vf va = splat(sa), vb = splat(sb), vg = splat(g), vbase = splat(base), vcm = splat(cm), vcmg = splat(cmg),
+           one = splat(1.f), zero = {};
   double t1 = 0, t2 = 0;
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
     const int64_t i1 = std::min(n, i0 + kChunk);
-    float a1[kLanes] = {0}, a2[kLanes] = {0};
+    vf a1 = {}, a2 = {};
     int64_t i = i0;
-    for (; i + kLanes <= i1; i += kLanes)
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const int64_t j = i + l;
-        const float v = dx_value<kA>(p[j], q[j], kGs ? s[j] : 1.f, kSpatial ? m[j] : 0.f, kSpatial ? wa[j] : 0.f,
-                                 kSpatial ? wm[j] : 0.f, sa, sb, g, base, cm, cmg, kSpatial);
-        o[j] = v;
-        if (kSums) {
-          a1[l] += v;
-          a2[l] += v * p[j];
-        }
+    for (; i + kLanes <= i1; i += kLanes) {
+      const vf z = load(p + i);
+      const vf v = dx_value<kA, kSpatial>(z, load(q + i), kGs ? load(s + i) : one, kSpatial ? load(m + i) : zero,
+                                          kSpatial ? load(wa + i) : zero, kSpatial ? load(wm + i) : zero, va, vb, vg,
+                                          vbase, vcm, vcmg, zero);
+      store(o + i, v);
+      if (kSums) {
+        a1 += v;
+        a2 += v * z;
       }
+    }
     for (; i < i1; ++i) {
-      const float v = dx_value<kA>(p[i], q[i], kGs ? s[i] : 1.f, kSpatial ? m[i] : 0.f, kSpatial ? wa[i] : 0.f,
-                               kSpatial ? wm[i] : 0.f, sa, sb, g, base, cm, cmg, kSpatial);
+      const float v = dx_value<kA, kSpatial>(p[i], q[i], kGs ? s[i] : 1.f, kSpatial ? m[i] : 0.f,
+                                             kSpatial ? wa[i] : 0.f, kSpatial ? wm[i] : 0.f, sa, sb, g, base, cm,
+                                             cmg, 0.f);
       o[i] = v;
       if (kSums) {
         a1[0] += v;
         a2[0] += v * p[i];
       }
     }
-    if (kSums)
-      for (int64_t l = 0; l < kLanes; ++l) {
-        t1 += a1[l];
-        t2 += a2[l];
-      }
+    if (kSums) {
+      t1 += hsum(a1);
+      t2 += hsum(a2);
+    }
   }
   sum1 = t1;
   sum2 = t2;
@@ -260,22 +283,20 @@ std::vector<at::Tensor> channel_moments(const at::Tensor& z, const at::Tensor& s
     for (int64_t r = r0; r < r1; ++r) {
       const float k = kp[r % C];
       const float* p = zp + r * HW;
-      float hi[kLanes], lo[kLanes];
-      std::fill(hi, hi + kLanes, -std::numeric_limits<float>::infinity());
-      std::fill(lo, lo + kLanes, std::numeric_limits<float>::infinity());
+      const vf vk = splat(k);
+      vf hi = splat(-std::numeric_limits<float>::infinity()), lo = splat(std::numeric_limits<float>::infinity());
       double t1 = 0, t2 = 0;
       for (int64_t i0 = 0; i0 < HW; i0 += kChunk) {
         const int64_t i1 = std::min(HW, i0 + kChunk);
-        float a1[kLanes] = {0}, a2[kLanes] = {0};
+        vf a1 = {}, a2 = {};
         int64_t i = i0;
-        for (; i + kLanes <= i1; i += kLanes)
-          for (int64_t l = 0; l < kLanes; ++l) {
-            const float v = p[i + l], d = v - k;
-            a1[l] += d;
-            a2[l] += d * d;
-            hi[l] = std::max(hi[l], v);
-            lo[l] = std::min(lo[l], v);
-          }
+        for (; i + kLanes <= i1; i += kLanes) {
+          const vf v = load(p + i), d = v - vk;
+          a1 += d;
+          a2 += d * d;
+          hi = v > hi ? v : hi;
+          lo = v < lo ? v : lo;
+        }
         for (; i < i1; ++i) {
           const float v = p[i], d = v - k;
           a1[0] += d;
@@ -283,10 +304,8 @@ std::vector<at::Tensor> channel_moments(const at::Tensor& z, const at::Tensor& s
           hi[0] = std::max(hi[0], v);
           lo[0] = std::min(lo[0], v);
         }
-        for (int64_t l = 0; l < kLanes; ++l) {
-          t1 += a1[l];
-          t2 += a2[l];
-        }
+        t1 += hsum(a1);
+        t2 += hsum(a2);
       }
       float h = hi[0], w = lo[0];
       for (int64_t l = 1; l < kLanes; ++l) {
@@ -408,24 +427,22 @@ std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, co
           const float *p = zp + (n * C + c) * HW + h0, *q = dp + (n * C + c) * HW + h0;
           prefetch_ahead(p, c, C, HW, w);
           prefetch_ahead(q, c, C, HW, w);
-          float acc[kLanes] = {0};
+          const vf va = splat(sa), vb = splat(sb), vg = splat(g), one = splat(1.f), zero = {};
+          vf acc = {};
           int64_t j = 0;
-          for (; j + kLanes <= w; j += kLanes)
-            for (int64_t l = 0; l < kLanes; ++l) {
-              const float x = xv<kA>(p[j + l], sa, sb), u = q[j + l] * x;
-              acc[l] += u * s[j + l];
-              ds[j + l] += u * g;
-              k[j + l] += x * g == m[j + l] ? 1.f : 0.f;
-            }
+          for (; j + kLanes <= w; j += kLanes) {
+            const vf x = kA ? va * load(p + j) + vb : load(p + j), u = load(q + j) * x;
+            acc += u * load(s + j);
+            store(ds + j, load(ds + j) + u * vg);
+            store(k + j, load(k + j) + (x * vg == load(m + j) ? one : zero));
+          }
           for (; j < w; ++j) {
             const float x = xv<kA>(p[j], sa, sb), u = q[j] * x;
             acc[0] += u * s[j];
             ds[j] += u * g;
             k[j] += x * g == m[j] ? 1.f : 0.f;
           }
-          double total = 0;
-          for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
-          part[(n * nb + blk) * C + c] = total;
+          part[(n * nb + blk) * C + c] = hsum(acc);
         }
         std::copy(ds, ds + w, dgsp + n * HW + h0);
         std::copy(k, k + w, cntp + n * HW + h0);
@@ -703,7 +720,36 @@ std::vector<at::Tensor> spatial_conv_grad(const at::Tensor& dout, const at::Tens
   return {din, dw};
 }
 
+// Inference of CBAM / SE in one call (no autograd): the pools, the shared MLP on the stacked
+// descriptors, the k×k conv with the gate's BatchNorm (eval: running statistics) and the
+// products, with the same ATen ops as the module's Python code for the small steps, so the
+// result is the same; only the per-op dispatch from Python is gone. conv_w absent: SE (no
+// spatial gate; use_max false). With out given (may alias z when there is no affine), writes there.
+at::Tensor gated_infer(const at::Tensor& z, const OptT& a, const OptT& b, const at::Tensor& w1,
+                       const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2, bool use_max,
+                       const OptT& conv_w, const OptT& bn_w, const OptT& bn_b, const OptT& bn_mean,
+                       const OptT& bn_var, double bn_eps, bool avg_first, const OptT& out) {
+  check(z, "z");
+  const int64_t N = z.size(0), H = z.size(2), W = z.size(3);
+  auto pools = channel_pool(z, a, b);
+  const at::Tensor desc = use_max ? at::cat({pools[0], pools[1]}, 0) : pools[0];
+  at::Tensor logit = at::linear(at::relu(at::linear(desc, w1, b1)), w2, b2);
+  if (use_max) logit = logit.narrow(0, 0, N) + logit.narrow(0, N, N);
+  const at::Tensor gc = at::sigmoid(logit).contiguous();
+  OptT gs;
+  if (conv_w.has_value()) {
+    auto sp = spatial_pool(z, a, b, gc);
+    const at::Tensor maps = at::stack(avg_first ? at::TensorList{sp[0], sp[1]} : at::TensorList{sp[1], sp[0]}, 1)
+                                .view({N, 2, H, W});
+    const at::Tensor t = at::batch_norm(spatial_conv(maps, conv_w->contiguous()), bn_w, bn_b, bn_mean, bn_var,
+                                        false, 0.0, bn_eps, false);
+    gs = at::sigmoid(t).view({N, H * W});
+  }
+  return apply_gates(z, a, b, gc, gs, out);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gated_infer", &gated_infer);
   m.def("channel_pool", &channel_pool);
   m.def("channel_moments", &channel_moments);
   m.def("spatial_pool", &spatial_pool);
