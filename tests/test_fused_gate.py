@@ -419,3 +419,34 @@ def test_spatial_conv_refuses_bad_weights():
     for w in (torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3), torch.randn(1, 1, 3, 3)):
         with pytest.raises(RuntimeError, match=r'weight \(1, Cin, k, k\) with odd k'):
             ext.spatial_conv(x, w)
+
+
+@no_ext
+@pytest.mark.parametrize('shape,out_channels', [((2, 5, 7, 9), 3), ((1, 40, 13, 17), 7), ((2, 64, 16, 20), 16),
+                                                ((2, 33, 4, 8), 21), ((1, 8, 1, 1), 2)], ids=str)
+def test_pointwise_conv_equals_conv2d_in_float64(shape, out_channels):
+    """BAM's 1×1 reduction conv kernel (forward; input gradient), with the weight and bias
+    gradients, against F.conv2d in float64: full and partial register groups (16, 21, 3
+    outputs), pixel counts with and without a remainder of 16."""
+    torch.manual_seed(0)
+    x64 = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(out_channels, shape[1], 1, 1, dtype=torch.float64, requires_grad=True)
+    b64 = torch.randn(out_channels, dtype=torch.float64, requires_grad=True)
+    y64 = torch.nn.functional.conv2d(x64, w64, b64)
+    g = torch.randn_like(y64)
+    want = (y64,) + torch.autograd.grad(y64, [x64, w64, b64], g)
+    x, w, b = (t.detach().float().requires_grad_() for t in (x64, w64, b64))
+    y = _fused_gate.pointwise_conv(x, w, b)
+    got = (y,) + torch.autograd.grad(y, [x, w, b], g.float())
+    for u, v in zip(got, want):
+        assert u.shape == v.shape
+        torch.testing.assert_close(u.double(), v, rtol=0, atol=2e-6 * v.abs().max().item())
+
+
+@no_ext
+def test_pointwise_conv_refuses_bad_weights():
+    ext = gate_ext()
+    with pytest.raises(RuntimeError, match=r'weight \(O, C\)'):
+        ext.pointwise_conv(torch.randn(2, 4, 3, 3), torch.randn(3, 5), None)
+    with pytest.raises(RuntimeError, match=r'weight \(O, C\)'):
+        ext.pointwise_conv_input_grad(torch.randn(2, 3, 3, 3), torch.randn(4, 5))

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from ...ops import gate_ext
 
-__all__ = ['fused_available', 'gated_attention', 'bam_gate', 'spatial_conv']
+__all__ = ['fused_available', 'gated_attention', 'bam_gate', 'spatial_conv', 'pointwise_conv']
 
 
 def fused_available(x: torch.Tensor, bn: Optional[nn.Module] = None) -> bool:
@@ -389,3 +389,32 @@ def spatial_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.conv2d(x, weight, padding=k // 2)`` for a (1, Cin, k, k) float32 ``weight`` with
     the compiled kernels. Call only where :func:`fused_available` is true for ``x``."""
     return _SpatialConv.apply(x, weight)
+
+
+class _PointwiseConv(torch.autograd.Function):
+    """1×1 conv, stride 1, no padding (BAM eq. 4's f^{1×1}_0): forward on the compiled
+    kernel; backward: d input on the kernels, d weight as a batched matrix product."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        w2 = weight.reshape(weight.shape[0], -1).contiguous()
+        ctx.save_for_backward(x, w2)
+        ctx.weight_shape = weight.shape
+        return gate_ext().pointwise_conv(x, w2, None if bias is None else bias.contiguous())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: torch.Tensor):
+        x, w2 = ctx.saved_tensors
+        n, c, h, w = x.shape
+        d = dout.reshape(n, -1, h * w)
+        want_x, want_w, want_b = ctx.needs_input_grad
+        dx = gate_ext().pointwise_conv_input_grad(dout.contiguous(), w2) if want_x else None
+        dw = torch.bmm(d, x.view(n, c, h * w).transpose(1, 2)).sum(0).view(ctx.weight_shape) if want_w else None
+        return dx, dw, (d.sum((0, 2)) if want_b else None)
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias)`` for a (O, C, 1, 1) float32 ``weight``, forward on the
+    compiled kernels. Call only where :func:`fused_available` is true for ``x``."""
+    return _PointwiseConv.apply(x, weight, bias)
