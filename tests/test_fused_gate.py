@@ -295,6 +295,7 @@ def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
         assert kept_elements(mmdet_block('CBAM')(x)) >= n_plain + full
 
 
+@no_ext
 @pytest.mark.parametrize('kind', ['cbam', 'cbam_official', 'se'])
 @pytest.mark.parametrize('variant', list(bn_variants()))
 @pytest.mark.parametrize('inplace', [False, True], ids=['copy', 'inplace'])
