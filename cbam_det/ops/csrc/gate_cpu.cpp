@@ -4,8 +4,9 @@
 // Every full-size (N, C, H, W) step of  y = x ⊗ g_c ⊗ g_s  and of its backward is one pass
 // over memory with no temporaries, where  x = a[c]·z + b[c]  is either the input itself
 // (a, b absent) or a BatchNorm's output computed on the fly from its input z (the fused
-// BatchNorm + attention block). The small steps stay in PyTorch, except the spatial gate's
-// k×k conv with one output channel, which has its own kernels (spatial_conv*).
+// BatchNorm + attention block). The small steps stay in PyTorch (ATen calls from here in
+// gated_infer, the one-call inference), except the spatial gate's k×k conv with one output
+// channel (spatial_conv*). BAM's 1×1 reduction conv has its own kernels too (pointwise_conv*).
 // Inputs: float32, contiguous NCHW, CPU. Max-pool gradients are shared evenly between
 // tied maxima, as torch's amax does. Compiled with -ffp-contract=off so that x and x·g_c
 // are recomputed bit-identically in every kernel (the max masks compare them exactly).
