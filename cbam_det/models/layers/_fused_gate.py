@@ -407,9 +407,10 @@ class _PointwiseConv(torch.autograd.Function):
     def backward(ctx, dout: torch.Tensor):
         x, w2 = ctx.saved_tensors
         n, c, h, w = x.shape
-        d = dout.reshape(n, -1, h * w)
+        dout = dout.contiguous()
+        d = dout.view(n, -1, h * w)
         want_x, want_w, want_b = ctx.needs_input_grad
-        dx = gate_ext().pointwise_conv_input_grad(dout.contiguous(), w2) if want_x else None
+        dx = gate_ext().pointwise_conv_input_grad(dout, w2) if want_x else None
         dw = torch.bmm(d, x.view(n, c, h * w).transpose(1, 2)).sum(0).view(ctx.weight_shape) if want_w else None
         return dx, dw, (d.sum((0, 2)) if want_b else None)
 

@@ -77,7 +77,7 @@ class BAMSpatialGate(nn.Module):
         PyTorch's forward is the faster one (2.8 against 4.1 ms)."""
         w = self.reduce.weight
         if x.shape[1] <= 512 and w.dtype == torch.float32 and fused_available(x):
-            return pointwise_conv(x, self.reduce.weight, self.reduce.bias)
+            return pointwise_conv(x, w, self.reduce.bias)
         return self.reduce(x)
 
 

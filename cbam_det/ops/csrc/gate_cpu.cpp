@@ -157,7 +157,7 @@ void row_sum_max(const float* z, int64_t n, float sa, float sb, double& sum, flo
   mx = tail_max;
 }
 
-// number of x == value in one row (lanes: a single running count would not vectorise)
+// number of x == value in one row (vector lanes of counts)
 template <bool kA>
 float count_equal(const float* __restrict p, int64_t n, float sa, float sb, float value) {
   const vf va = splat(sa), vb = splat(sb), vv = splat(value), one = splat(1.f), zero = {};
