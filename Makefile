@@ -1,11 +1,14 @@
 # One-command entry points; each one does all set-up first (idempotent, fast when done).
-#   make demo    set up, generate demo data, train + test the CBAM Faster R-CNN on CPU, print COCO mAP
-#   make test    set up, run the default (fast) test suite
-#   make demo-voc  the same for the VOC pipeline: SSD + StairNet + CBAM, VOC2007 mAP
+#   make demo        set up, generate demo data, train + test the CBAM Faster R-CNN on CPU, print COCO mAP
+#   make test        set up, run the default (fast) test suite
+#   make demo-voc    the same for the VOC pipeline: SSD + StairNet + CBAM, VOC2007 mAP
 #   make test-slow   the slow tests too (multi-process CPU training, longer runs)
-VENV ?= $(CURDIR)/.venv
+# STACK=onedl (default: maintained OneDL line, torch 2.13) or STACK=upstream (mmdet 3.3.0, torch 2.5.1);
+# each stack gets its own virtual environment, .venv/$(STACK) unless VENV says otherwise.
+STACK ?= onedl
+VENV ?= $(CURDIR)/.venv/$(STACK)
 PY := $(VENV)/bin/python
-export VENV
+export STACK VENV
 
 .PHONY: setup test test-slow demo demo-voc clean-demo
 setup:

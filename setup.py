@@ -1,4 +1,10 @@
-"""Install cbam_det (the mmdet stack itself is installed by tools/setup_env.sh)."""
+"""Install cbam_det into an environment that already holds an mmdet stack.
+
+No dependency is declared on purpose: the stack's distributions have other names on each
+line (``mmdet`` / ``onedl-mmdetection``, ``mmcv`` / ``onedl-mmcv``) and mmcv must be built
+with ops, so declaring any of them would let pip replace the user's torch or mmcv. The
+tested pins are in ``requirements/{onedl,upstream}.txt``; ``tools/setup_env.sh`` installs them.
+"""
 import os.path as osp
 
 from setuptools import find_packages, setup
@@ -18,9 +24,9 @@ setup(
     long_description=open(osp.join(osp.dirname(__file__), 'README.md')).read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['cbam_det', 'cbam_det.*']),
-    python_requires='>=3.9,<3.13',
-    # The tested pins are in requirements/runtime.txt; mmcv 2.1.0 must be built with ops
-    # (tools/setup_env.sh does it), so it is only required here, not pinned.
-    install_requires=['mmdet>=3.0,<3.4', 'mmcv>=2.0.0rc4,<2.2.0', 'mmengine>=0.7.1,<1.0'],
+    # the fused CPU kernels are compiled from this source on first use
+    package_data={'cbam_det.ops': ['csrc/*.cpp']},
+    python_requires='>=3.9',
+    install_requires=[],
     license='Apache-2.0',
 )

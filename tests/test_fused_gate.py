@@ -329,6 +329,34 @@ def test_module_after_bn_equals_plain_pytorch(kind, variant, inplace, monkeypatc
     assert sources and all((s is not None) == used for s in sources) or os.environ.get('CBAM_DET_NO_EXT') == '1'
 
 
+@no_ext
+@pytest.mark.parametrize('kind', ['cbam', 'se'])
+def test_bn_node_guard_failure_falls_back_to_the_plain_graph(kind, monkeypatch):
+    """The plugin-after-BN path reads private fields of torch's BatchNorm autograd node. Where
+    a torch lacks one (simulated by asking the guard for a field no torch has), the guard
+    fails, the plugin keeps the plain graph (it keeps the BN output) and outputs, gradients
+    and BN buffers equal both the node path and plain PyTorch."""
+    z = torch.randn(2, 24, 6, 10) * 3 + 5
+    assert _fused_gate.bn_node_readable(), 'this torch should pass the guard'
+    results, kept = [], []
+    for fields in (_fused_gate._BN_NODE_FIELDS, _fused_gate._BN_NODE_FIELDS + ('_saved_no_such_field',)):
+        monkeypatch.setattr(_fused_gate, '_BN_NODE_FIELDS', fields)
+        bn, att = bn_variants()['train'], make(kind, 24)
+        assert _fused_gate.bn_node_readable() == (len(fields) == 8)
+        results.append(step(lambda t: att(bn(t)), z, list(att.parameters()) + list(bn.parameters())))
+        kept.append(kept_elements(att(bn(z.clone().requires_grad_()))))
+        results[-1] += (tuple(b.clone() for b in bn.buffers()),)
+    monkeypatch.setattr(_fused_gate, '_BN_NODE_FIELDS', _fused_gate._BN_NODE_FIELDS[:8])
+    assert kept[1] >= kept[0] + z.numel()  # the fallback keeps the BN output x, the node path only z
+    bn, att = bn_variants()['train'], make(kind, 24)
+    with plain_pytorch(monkeypatch):
+        want = step(lambda t: att(bn(t)), z, list(att.parameters()) + list(bn.parameters()))
+    for got in results:
+        assert_same(got[:2], want)
+    for b_node, b_plain in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(b_node, b_plain, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize('with_cp', [True, False], ids=['mmdet_with_cp', 'torch_non_reentrant'])
 def test_plugin_under_checkpointing_trains_like_without(with_cp):
     """mmdet's with_cp (reentrant checkpoint) and PyTorch's non-reentrant checkpoint (saved

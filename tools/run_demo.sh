@@ -4,7 +4,7 @@
 # CONFIG=configs/demo/stairnet_r18w16-cbam_demo_voc.py). Fails if mAP@0.5 < MIN_MAP50 (0.5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+PY=${PY:-.venv/${STACK:-onedl}/bin/python}
 CONFIG=${CONFIG:-configs/demo/faster-rcnn_r50w16-cbam_fpn_demo.py}
 WORK=${WORK:-work_dirs/demo}
 MIN_MAP50=${MIN_MAP50:-0.5}

@@ -1,25 +1,40 @@
 #!/usr/bin/env bash
-# One-command set-up of the pinned cbam_det stack (torch 2.5.1, mmengine 0.10.7,
-# mmcv 2.1.0 built from source with ops, mmdet 3.3.0) in a virtual environment.
+# One-command set-up of a tested cbam_det stack in a virtual environment.
 #
-#   bash tools/setup_env.sh            # or: make setup
+#   bash tools/setup_env.sh                  # or: make setup            (STACK=onedl)
+#   STACK=upstream bash tools/setup_env.sh   # or: make setup STACK=upstream
+#
+# Stacks (pins in requirements/$STACK.txt; mmcv is built here from source with ops):
+#   onedl     torch 2.13.0, onedl-mmengine 0.10.12, onedl-mmcv 2.3.6, onedl-mmdetection 3.5.1 (default)
+#   upstream  torch 2.5.1, mmengine 0.10.7, mmcv 2.1.0, mmdet 3.3.0
 #
 # Environment variables:
-#   VENV            virtual environment to create/use       (default: <repo>/.venv)
-#   PYTHON          interpreter to create it with           (default: python3.11, else python3)
-#   CBAM_DET_CACHE  cache for the built mmcv wheel          (default: ~/.cache/cbam_det)
-#   FORCE_CUDA      1: build mmcv's CUDA ops, 0: CPU ops only (default: auto-detect)
+#   STACK                 onedl | upstream                               (default: onedl)
+#   VENV                  virtual environment to create/use              (default: <repo>/.venv/$STACK)
+#   PYTHON                interpreter to create it with                  (default: python3.11, else python3)
+#   CBAM_DET_CACHE        cache of built mmcv wheels and cbam_det kernels (default: ~/.cache/cbam_det)
+#   FORCE_CUDA            1: build mmcv's CUDA ops, 0: CPU ops only      (default: auto-detect)
+#   TORCH_CUDA_ARCH_LIST  CUDA architectures of a FORCE_CUDA=1 build
+#                         (default: 8.0;9.0, plus 10.0;12.0 with CUDA >= 12.8)
 #
 # Idempotent: a second run with an unchanged stack only verifies the imports.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VENV:-$REPO/.venv}"
+STACK="${STACK:-onedl}"
+VENV="${VENV:-$REPO/.venv/$STACK}"
 CACHE="${CBAM_DET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cbam_det}"
-MMCV_VERSION="2.1.0"
+export CBAM_DET_CACHE="$CACHE"
 
 die() { echo "setup_env: ERROR: $*" >&2; exit 1; }
 say() { echo "setup_env: $*"; }
+
+case "$STACK" in
+    onedl)    MMCV_PKG=onedl-mmcv; MMCV_VERSION=2.3.6; PY_OK="3.10 3.11 3.12" ;;
+    upstream) MMCV_PKG=mmcv;       MMCV_VERSION=2.1.0; PY_OK="3.9 3.10 3.11 3.12" ;;
+    *) die "STACK=$STACK is not a known stack; use STACK=onedl or STACK=upstream" ;;
+esac
+REQ="$REPO/requirements/$STACK.txt"
 
 # ---------------------------------------------------------------- interpreter
 if [[ -z "${PYTHON:-}" ]]; then
@@ -29,10 +44,8 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON is not an executable on PATH"
 PYVER="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-case "$PYVER" in
-    3.9|3.10|3.11|3.12) ;;
-    *) die "Python $PYVER is not supported: torch 2.5.1 / mmcv 2.1.0 need Python 3.9-3.12 (tested: 3.11); set PYTHON=" ;;
-esac
+[[ " $PY_OK " == *" $PYVER "* ]] || \
+    die "Python $PYVER is not supported by STACK=$STACK (allowed: ${PY_OK// /, }; tested: 3.11); set PYTHON="
 "$PYTHON" -c 'import venv' 2>/dev/null || die "the 'venv' module is missing for $PYTHON (Debian: apt-get install python3-venv)"
 
 # ---------------------------------------------------------------- compilers
@@ -44,15 +57,16 @@ CXX_ID="$( (g++ -dumpfullversion 2>/dev/null || c++ -dumpversion) | head -1)"
 
 # ---------------------------------------------------------------- venv
 if [[ ! -x "$VENV/bin/python" ]]; then
-    say "creating virtual environment $VENV (Python $PYVER)"
+    say "creating virtual environment $VENV (Python $PYVER, STACK=$STACK)"
+    mkdir -p "$(dirname "$VENV")"
     "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
-# cbam_det's fused CPU kernels: compiled once per source/CPU/torch into ~/.cache/cbam_det/ext
-# (about 25 s; instant when cached). Without them everything still runs, on the slower
-# PyTorch path, so a failure here is a warning.
+# cbam_det's fused CPU kernels: compiled once per source/CPU/torch into $CBAM_DET_CACHE/ext
+# (see docs or `python -m cbam_det.ops`). Without them everything still runs, on the PyTorch
+# path, so a failure here is a warning.
 build_kernels() {
     "$PY" -m cbam_det.ops 2>&1 | grep -v -e Warning -e 'from torch' -e CUDA_HOME | sed 's/^/setup_env: /' \
         || true
@@ -61,18 +75,22 @@ build_kernels() {
 }
 
 STAMP="$VENV/.cbam_det_stack"
-WANT="$(cat "$REPO/requirements/"*.txt "$REPO/tools/setup_env.sh" | sha256sum | cut -c1-16)"
+WANT="$(cat "$REQ" "$REPO/requirements/build.txt" "$REPO/requirements/tests.txt" "$REPO/tools/setup_env.sh" \
+        | sha256sum | cut -c1-16)-$STACK"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && \
    "$PY" -c 'import torch, mmcv, mmdet, mmengine, pycocotools, pytest; from mmcv.ops import nms' 2>/dev/null; then
     "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO" >/dev/null
     build_kernels
-    say "stack already installed and unchanged ($VENV); nothing to do"
+    say "STACK=$STACK already installed and unchanged ($VENV); nothing to do"
     exit 0
 fi
+if [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" != *"-$STACK" ]]; then
+    die "$VENV holds another stack ($(cat "$STAMP" | cut -d- -f2)); the two conflict in one environment: use another VENV"
+fi
 
-say "installing the pinned stack (torch 2.5.1 is large on a cold cache)"
+say "installing STACK=$STACK (torch is large on a cold cache)"
 "${PIP[@]}" install -q --upgrade "pip>=23,<25"
-"${PIP[@]}" install -r "$REPO/requirements/build.txt" -r "$REPO/requirements/runtime.txt" -r "$REPO/requirements/tests.txt"
+"${PIP[@]}" install -q -r "$REPO/requirements/build.txt" -r "$REQ" -r "$REPO/requirements/tests.txt"
 
 # ---------------------------------------------------------------- mmcv (from source, with ops)
 TORCH_TAG="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
@@ -91,40 +109,53 @@ if [[ -z "${FORCE_CUDA:-}" ]]; then
         say "nvcc found but no GPU visible (nvidia-smi): building CPU ops only (FORCE_CUDA=1 to override)"
     fi
 fi
+case "$FORCE_CUDA" in 0|1) ;; *) die "FORCE_CUDA=$FORCE_CUDA: use 1 (CUDA ops) or 0 (CPU ops only)" ;; esac
 if [[ "$FORCE_CUDA" == "1" ]]; then
     command -v nvcc >/dev/null 2>&1 || die "FORCE_CUDA=1 but nvcc is not on PATH"
-    ARCHS="${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; print(";".join(sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})))' 2>/dev/null || true)}"
-    export TORCH_CUDA_ARCH_LIST="$ARCHS"
-    OPS_TAG="cu${TORCH_CUDA//./}-sm${ARCHS//[;. ]/_}"
+    [[ -n "$TORCH_CUDA" ]] || die "FORCE_CUDA=1 but torch $TORCH_TAG in $VENV is a CPU-only build"
+    NVCC_VER="$(nvcc --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')"
+    [[ "${NVCC_VER%%.*}" == "${TORCH_CUDA%%.*}" ]] || \
+        die "FORCE_CUDA=1 but nvcc is CUDA $NVCC_VER and torch is built with CUDA $TORCH_CUDA: put a CUDA ${TORCH_CUDA%%.*}.x nvcc first on PATH"
+    if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
+        # A100/A30 (8.0), H100/H200 (9.0); from CUDA 12.8 on also B200 (10.0) and RTX 50xx / RTX PRO (12.0)
+        TORCH_CUDA_ARCH_LIST="8.0;9.0"
+        if "$PY" -c "import sys; sys.exit(0 if tuple(map(int, '$NVCC_VER'.split('.'))) >= (12, 8) else 1)"; then
+            TORCH_CUDA_ARCH_LIST="8.0;9.0;10.0;12.0"
+        fi
+    fi
+    export TORCH_CUDA_ARCH_LIST
+    say "building mmcv's CUDA ops for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST (nvcc $NVCC_VER)"
+    OPS_TAG="cu${TORCH_CUDA//./}-sm${TORCH_CUDA_ARCH_LIST//[;. +]/_}"
 else
     OPS_TAG="cpu"
 fi
-KEY="mmcv-${MMCV_VERSION}_py${PYVER}_torch${TORCH_TAG}_${OPS_TAG}_gcc${CXX_ID}"
+KEY="${MMCV_PKG}-${MMCV_VERSION}_py${PYVER}_torch${TORCH_TAG}_${OPS_TAG}_gcc${CXX_ID}"
 WHEEL_DIR="$CACHE/wheels/$KEY"
-WHEEL="$(ls "$WHEEL_DIR"/mmcv-*.whl 2>/dev/null | head -1 || true)"
+WHEEL="$(ls "$WHEEL_DIR"/*.whl 2>/dev/null | head -1 || true)"
 if [[ -z "$WHEEL" ]]; then
-    say "building mmcv $MMCV_VERSION with ops ($OPS_TAG) from source: about 7 minutes on 2 cores"
-    mkdir -p "$WHEEL_DIR.tmp"
+    say "building $MMCV_PKG $MMCV_VERSION with ops ($OPS_TAG) from source: about 8 minutes on 2 cores"
+    rm -rf "$WHEEL_DIR.tmp" && mkdir -p "$WHEEL_DIR.tmp"
     MMCV_WITH_OPS=1 FORCE_CUDA="$FORCE_CUDA" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-        "${PIP[@]}" wheel --no-build-isolation --no-deps --no-binary mmcv \
-        -w "$WHEEL_DIR.tmp" "mmcv==$MMCV_VERSION"
+        "${PIP[@]}" wheel -q --no-build-isolation --no-deps --no-binary "$MMCV_PKG" \
+        -w "$WHEEL_DIR.tmp" "$MMCV_PKG==$MMCV_VERSION"
     rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
-    WHEEL="$(ls "$WHEEL_DIR"/mmcv-*.whl | head -1)"
+    WHEEL="$(ls "$WHEEL_DIR"/*.whl | head -1)"
     say "cached $WHEEL"
 else
     say "using cached mmcv wheel $WHEEL"
 fi
-"${PIP[@]}" install -q "$WHEEL" -c "$REPO/requirements/runtime.txt"
+"${PIP[@]}" install -q "$WHEEL" -c "$REQ"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO"
 
 # ---------------------------------------------------------------- verify
-"$PY" - <<'EOF' || die "the installed stack does not import; see the error above"
+"$PY" - "$STACK" <<'EOF' || die "the installed stack does not import; see the error above"
+import sys
 import torch, torchvision, numpy, mmengine, mmcv, mmdet, pycocotools
 from mmcv.ops import nms, RoIAlign  # compiled ops must be present
 import cbam_det
-print(f"setup_env: OK torch {torch.__version__} torchvision {torchvision.__version__} numpy {numpy.__version__} "
-      f"mmengine {mmengine.__version__} mmcv {mmcv.__version__} mmdet {mmdet.__version__} "
-      f"cbam_det {cbam_det.__version__} cuda={torch.cuda.is_available()}")
+print(f"setup_env: OK STACK={sys.argv[1]} torch {torch.__version__} torchvision {torchvision.__version__} "
+      f"numpy {numpy.__version__} mmengine {mmengine.__version__} mmcv {mmcv.__version__} "
+      f"mmdet {mmdet.__version__} cbam_det {cbam_det.__version__} cuda={torch.cuda.is_available()}")
 EOF
 build_kernels
 echo "$WANT" > "$STAMP"

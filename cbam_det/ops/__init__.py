@@ -4,8 +4,10 @@
 environment variable ``CBAM_DET_NO_EXT=1`` is set, or compiling failed (no C++ compiler:
 a warning says why once). Callers then use the PyTorch implementation, which gives the
 same results, only slower. The build is cached per source, flags, torch and Python
-version and processor (``-march=native``) under ``$CBAM_DET_EXT_DIR`` (default ``~/.cache/cbam_det/ext``); ``make setup``
-compiles it ahead (``python -m cbam_det.ops``), about a minute on 2 cores.
+version and processor (``-march=native``) under ``$CBAM_DET_EXT_DIR`` (default
+``$CBAM_DET_CACHE/ext``, ``~/.cache/cbam_det/ext``); ``make setup`` compiles it ahead
+(``python -m cbam_det.ops``). The source ships inside the package (wheels and sdists
+included), so a non-editable install compiles it the same way.
 """
 import glob
 import hashlib
@@ -49,8 +51,9 @@ def build_dir() -> str:
     with open(_SRC, 'rb') as f:
         key = hashlib.sha1(f.read() + repr((_flags(), _cpu_id(), torch.__version__, sys.version)).encode())
     key = key.hexdigest()[:16]
-    root = os.environ.get('CBAM_DET_EXT_DIR', osp.join(osp.expanduser('~'), '.cache', 'cbam_det', 'ext'))
-    return osp.join(root, key)
+    cache = os.environ.get('CBAM_DET_CACHE') or osp.join(
+        os.environ.get('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache'), 'cbam_det')
+    return osp.join(os.environ.get('CBAM_DET_EXT_DIR') or osp.join(cache, 'ext'), key)
 
 
 def gate_ext(verbose: bool = False) -> Optional[object]:
@@ -61,12 +64,12 @@ def gate_ext(verbose: bool = False) -> Optional[object]:
         _state['tried'] = True
         from torch.utils.cpp_extension import load
         cflags, ldflags = _flags()
-        path = build_dir()
-        os.makedirs(path, exist_ok=True)
         try:
+            path = build_dir()  # reads the source: a broken install fails here, not at import
+            os.makedirs(path, exist_ok=True)
             _state['ext'] = load(_NAME, [_SRC], extra_cflags=cflags, extra_ldflags=ldflags,
                                  build_directory=path, verbose=verbose)
-        except Exception as e:  # no compiler, no headers: the PyTorch path still works
+        except Exception as e:  # no compiler, no headers, no source: the PyTorch path still works
             warnings.warn(f'cbam_det: could not compile the fused CPU kernels ({type(e).__name__}: {e}); '
                           f'using the slower PyTorch implementation. Set CBAM_DET_NO_EXT=1 to silence this.')
     return _state['ext']

@@ -249,7 +249,58 @@ def _saved_tensor_hooks_active() -> bool:
         node._raw_saved_self.register_hooks(lambda t: t, lambda t: t)
     except RuntimeError:  # the default hooks got there first
         return True
+    except AttributeError:  # a torch without this node field: assume hooks, keep the plain graph
+        return True
     return False
+
+
+# Fields of torch's ``NativeBatchNormBackward0`` node that :func:`_bn_source` reads. They are
+# not public API: :func:`bn_node_readable` checks once per process that they exist and mean
+# what _bn_source assumes; where they do not, the plugin simply keeps the plain graph.
+_BN_NODE_FIELDS = ('_saved_input', '_saved_weight', '_saved_training', '_saved_eps', '_saved_result1',
+                   '_saved_result2', '_saved_running_mean', '_saved_running_var')
+_bn_node_state: dict = {}
+
+
+def bn_node_readable() -> bool:
+    """Whether this torch's BatchNorm autograd node exposes what :func:`_bn_source` reads.
+
+    Probes a small BatchNorm in training and in eval mode: the node must be
+    ``NativeBatchNormBackward0`` with every field of ``_BN_NODE_FIELDS``, keep the BN's
+    input and weight, name the trainable bias as its third input, and in training save
+    the batch mean and 1/√(var + eps). Cached per process (per ``_BN_NODE_FIELDS``).
+    """
+    fields = _BN_NODE_FIELDS
+    if _bn_node_state.get('fields') != fields:
+        _bn_node_state.update(fields=fields, ok=_probe_bn_node(fields))
+    return _bn_node_state['ok']
+
+
+def _probe_bn_node(fields: Tuple[str, ...]) -> bool:
+    bn = nn.BatchNorm2d(3)
+    z = torch.linspace(-1.0, 2.0, 2 * 3 * 2 * 2).reshape(2, 3, 2, 2).requires_grad_()
+    try:
+        with torch.enable_grad():
+            for training in (True, False):
+                bn.train(training)
+                node = bn(z).grad_fn
+                if type(node).__name__ != 'NativeBatchNormBackward0':
+                    return False
+                saved = {f: getattr(node, f) for f in fields}
+                if (saved['_saved_input'] is not None and not torch.equal(saved['_saved_input'], z)) \
+                        or saved['_saved_weight'] is not None and not torch.equal(saved['_saved_weight'], bn.weight) \
+                        or saved['_saved_training'] is not training \
+                        or getattr(node.next_functions[2][0], 'variable', None) is not bn.bias:
+                    return False
+                if training:
+                    zd = z.detach()
+                    mean, var = zd.mean((0, 2, 3)), zd.var((0, 2, 3), unbiased=False)
+                    if not (torch.allclose(saved['_saved_result1'], mean)
+                            and torch.allclose(saved['_saved_result2'], (var + bn.eps).rsqrt())):
+                        return False
+    except (AttributeError, IndexError, RuntimeError, TypeError):
+        return False
+    return True
 
 
 def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
@@ -265,11 +316,12 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
     the BN), a = invstd·γ and b = β − mean·a as in PyTorch's CPU kernel (which fuses the
     multiply-adds, so x differs from the BN output by rounding), and the gate equals the
     gate applied to x within float32 rounding. Hooks on x (``register_hook``,
-    ``retain_grad``) or saved-tensor hooks in force keep the plain graph.
+    ``retain_grad``), saved-tensor hooks in force, or a torch whose BN node does not pass
+    :func:`bn_node_readable` keep the plain graph.
     """
     node = x.grad_fn
     if (type(node).__name__ != 'NativeBatchNormBackward0' or x._version != 0 or x._backward_hooks
-            or x.retains_grad or _saved_tensor_hooks_active()):
+            or x.retains_grad or not bn_node_readable() or _saved_tensor_hooks_active()):
         return None
     weight, bias_edge = node._saved_weight, node.next_functions[2][0]
     bias = getattr(bias_edge, 'variable', None)  # AccumulateGrad of a trainable leaf bias
