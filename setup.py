@@ -5,6 +5,7 @@ line (``mmdet`` / ``onedl-mmdetection``, ``mmcv`` / ``onedl-mmcv``) and mmcv mus
 with ops, so declaring any of them would let pip replace the user's torch or mmcv. The
 tested pins are in ``requirements/{onedl,upstream}.txt``; ``tools/setup_env.sh`` installs them.
 """
+
 import os.path as osp
 
 from setuptools import find_packages, setup

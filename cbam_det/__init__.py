@@ -4,14 +4,17 @@
 registry (and the CPU-capable DDP wrapper in mmengine's ``MODEL_WRAPPERS``), so
 that configs can use ``type='CBAM'``.
 """
+
 try:
     import mmcv  # noqa: F401
     import mmdet  # noqa: F401
     import mmengine  # noqa: F401
 except ImportError as e:  # cbam_det declares no dependency so that pip never replaces a stack
-    raise ImportError(f'cbam_det needs an MMDetection 3.x stack (mmengine, mmcv with ops, mmdet), either '
-                      f'the OneDL line or the upstream one: {e}. Install one with tools/setup_env.sh '
-                      f'(STACK=onedl or STACK=upstream) or see requirements/*.txt.') from e
+    raise ImportError(
+        f'cbam_det needs an MMDetection 3.x stack (mmengine, mmcv with ops, mmdet), either '
+        f'the OneDL line or the upstream one: {e}. Install one with tools/setup_env.sh '
+        f'(STACK=onedl or STACK=upstream) or see requirements/*.txt.'
+    ) from e
 
 from . import engine  # noqa: F401  (only registration: CPUDistributedDataParallel)
 from .models import *  # noqa: F401,F403  (import registers the modules)

@@ -1,4 +1,5 @@
 """CBAM ablations (Tables 1-3), SE and BAM (Table 1b) against plain references; init; numerics."""
+
 import itertools
 
 import pytest
@@ -17,8 +18,9 @@ def ref_bn(x, bn, training):
         mean, var = x.mean(dims), x.var(dims, unbiased=False)
     else:
         mean, var = bn.running_mean, bn.running_var
-    return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + bn.eps) * bn.weight.reshape(shape) \
-        + bn.bias.reshape(shape)
+    return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + bn.eps) * bn.weight.reshape(
+        shape
+    ) + bn.bias.reshape(shape)
 
 
 def ref_channel_logit(x, fc1, fc2, pool):
@@ -67,9 +69,12 @@ def ref_bam(m, x, combine, residual):
         d = conv.dilation[0]
         t = torch.relu(ref_bn(F.conv2d(t, conv.weight, conv.bias, padding=d, dilation=d), bn, tr))
     s = F.conv2d(t, sa.final.weight, sa.final.bias)
-    m_ = {'sum': lambda: torch.sigmoid(c + s), 'max': lambda: torch.sigmoid(torch.maximum(c, s)),
-          'product': lambda: torch.sigmoid(c * s),
-          'sigmoid_sum': lambda: torch.sigmoid(c) + torch.sigmoid(s)}[combine]()
+    m_ = {
+        'sum': lambda: torch.sigmoid(c + s),
+        'max': lambda: torch.sigmoid(torch.maximum(c, s)),
+        'product': lambda: torch.sigmoid(c * s),
+        'sigmoid_sum': lambda: torch.sigmoid(c) + torch.sigmoid(s),
+    }[combine]()
     return x + x * m_ if residual else x * m_
 
 
@@ -88,11 +93,17 @@ def randomise(m, seed=0):
 
 SHAPES = [(2, 32, 7, 11), (1, 48, 9, 9), (3, 32, 1, 1)]
 CBAM_VARIANTS = [  # (channel_pool, spatial_pool, kernel, arrangement): every row of Tables 1-3
-    ('avg', None, 7, 'channel_first'), ('max', None, 7, 'channel_first'), ('avg_max', None, 7, 'channel_first'),
-    ('avg_max', 'avg_max', 3, 'channel_first'), ('avg_max', 'avg_max', 7, 'channel_first'),
-    ('avg_max', 'conv1x1', 3, 'channel_first'), ('avg_max', 'conv1x1', 7, 'channel_first'),
-    ('avg_max', 'avg_max', 7, 'spatial_first'), ('avg_max', 'avg_max', 7, 'parallel'),
-    ('avg_max', 'max_avg', 7, 'channel_first'), (None, 'avg_max', 7, 'channel_first'),
+    ('avg', None, 7, 'channel_first'),
+    ('max', None, 7, 'channel_first'),
+    ('avg_max', None, 7, 'channel_first'),
+    ('avg_max', 'avg_max', 3, 'channel_first'),
+    ('avg_max', 'avg_max', 7, 'channel_first'),
+    ('avg_max', 'conv1x1', 3, 'channel_first'),
+    ('avg_max', 'conv1x1', 7, 'channel_first'),
+    ('avg_max', 'avg_max', 7, 'spatial_first'),
+    ('avg_max', 'avg_max', 7, 'parallel'),
+    ('avg_max', 'max_avg', 7, 'channel_first'),
+    (None, 'avg_max', 7, 'channel_first'),
     ('avg_max', 'avg_max', 5, 'channel_first'),
 ]
 
@@ -121,8 +132,9 @@ def test_se_matches_reference(shape):
     torch.testing.assert_close(c(x), m(x))
 
 
-@pytest.mark.parametrize('combine,residual', list(itertools.product(
-    ['sum', 'max', 'product', 'sigmoid_sum'], [True, False])))
+@pytest.mark.parametrize(
+    'combine,residual', list(itertools.product(['sum', 'max', 'product', 'sigmoid_sum'], [True, False]))
+)
 @pytest.mark.parametrize('shape', [(2, 32, 7, 11), (2, 64, 13, 5), (3, 32, 1, 1)], ids=str)
 @pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
 def test_bam_variants_match_reference(combine, residual, shape, train):
@@ -131,12 +143,18 @@ def test_bam_variants_match_reference(combine, residual, shape, train):
     torch.testing.assert_close(m(x), ref_bam(m, x, combine, residual), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('make,ref', [
-    (lambda: CBAM(32), lambda m, x: ref_cbam(m, x, 'avg_max', 'avg_max', 'channel_first')),
-    (lambda: SE(32), lambda m, x: x * torch.sigmoid(ref_channel_logit(x, m.channel_gate.fc1,
-                                                                      m.channel_gate.fc2, 'avg'))),
-    (lambda: BAM(32), lambda m, x: ref_bam(m, x, 'sum', True)),
-], ids=['CBAM', 'SE', 'BAM'])
+@pytest.mark.parametrize(
+    'make,ref',
+    [
+        (lambda: CBAM(32), lambda m, x: ref_cbam(m, x, 'avg_max', 'avg_max', 'channel_first')),
+        (
+            lambda: SE(32),
+            lambda m, x: x * torch.sigmoid(ref_channel_logit(x, m.channel_gate.fc1, m.channel_gate.fc2, 'avg')),
+        ),
+        (lambda: BAM(32), lambda m, x: ref_bam(m, x, 'sum', True)),
+    ],
+    ids=['CBAM', 'SE', 'BAM'],
+)
 def test_default_modules_gradients_match_reference(make, ref):
     m = randomise(make()).train()
     x = torch.randn(2, 32, 9, 6, requires_grad=True)
@@ -146,8 +164,12 @@ def test_default_modules_gradients_match_reference(make, ref):
     g_ref = torch.autograd.grad((ref(m, x) * w).sum(), params)
     # a bias followed by BatchNorm in training is cancelled by the mean: its gradient is exactly 0
     # (BAM keeps these biases to match the official parameter layout)
-    before_bn = {'channel_att.fc1.bias', 'spatial_att.reduce.bias', 'spatial_att.dilated.0.bias',
-                 'spatial_att.dilated.1.bias'}
+    before_bn = {
+        'channel_att.fc1.bias',
+        'spatial_att.reduce.bias',
+        'spatial_att.dilated.0.bias',
+        'spatial_att.dilated.1.bias',
+    }
     for name, a, b in zip(names, g_mod, g_ref):
         if name in before_bn:
             assert a.abs().max() < 1e-5, name
@@ -190,18 +212,26 @@ def test_scratch_init_follows_official_code():
             assert torch.all(mod.weight == 1) and torch.all(mod.bias == 0)
 
 
-@pytest.mark.parametrize('make,expected', [
-    (lambda: CBAM(64, init_mode='identity'), lambda L: torch.sigmoid(torch.tensor(L)) ** 2),
-    (lambda: CBAM(64, init_mode='identity', arrangement='parallel'), lambda L: torch.sigmoid(torch.tensor(L))),
-    (lambda: CBAM(64, init_mode='identity', channel_pool='avg', spatial_pool=None),
-     lambda L: torch.sigmoid(torch.tensor(L))),
-    (lambda: SE(64, init_mode='identity'), lambda L: torch.sigmoid(torch.tensor(L))),
-    (lambda: BAM(64, init_mode='identity'), lambda L: 1 + torch.sigmoid(torch.tensor(-L))),
-    (lambda: BAM(64, init_mode='identity', combine='product'), lambda L: 1 + torch.sigmoid(torch.tensor(-L))),
-    (lambda: BAM(64, init_mode='identity', combine='max'), lambda L: 1 + torch.sigmoid(torch.tensor(-L))),
-    (lambda: BAM(64, init_mode='identity', combine='sigmoid_sum'), lambda L: 1 + 2 * torch.sigmoid(torch.tensor(-L))),
-    (lambda: BAM(64, init_mode='identity', residual=False), lambda L: torch.sigmoid(torch.tensor(L))),
-])
+@pytest.mark.parametrize(
+    'make,expected',
+    [
+        (lambda: CBAM(64, init_mode='identity'), lambda L: torch.sigmoid(torch.tensor(L)) ** 2),
+        (lambda: CBAM(64, init_mode='identity', arrangement='parallel'), lambda L: torch.sigmoid(torch.tensor(L))),
+        (
+            lambda: CBAM(64, init_mode='identity', channel_pool='avg', spatial_pool=None),
+            lambda L: torch.sigmoid(torch.tensor(L)),
+        ),
+        (lambda: SE(64, init_mode='identity'), lambda L: torch.sigmoid(torch.tensor(L))),
+        (lambda: BAM(64, init_mode='identity'), lambda L: 1 + torch.sigmoid(torch.tensor(-L))),
+        (lambda: BAM(64, init_mode='identity', combine='product'), lambda L: 1 + torch.sigmoid(torch.tensor(-L))),
+        (lambda: BAM(64, init_mode='identity', combine='max'), lambda L: 1 + torch.sigmoid(torch.tensor(-L))),
+        (
+            lambda: BAM(64, init_mode='identity', combine='sigmoid_sum'),
+            lambda L: 1 + 2 * torch.sigmoid(torch.tensor(-L)),
+        ),
+        (lambda: BAM(64, init_mode='identity', residual=False), lambda L: torch.sigmoid(torch.tensor(L))),
+    ],
+)
 @pytest.mark.parametrize('train', [False, True])
 def test_identity_init_keeps_the_pretrained_function(make, expected, train):
     m = make().train(train)
@@ -214,8 +244,15 @@ def test_identity_init_keeps_the_pretrained_function(make, expected, train):
 def test_init_weights_restores_scheme_after_backbone_constant_init():
     """mmdet's ResNet init sets every BN gamma to 1; the module's init_weights runs after it."""
     from mmdet.registry import MODELS
-    backbone = MODELS.build(dict(type='ResNet', depth=50, base_channels=16, plugins=[
-        dict(cfg=dict(type='CBAM'), stages=(True,) * 4, position='after_conv3')]))
+
+    backbone = MODELS.build(
+        dict(
+            type='ResNet',
+            depth=50,
+            base_channels=16,
+            plugins=[dict(cfg=dict(type='CBAM'), stages=(True,) * 4, position='after_conv3')],
+        )
+    )
     backbone.init_weights()
     assert all(torch.all(b.cbam.spatial_gate.bn.weight == 0) for b in backbone.layer1)
 
@@ -260,21 +297,24 @@ def test_single_value_batchnorm(shape):
 
 
 # ----------------------------------------------------------------------------- errors
-@pytest.mark.parametrize('make,match', [
-    (lambda: CBAM(8, 16), r'CBAM: reduction=16 leaves 0 hidden channels.*1 <= reduction <= 8'),
-    (lambda: SE(8, 16), r'SE: reduction=16 leaves 0 hidden channels'),
-    (lambda: BAM(8, 16), r'BAM: reduction=16 leaves 0 hidden channels'),
-    (lambda: CBAM(32, spatial_kernel=6), r'spatial_kernel must be a positive odd int'),
-    (lambda: CBAM(32, channel_pool='mean'), r"unknown channel_pool='mean'; allowed: 'avg_max', 'avg', 'max'"),
-    (lambda: CBAM(32, spatial_pool='min'), r"unknown spatial_pool='min'; allowed: 'avg_max', 'max_avg', 'conv1x1'"),
-    (lambda: CBAM(32, arrangement='both'), r"unknown arrangement='both'; allowed: 'channel_first'"),
-    (lambda: CBAM(32, channel_pool=None, spatial_pool=None), r'cannot both be None'),
-    (lambda: CBAM(32, arrangement='parallel', spatial_pool=None), r"parallel' needs both"),
-    (lambda: BAM(32, combine='mul'), r"unknown combine='mul'; allowed: 'sum', 'max', 'product', 'sigmoid_sum'"),
-    (lambda: BAM(32, dilation=0), r'dilation must be a positive int'),
-    (lambda: CBAM(32, init_mode='zeros'), r"unknown init_mode='zeros'; allowed: 'scratch', 'identity'"),
-    (lambda: build_attention('eca', 32), r"unknown attention='eca'; allowed: None, 'cbam', 'se', 'bam'"),
-])
+@pytest.mark.parametrize(
+    'make,match',
+    [
+        (lambda: CBAM(8, 16), r'CBAM: reduction=16 leaves 0 hidden channels.*1 <= reduction <= 8'),
+        (lambda: SE(8, 16), r'SE: reduction=16 leaves 0 hidden channels'),
+        (lambda: BAM(8, 16), r'BAM: reduction=16 leaves 0 hidden channels'),
+        (lambda: CBAM(32, spatial_kernel=6), r'spatial_kernel must be a positive odd int'),
+        (lambda: CBAM(32, channel_pool='mean'), r"unknown channel_pool='mean'; allowed: 'avg_max', 'avg', 'max'"),
+        (lambda: CBAM(32, spatial_pool='min'), r"unknown spatial_pool='min'; allowed: 'avg_max', 'max_avg', 'conv1x1'"),
+        (lambda: CBAM(32, arrangement='both'), r"unknown arrangement='both'; allowed: 'channel_first'"),
+        (lambda: CBAM(32, channel_pool=None, spatial_pool=None), r'cannot both be None'),
+        (lambda: CBAM(32, arrangement='parallel', spatial_pool=None), r"parallel' needs both"),
+        (lambda: BAM(32, combine='mul'), r"unknown combine='mul'; allowed: 'sum', 'max', 'product', 'sigmoid_sum'"),
+        (lambda: BAM(32, dilation=0), r'dilation must be a positive int'),
+        (lambda: CBAM(32, init_mode='zeros'), r"unknown init_mode='zeros'; allowed: 'scratch', 'identity'"),
+        (lambda: build_attention('eca', 32), r"unknown attention='eca'; allowed: None, 'cbam', 'se', 'bam'"),
+    ],
+)
 def test_bad_arguments_name_the_argument(make, match):
     with pytest.raises(ValueError, match=match):
         make()

@@ -1,4 +1,5 @@
 """AttnResNet / AttnResNeXt: attention in every depth, BAM placement, torchvision keys, freezing."""
+
 import pytest
 import torch
 import torchvision
@@ -13,12 +14,19 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-@pytest.mark.parametrize('depth,attention,expected', [
-    (18, None, 11_689_512), (34, None, 21_797_672), (50, None, 25_557_032),
-    (18, 'CBAM', 11_779_392), (34, 'CBAM', 21_960_468),  # paper Table 4: 11.78M, 21.96M
-    (50, 'CBAM', 28_089_624), (101, 'CBAM', 49_330_172),  # paper Table 4: 28.09M, 49.33M
-    (50, 'SE', 28_088_024),  # paper Table 4: 28.09M
-])
+@pytest.mark.parametrize(
+    'depth,attention,expected',
+    [
+        (18, None, 11_689_512),
+        (34, None, 21_797_672),
+        (50, None, 25_557_032),
+        (18, 'CBAM', 11_779_392),
+        (34, 'CBAM', 21_960_468),  # paper Table 4: 11.78M, 21.96M
+        (50, 'CBAM', 28_089_624),
+        (101, 'CBAM', 49_330_172),  # paper Table 4: 28.09M, 49.33M
+        (50, 'SE', 28_088_024),  # paper Table 4: 28.09M
+    ],
+)
 def test_classification_parameter_counts(depth, attention, expected):
     """Backbone + ImageNet fc against the papers' Table 4 (and torchvision for plain ResNets)."""
     cfg = dict(type='AttnResNet', depth=depth)
@@ -58,13 +66,23 @@ def test_basic_block_plugin_placement_and_output(depth):
 
 def test_basic_block_refuses_bottleneck_position():
     with pytest.raises(ValueError, match=r"position='after_conv3' in a BasicBlock.*'after_conv1', 'after_conv2'"):
-        MODELS.build(dict(type='AttnResNet', depth=18, plugins=[
-            dict(cfg=dict(type='SE'), stages=(True,) * 4, position='after_conv3')]))
+        MODELS.build(
+            dict(
+                type='AttnResNet',
+                depth=18,
+                plugins=[dict(cfg=dict(type='SE'), stages=(True,) * 4, position='after_conv3')],
+            )
+        )
 
 
 def test_plugins_argument_works_for_basic_blocks():
-    b = MODELS.build(dict(type='AttnResNet', depth=18, plugins=[
-        dict(cfg=dict(type='SE'), stages=(False, True, True, True), position='after_conv2')]))
+    b = MODELS.build(
+        dict(
+            type='AttnResNet',
+            depth=18,
+            plugins=[dict(cfg=dict(type='SE'), stages=(False, True, True, True), position='after_conv2')],
+        )
+    )
     assert not hasattr(b.layer1[0], 'se') and isinstance(b.layer2[1].se, SE)
 
 
@@ -85,8 +103,18 @@ def test_bam_placement_after_stages_1_to_3():
             expected.append(h)
         for a, e in zip(b(x), expected):
             torch.testing.assert_close(a, e)
-    c4 = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16, num_stages=3, strides=(1, 2, 2),
-                           dilations=(1, 1, 1), out_indices=(2,), bam=dict(type='BAM')))
+    c4 = MODELS.build(
+        dict(
+            type='AttnResNet',
+            depth=50,
+            base_channels=16,
+            num_stages=3,
+            strides=(1, 2, 2),
+            dilations=(1, 1, 1),
+            out_indices=(2,),
+            bam=dict(type='BAM'),
+        )
+    )
     assert c4.bam_names == ['bam1', 'bam2', 'bam3']  # bam3 refines the C4 output
     only2 = MODELS.build(dict(type='AttnResNet', depth=18, bam=dict(type='BAM'), bam_stages=(False, True, False)))
     assert only2.bam_names == ['bam2'] and only2.bam2.in_channels == 128
@@ -95,8 +123,17 @@ def test_bam_placement_after_stages_1_to_3():
 
 
 def test_resnext_with_attention_and_bam():
-    b = MODELS.build(dict(type='AttnResNeXt', depth=50, groups=32, base_width=4, base_channels=16,
-                          attention=dict(type='CBAM'), bam=dict(type='BAM')))
+    b = MODELS.build(
+        dict(
+            type='AttnResNeXt',
+            depth=50,
+            groups=32,
+            base_width=4,
+            base_channels=16,
+            attention=dict(type='CBAM'),
+            bam=dict(type='BAM'),
+        )
+    )
     assert isinstance(b.layer3[0].cbam, CBAM) and b.layer3[0].conv2.groups == 32
     assert isinstance(b.bam3, BAM)
     assert [o.shape[1] for o in b(torch.randn(1, 3, 64, 64))] == [64, 128, 256, 512]
@@ -107,8 +144,14 @@ def test_resnext_with_attention_and_bam():
 def test_torchvision_state_dict_loads_with_only_attention_missing(depth, attention):
     tv = getattr(torchvision.models, f'resnet{depth}')().state_dict()
     tv = {k: v for k, v in tv.items() if not k.startswith('fc.')}
-    b = MODELS.build(dict(type='AttnResNet', depth=depth, attention=dict(type=attention),
-                          bam=dict(type='BAM') if depth == 50 else None))
+    b = MODELS.build(
+        dict(
+            type='AttnResNet',
+            depth=depth,
+            attention=dict(type=attention),
+            bam=dict(type='BAM') if depth == 50 else None,
+        )
+    )
     missing, unexpected = b.load_state_dict(tv, strict=False)
     assert unexpected == []
     abbr = attention.lower()
@@ -119,9 +162,18 @@ def test_torchvision_state_dict_loads_with_only_attention_missing(depth, attenti
 
 @pytest.mark.parametrize('freeze_attention', [False, True])
 def test_frozen_stages_and_norm_eval_with_attention(freeze_attention):
-    b = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16, attention=dict(type='CBAM'),
-                          bam=dict(type='BAM'), frozen_stages=1, norm_eval=True,
-                          freeze_attention=freeze_attention))
+    b = MODELS.build(
+        dict(
+            type='AttnResNet',
+            depth=50,
+            base_channels=16,
+            attention=dict(type='CBAM'),
+            bam=dict(type='BAM'),
+            frozen_stages=1,
+            norm_eval=True,
+            freeze_attention=freeze_attention,
+        )
+    )
     b.train()
     att = b.layer1[0].cbam
     assert not b.layer1[0].conv1.weight.requires_grad and not b.layer1[0].bn1.training  # mmdet's freezing
@@ -138,17 +190,34 @@ def test_frozen_stages_and_norm_eval_with_attention(freeze_attention):
 
 
 def test_mmdet_resnet_refuses_silently_frozen_attention():
-    for kw, match in ((dict(frozen_stages=1), 'frozen_stages covers its stage'),
-                      (dict(norm_eval=True), 'norm_eval=True')):
-        r = MODELS.build(dict(type='ResNet', depth=50, base_channels=16, **kw, plugins=[
-            dict(cfg=dict(type='CBAM'), stages=(True,) * 4, position='after_conv3')]))
+    for kw, match in (
+        (dict(frozen_stages=1), 'frozen_stages covers its stage'),
+        (dict(norm_eval=True), 'norm_eval=True'),
+    ):
+        r = MODELS.build(
+            dict(
+                type='ResNet',
+                depth=50,
+                base_channels=16,
+                **kw,
+                plugins=[dict(cfg=dict(type='CBAM'), stages=(True,) * 4, position='after_conv3')],
+            )
+        )
         r.train()
         with pytest.raises(RuntimeError, match=match):
             r(torch.randn(2, 3, 32, 32))
         with torch.no_grad():  # inference is fine
             r(torch.randn(2, 3, 32, 32))
-    ok = MODELS.build(dict(type='ResNet', depth=50, base_channels=16, frozen_stages=1, norm_eval=True, plugins=[
-        dict(cfg=dict(type='CBAM', allow_frozen=True), stages=(True,) * 4, position='after_conv3')]))
+    ok = MODELS.build(
+        dict(
+            type='ResNet',
+            depth=50,
+            base_channels=16,
+            frozen_stages=1,
+            norm_eval=True,
+            plugins=[dict(cfg=dict(type='CBAM', allow_frozen=True), stages=(True,) * 4, position='after_conv3')],
+        )
+    )
     ok.train()
     ok(torch.randn(2, 3, 32, 32))
 

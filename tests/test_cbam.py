@@ -1,4 +1,5 @@
 """CBAM (ECCV 2018, eq. 1-3) against a plain recomputation, gradients, errors, parameter counts."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,12 +68,15 @@ def test_hidden_width_rounding_is_floor():
     assert m.channel_gate.fc2.weight.shape == (40, 2)
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(in_channels=8, reduction=16), r'reduction=16 leaves 0 hidden channels.*1 <= reduction <= 8'),
-    (dict(in_channels=32, reduction=0), 'reduction must be a positive int'),
-    (dict(in_channels=0), 'in_channels must be a positive int'),
-    (dict(in_channels=32, spatial_kernel=4), 'spatial_kernel must be a positive odd int'),
-])
+@pytest.mark.parametrize(
+    'kwargs,match',
+    [
+        (dict(in_channels=8, reduction=16), r'reduction=16 leaves 0 hidden channels.*1 <= reduction <= 8'),
+        (dict(in_channels=32, reduction=0), 'reduction must be a positive int'),
+        (dict(in_channels=0), 'in_channels must be a positive int'),
+        (dict(in_channels=32, spatial_kernel=4), 'spatial_kernel must be a positive odd int'),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CBAM(**kwargs)
@@ -97,11 +101,15 @@ def test_official_parameter_layout():
     m = CBAM(256)
     shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
     assert shapes == {
-        'channel_gate.fc1.weight': (16, 256), 'channel_gate.fc1.bias': (16,),
-        'channel_gate.fc2.weight': (256, 16), 'channel_gate.fc2.bias': (256,),
+        'channel_gate.fc1.weight': (16, 256),
+        'channel_gate.fc1.bias': (16,),
+        'channel_gate.fc2.weight': (256, 16),
+        'channel_gate.fc2.bias': (256,),
         'spatial_gate.conv.weight': (1, 2, 7, 7),
-        'spatial_gate.bn.weight': (1,), 'spatial_gate.bn.bias': (1,),
-        'spatial_gate.bn.running_mean': (1,), 'spatial_gate.bn.running_var': (1,),
+        'spatial_gate.bn.weight': (1,),
+        'spatial_gate.bn.bias': (1,),
+        'spatial_gate.bn.running_mean': (1,),
+        'spatial_gate.bn.running_var': (1,),
         'spatial_gate.bn.num_batches_tracked': (),
     }
     assert m.spatial_gate.conv.bias is None
@@ -112,10 +120,15 @@ def test_resnet50_cbam_parameter_count():
     """mmdet ResNet-50 + CBAM in all 16 blocks = 28,089,624 (paper: 28.09M) - 2,049,000 fc."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+
     register_all_modules()
-    backbone = MODELS.build(dict(
-        type='ResNet', depth=50,
-        plugins=[dict(cfg=dict(type='CBAM'), stages=(True, True, True, True), position='after_conv3')]))
+    backbone = MODELS.build(
+        dict(
+            type='ResNet',
+            depth=50,
+            plugins=[dict(cfg=dict(type='CBAM'), stages=(True, True, True, True), position='after_conv3')],
+        )
+    )
     assert sum(p.numel() for p in backbone.parameters()) == 26_040_624
     cbam_blocks = [m for m in backbone.modules() if isinstance(m, CBAM)]
     assert len(cbam_blocks) == 16

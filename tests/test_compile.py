@@ -1,6 +1,7 @@
 """torch.compile of a CBAM-ResNet (custom autograd path included) runs and matches eager.
 
 Slow: inductor compiles C++ kernels (about 2 minutes on 2 cores)."""
+
 import copy
 
 import pytest
@@ -11,8 +12,9 @@ from mmdet.registry import MODELS
 @pytest.mark.slow
 def test_compiled_cbam_resnet_matches_eager():
     torch.manual_seed(0)
-    eager = MODELS.build(dict(type='AttnResNet', depth=18, base_channels=16,
-                              attention=dict(type='CBAM', reduction=4))).train()
+    eager = MODELS.build(
+        dict(type='AttnResNet', depth=18, base_channels=16, attention=dict(type='CBAM', reduction=4))
+    ).train()
     for m in eager.modules():  # away from the init (spatial BN gamma = 0) so every path carries gradient
         if isinstance(m, torch.nn.BatchNorm2d) and m.num_features == 1:
             torch.nn.init.constant_(m.weight, 0.7)

@@ -1,27 +1,31 @@
 """Every config in configs/ builds, and runs one training and one inference step on CPU on the
 demo data at a small input size, with no download (pretrained init is overridden)."""
+
 import copy
 import glob
 import os.path as osp
 
 import pytest
 import torch
+from mmdet.registry import DATASETS, MODELS
 from mmengine.config import Config, ConfigDict
 from mmengine.dataset import pseudo_collate
-from mmdet.registry import DATASETS, MODELS
 
 from tests.conftest import REPO
 
-CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
-                 if '_base_' not in p)
+CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True) if '_base_' not in p)
 SMALL = (160, 128)  # (w, h) every Resize is set to
 SSD300_VGG = (300, 300)  # SSD300-VGG16's last extra layers are unpadded 3x3 convs: it needs its own size
 
 
 def _no_pretrained(cfg):
     if isinstance(cfg, dict):
-        return {k: (None if k == 'init_cfg' and isinstance(v, dict) and v.get('type') == 'Pretrained'
-                    else _no_pretrained(v)) for k, v in cfg.items()}
+        return {
+            k: (
+                None if k == 'init_cfg' and isinstance(v, dict) and v.get('type') == 'Pretrained' else _no_pretrained(v)
+            )
+            for k, v in cfg.items()
+        }
     if isinstance(cfg, list):
         return [_no_pretrained(v) for v in cfg]
     return cfg
@@ -53,13 +57,21 @@ def demo_dataset(cfg, root: str, split: str):
     loader = cfg.train_dataloader if split == 'train' else cfg.test_dataloader
     inner = _inner_dataset(loader.dataset)
     classes = ('circle', 'square', 'triangle')
-    ds = dict(type=inner['type'], data_root=root + '/', metainfo=dict(classes=classes),
-              pipeline=_small_pipeline(inner['pipeline'], input_scale(cfg)), test_mode=split != 'train')
+    ds = dict(
+        type=inner['type'],
+        data_root=root + '/',
+        metainfo=dict(classes=classes),
+        pipeline=_small_pipeline(inner['pipeline'], input_scale(cfg)),
+        test_mode=split != 'train',
+    )
     if inner['type'] == 'CocoDataset':
         ds.update(ann_file=f'annotations/instances_{split}.json', data_prefix=dict(img='VOCdevkit/VOC2007/JPEGImages/'))
     elif inner['type'] == 'VOCDataset':
-        ds.update(data_root=root + '/VOCdevkit/', ann_file=f'VOC2007/ImageSets/Main/{split}.txt',
-                  data_prefix=dict(sub_data_root='VOC2007/'))
+        ds.update(
+            data_root=root + '/VOCdevkit/',
+            ann_file=f'VOC2007/ImageSets/Main/{split}.txt',
+            data_prefix=dict(sub_data_root='VOC2007/'),
+        )
     else:
         raise AssertionError(f'unexpected dataset type {inner["type"]}')
     return DATASETS.build(ds)

@@ -1,6 +1,7 @@
 """Official CBAM/BAM ImageNet checkpoints → cbam_det: a checkpoint with the official layout and
 random values is converted, loaded through init_cfg, and the backbone's stage outputs are
 compared with a reference forward written from the official code's description."""
+
 import os.path as osp
 import subprocess
 import sys
@@ -26,27 +27,41 @@ def official_state_dict(kind: str, seed: int = 0) -> dict:
         for i in range(n):
             if kind == 'cbam':
                 p = f'layer{li}.{i}.cbam.'
-                shapes.update({p + 'ChannelGate.mlp.1.weight': (h, c), p + 'ChannelGate.mlp.1.bias': (h,),
-                               p + 'ChannelGate.mlp.3.weight': (c, h), p + 'ChannelGate.mlp.3.bias': (c,),
-                               p + 'SpatialGate.spatial.conv.weight': (1, 2, 7, 7)})
+                shapes.update(
+                    {
+                        p + 'ChannelGate.mlp.1.weight': (h, c),
+                        p + 'ChannelGate.mlp.1.bias': (h,),
+                        p + 'ChannelGate.mlp.3.weight': (c, h),
+                        p + 'ChannelGate.mlp.3.bias': (c,),
+                        p + 'SpatialGate.spatial.conv.weight': (1, 2, 7, 7),
+                    }
+                )
                 for b in ('weight', 'bias', 'running_mean', 'running_var'):  # saved without num_batches_tracked
                     shapes[p + 'SpatialGate.spatial.bn.' + b] = (1,)
         if kind == 'bam' and li < 4:
             p = f'bam{li}.'
-            shapes.update({p + 'channel_att.gate_c.gate_c_fc_0.weight': (h, c),
-                           p + 'channel_att.gate_c.gate_c_fc_0.bias': (h,),
-                           p + 'channel_att.gate_c.gate_c_fc_final.weight': (c, h),
-                           p + 'channel_att.gate_c.gate_c_fc_final.bias': (c,),
-                           p + 'spatial_att.gate_s.gate_s_conv_reduce0.weight': (h, c, 1, 1),
-                           p + 'spatial_att.gate_s.gate_s_conv_reduce0.bias': (h,),
-                           p + 'spatial_att.gate_s.gate_s_conv_di_0.weight': (h, h, 3, 3),
-                           p + 'spatial_att.gate_s.gate_s_conv_di_0.bias': (h,),
-                           p + 'spatial_att.gate_s.gate_s_conv_di_1.weight': (h, h, 3, 3),
-                           p + 'spatial_att.gate_s.gate_s_conv_di_1.bias': (h,),
-                           p + 'spatial_att.gate_s.gate_s_conv_final.weight': (1, h, 1, 1),
-                           p + 'spatial_att.gate_s.gate_s_conv_final.bias': (1,)})
-            for bn in ('channel_att.gate_c.gate_c_bn_1', 'spatial_att.gate_s.gate_s_bn_reduce0',
-                       'spatial_att.gate_s.gate_s_bn_di_0', 'spatial_att.gate_s.gate_s_bn_di_1'):
+            shapes.update(
+                {
+                    p + 'channel_att.gate_c.gate_c_fc_0.weight': (h, c),
+                    p + 'channel_att.gate_c.gate_c_fc_0.bias': (h,),
+                    p + 'channel_att.gate_c.gate_c_fc_final.weight': (c, h),
+                    p + 'channel_att.gate_c.gate_c_fc_final.bias': (c,),
+                    p + 'spatial_att.gate_s.gate_s_conv_reduce0.weight': (h, c, 1, 1),
+                    p + 'spatial_att.gate_s.gate_s_conv_reduce0.bias': (h,),
+                    p + 'spatial_att.gate_s.gate_s_conv_di_0.weight': (h, h, 3, 3),
+                    p + 'spatial_att.gate_s.gate_s_conv_di_0.bias': (h,),
+                    p + 'spatial_att.gate_s.gate_s_conv_di_1.weight': (h, h, 3, 3),
+                    p + 'spatial_att.gate_s.gate_s_conv_di_1.bias': (h,),
+                    p + 'spatial_att.gate_s.gate_s_conv_final.weight': (1, h, 1, 1),
+                    p + 'spatial_att.gate_s.gate_s_conv_final.bias': (1,),
+                }
+            )
+            for bn in (
+                'channel_att.gate_c.gate_c_bn_1',
+                'spatial_att.gate_s.gate_s_bn_reduce0',
+                'spatial_att.gate_s.gate_s_bn_di_0',
+                'spatial_att.gate_s.gate_s_bn_di_1',
+            ):
                 for b in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'):
                     shapes[f'{p}{bn}.{b}'] = () if b == 'num_batches_tracked' else (h,)
     state = {}
@@ -68,14 +83,16 @@ def official_state_dict(kind: str, seed: int = 0) -> dict:
 
 # -------------------------------------------------- reference forward, from the official description
 def _bn(x, sd, p, eps=1e-5):
-    return F.batch_norm(x, sd[p + '.running_mean'], sd[p + '.running_var'], sd[p + '.weight'],
-                        sd[p + '.bias'], False, 0.0, eps)
+    return F.batch_norm(
+        x, sd[p + '.running_mean'], sd[p + '.running_var'], sd[p + '.weight'], sd[p + '.bias'], False, 0.0, eps
+    )
 
 
 def _official_cbam(x, sd, p):
-    mlp = lambda v: F.linear(F.relu(F.linear(v.flatten(1), sd[p + 'ChannelGate.mlp.1.weight'],  # noqa: E731
-                                             sd[p + 'ChannelGate.mlp.1.bias'])),
-                             sd[p + 'ChannelGate.mlp.3.weight'], sd[p + 'ChannelGate.mlp.3.bias'])
+    def mlp(v):
+        hidden = F.relu(F.linear(v.flatten(1), sd[p + 'ChannelGate.mlp.1.weight'], sd[p + 'ChannelGate.mlp.1.bias']))
+        return F.linear(hidden, sd[p + 'ChannelGate.mlp.3.weight'], sd[p + 'ChannelGate.mlp.3.bias'])
+
     hw = (x.size(2), x.size(3))
     att = mlp(F.avg_pool2d(x, hw, stride=hw)) + mlp(F.max_pool2d(x, hw, stride=hw))
     x = x * torch.sigmoid(att)[:, :, None, None]
@@ -98,7 +115,7 @@ def _official_bam(x, sd, p):
 
 
 def official_forward(x, state, kind):
-    sd = {k[len('module.'):]: v for k, v in state.items()}
+    sd = {k[len('module.') :]: v for k, v in state.items()}
     x = F.relu(_bn(F.conv2d(x, sd['conv1.weight'], stride=2, padding=3), sd, 'bn1'))
     x = F.max_pool2d(x, 3, 2, 1)
     outs = []
@@ -125,18 +142,31 @@ def official_forward(x, state, kind):
 def test_converted_official_checkpoint_reproduces_official_forward(kind, tmp_path):
     state = official_state_dict(kind)
     src, dst = str(tmp_path / f'resnet50_{kind}.pth.tar'), str(tmp_path / f'{kind}_mmdet.pth')
-    official = {'epoch': 90, 'arch': 'resnet', 'state_dict': state, 'best_prec1': torch.tensor(77.62),
-                'optimizer': {'state': {}, 'param_groups': [{'lr': 0.0001}]}}
+    official = {
+        'epoch': 90,
+        'arch': 'resnet',
+        'state_dict': state,
+        'best_prec1': torch.tensor(77.62),
+        'optimizer': {'state': {}, 'param_groups': [{'lr': 0.0001}]},
+    }
     torch.save(official, src, _use_new_zipfile_serialization=False)  # legacy pickle, as released
 
-    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools/model_converters/official_to_mmdet.py'), src, dst],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools/model_converters/official_to_mmdet.py'), src, dst],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'dropped: module.fc.weight (1000, 2048)' in proc.stdout
     assert 'dropped: module.fc.bias (1000,)' in proc.stdout
 
-    cfg = dict(type='AttnResNet', depth=50, freeze_attention=True, **OFFICIAL_CONFIGS[kind],
-               init_cfg=dict(type='Pretrained', checkpoint=dst))
+    cfg = dict(
+        type='AttnResNet',
+        depth=50,
+        freeze_attention=True,
+        **OFFICIAL_CONFIGS[kind],
+        init_cfg=dict(type='Pretrained', checkpoint=dst),
+    )
     backbone = MODELS.build(cfg)
     backbone.init_weights()
     backbone.eval()
@@ -160,10 +190,14 @@ def test_converted_official_checkpoint_reproduces_official_forward(kind, tmp_pat
 
 def test_converter_reports_and_refuses_unknown_keys():
     state = {'module.conv1.weight': torch.zeros(64, 3, 7, 7), 'module.layer1.0.cbam.Other.w': torch.zeros(1)}
-    with pytest.raises(KeyError, match=r"1 checkpoint keys have no place.*module.layer1.0.cbam.Other.w"):
+    with pytest.raises(KeyError, match=r'1 checkpoint keys have no place.*module.layer1.0.cbam.Other.w'):
         convert_official_state_dict(state)
-    new, dropped, kind = convert_official_state_dict({'module.fc.weight': torch.zeros(2, 2),
-                                                      'module.bn1.weight': torch.ones(64),
-                                                      'module.bn1.running_var': torch.ones(64)})
+    new, dropped, kind = convert_official_state_dict(
+        {
+            'module.fc.weight': torch.zeros(2, 2),
+            'module.bn1.weight': torch.ones(64),
+            'module.bn1.running_var': torch.ones(64),
+        }
+    )
     assert dropped == ['module.fc.weight'] and kind == 'plain'
     assert int(new['bn1.num_batches_tracked']) == 0  # added for pre-0.4.1 checkpoints

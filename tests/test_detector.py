@@ -1,8 +1,9 @@
 """A Faster R-CNN with CBAM builds from the demo config and runs a loss and a predict step on CPU."""
+
 import torch
-from mmengine.config import Config
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
+from mmengine.config import Config
 
 from cbam_det import CBAM
 from tests.conftest import DEMO_CONFIG

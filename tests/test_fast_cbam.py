@@ -1,4 +1,5 @@
 """CBAM's memory-lean autograd path against its generic path (same module, same weights)."""
+
 import pytest
 import torch
 
@@ -32,7 +33,10 @@ def test_fast_path_equals_generic_path(shape, spatial_pool, channels_last, monke
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     for train in (False, True):
-        fast_m, slow_m = randomised(shape[1], spatial_pool=spatial_pool), randomised(shape[1], spatial_pool=spatial_pool)
+        fast_m, slow_m = (
+            randomised(shape[1], spatial_pool=spatial_pool),
+            randomised(shape[1], spatial_pool=spatial_pool),
+        )
         fast_m.train(train), slow_m.train(train)
         y_fast, g_fast = run(fast_m, x, True, monkeypatch)
         y_slow, g_slow = run(slow_m, x, False, monkeypatch)

@@ -1,5 +1,6 @@
 """The fused CPU kernels (cbam_det/ops) against plain PyTorch: CBAM and SE, alone and with the
 BatchNorm before them folded in (AttnResNet's fused blocks)."""
+
 import contextlib
 import copy
 import os
@@ -10,12 +11,16 @@ from mmdet.registry import MODELS
 from torch import nn
 
 from cbam_det import BAM, CBAM, SE
-from cbam_det.models.layers import _fused_gate, bam as bam_mod, base as base_mod, cbam as cbam_mod, se as se_mod
+from cbam_det.models.layers import _fused_gate
+from cbam_det.models.layers import bam as bam_mod
+from cbam_det.models.layers import base as base_mod
+from cbam_det.models.layers import cbam as cbam_mod
+from cbam_det.models.layers import se as se_mod
 from cbam_det.ops import gate_ext
 
-
-no_ext = pytest.mark.skipif(os.environ.get('CBAM_DET_NO_EXT') == '1',
-                            reason='CBAM_DET_NO_EXT=1: the PyTorch fallback is under test')
+no_ext = pytest.mark.skipif(
+    os.environ.get('CBAM_DET_NO_EXT') == '1', reason='CBAM_DET_NO_EXT=1: the PyTorch fallback is under test'
+)
 
 
 @no_ext
@@ -35,8 +40,11 @@ def plain_pytorch(monkeypatch):
 
 def make(kind: str, c: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    m = {'cbam': lambda: CBAM(c, reduction=4), 'cbam_official': lambda: CBAM(c, 4, spatial_pool='max_avg'),
-         'se': lambda: SE(c, 4)}[kind]()
+    m = {
+        'cbam': lambda: CBAM(c, reduction=4),
+        'cbam_official': lambda: CBAM(c, 4, spatial_pool='max_avg'),
+        'se': lambda: SE(c, 4),
+    }[kind]()
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.5)
@@ -114,8 +122,9 @@ def test_bam_inplace_inference_writes_into_its_input():
 
 
 def test_attn_resnet_makes_its_attention_inplace_unless_told():
-    b = MODELS.build(dict(type='AttnResNet', depth=18, base_channels=16, attention=dict(type='CBAM'),
-                          bam=dict(type='BAM')))
+    b = MODELS.build(
+        dict(type='AttnResNet', depth=18, base_channels=16, attention=dict(type='CBAM'), bam=dict(type='BAM'))
+    )
     assert b.layer1[0].cbam.inplace and b.bam1.inplace
     b = MODELS.build(dict(type='AttnResNet', depth=18, base_channels=16, attention=dict(type='SE', inplace=False)))
     assert not b.layer1[0].se.inplace
@@ -147,9 +156,14 @@ def bn_variants():
 
     frozen = bn().eval()
     frozen.requires_grad_(False)
-    return {'train': bn(), 'eval': bn().eval(), 'cumulative_momentum': bn(momentum=None),
-            'no_affine': bn(affine=False), 'no_running_stats': bn(track_running_stats=False),
-            'frozen': frozen}
+    return {
+        'train': bn(),
+        'eval': bn().eval(),
+        'cumulative_momentum': bn(momentum=None),
+        'no_affine': bn(affine=False),
+        'no_running_stats': bn(track_running_stats=False),
+        'frozen': frozen,
+    }
 
 
 @pytest.mark.parametrize('kind', ['cbam', 'se'])
@@ -202,8 +216,17 @@ def test_inference_in_one_call_equals_plain_pytorch(kind, variant, inplace, monk
 
 def backbone(depth: int, att: str, fuse: bool, seed: int = 0):
     torch.manual_seed(seed)
-    m = MODELS.build(dict(type='AttnResNet', depth=depth, base_channels=16, attention=dict(type=att),
-                          norm_eval=False, zero_init_residual=False, fuse_attention=fuse))
+    m = MODELS.build(
+        dict(
+            type='AttnResNet',
+            depth=depth,
+            base_channels=16,
+            attention=dict(type=att),
+            norm_eval=False,
+            zero_init_residual=False,
+            fuse_attention=fuse,
+        )
+    )
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, nn.BatchNorm2d):
@@ -251,6 +274,7 @@ def kept_elements(out: torch.Tensor) -> int:
         elif isinstance(t, dict):
             for u in t.values():
                 add(u)
+
     while stack:
         node = stack.pop()
         if node is None or node in seen:
@@ -269,8 +293,9 @@ def kept_elements(out: torch.Tensor) -> int:
 def mmdet_block(att=None, inplace=False, **kw) -> nn.Module:
     """Second bottleneck of stage 1 of a thin mmdet ResNet-50, the attention as a plugin."""
     torch.manual_seed(0)
-    plugins = None if att is None else [dict(cfg=dict(type=att, inplace=inplace), stages=(True,) * 4,
-                                             position='after_conv3')]
+    plugins = (
+        None if att is None else [dict(cfg=dict(type=att, inplace=inplace), stages=(True,) * 4, position='after_conv3')]
+    )
     block = MODELS.build(dict(type='ResNet', depth=50, base_channels=16, plugins=plugins, **kw)).layer1[1]
     block.train()
     return block
@@ -285,8 +310,9 @@ def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
     x = torch.randn(2, 64, 40, 48, requires_grad=True)
     full = 2 * 64 * 40 * 48
     plain = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16)).layer1[1].train()
-    fused = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16,
-                              attention=dict(type='CBAM'))).layer1[1].train()
+    fused = (
+        MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16, attention=dict(type='CBAM'))).layer1[1].train()
+    )
     n_plain = kept_elements(plain(x))
     assert n_plain == kept_elements(mmdet_block()(x))
     for block in (fused, mmdet_block('CBAM'), mmdet_block('CBAM', inplace=True), mmdet_block('SE')):
@@ -318,6 +344,7 @@ def test_module_after_bn_equals_plain_pytorch(kind, variant, inplace, monkeypatc
         y = att_f(x)
         assert (y.data_ptr() == x.data_ptr()) == (inplace and sources[-1] is not None)
         return y
+
     for _ in range(2):  # twice: running statistics feed the second step
         got = step(fused, z, params_f)
         with plain_pytorch(monkeypatch):
@@ -343,7 +370,7 @@ def test_bn_node_guard_failure_falls_back_to_the_plain_graph(kind, monkeypatch):
         monkeypatch.setattr(_fused_gate, '_BN_NODE_FIELDS', fields)
         bn, att = bn_variants()['train'], make(kind, 24)
         assert _fused_gate.bn_node_readable() == (len(fields) == 8)
-        results.append(step(lambda t: att(bn(t)), z, list(att.parameters()) + list(bn.parameters())))
+        results.append(step(lambda t, att=att, bn=bn: att(bn(t)), z, list(att.parameters()) + list(bn.parameters())))
         kept.append(kept_elements(att(bn(z.clone().requires_grad_()))))
         results[-1] += (tuple(b.clone() for b in bn.buffers()),)
     monkeypatch.setattr(_fused_gate, '_BN_NODE_FIELDS', _fused_gate._BN_NODE_FIELDS[:8])
@@ -369,6 +396,7 @@ def test_plugin_under_checkpointing_trains_like_without(with_cp):
         y = fn(xi)
         (y * y).mean().backward()
         return (y.detach(), xi.grad) + tuple(p.grad for p in module.parameters())
+
     want = run(ref, ref)
     got = run(blk, blk if with_cp else lambda t: torch.utils.checkpoint.checkpoint(blk, t, use_reentrant=False))
     for a, b in zip(got, want):
@@ -402,8 +430,14 @@ def test_inplace_plugin_trains_exactly_like_the_default(att):
     """inplace=True in mmdet's ResNet: inference writes into the BN output and backward writes
     dx over the saved input; a training step must not change."""
     torch.manual_seed(0)
-    cfg = dict(type='ResNet', depth=50, base_channels=16, norm_eval=False, zero_init_residual=False,
-               plugins=[dict(cfg=dict(type=att, inplace=True), stages=(True,) * 4, position='after_conv3')])
+    cfg = dict(
+        type='ResNet',
+        depth=50,
+        base_channels=16,
+        norm_eval=False,
+        zero_init_residual=False,
+        plugins=[dict(cfg=dict(type=att, inplace=True), stages=(True,) * 4, position='after_conv3')],
+    )
     inplace = MODELS.build(cfg)
     default = copy.deepcopy(inplace)
     for m in default.modules():
@@ -420,8 +454,11 @@ def test_inplace_plugin_trains_exactly_like_the_default(att):
 
 
 @no_ext
-@pytest.mark.parametrize('shape,k', [((2, 2, 40, 52), 7), ((1, 2, 5, 4), 7), ((3, 1, 9, 13), 3),
-                                     ((2, 2, 1, 1), 7), ((1, 2, 2, 30), 5)], ids=str)
+@pytest.mark.parametrize(
+    'shape,k',
+    [((2, 2, 40, 52), 7), ((1, 2, 5, 4), 7), ((3, 1, 9, 13), 3), ((2, 2, 1, 1), 7), ((1, 2, 2, 30), 5)],
+    ids=str,
+)
 def test_spatial_conv_equals_conv2d_in_float64(shape, k):
     """The spatial gate's one-output-channel k×k conv kernel, forward and both gradients,
     against F.conv2d in float64 (borders: kernels wider than the map)."""
@@ -451,8 +488,11 @@ def test_spatial_conv_refuses_bad_weights():
 
 
 @no_ext
-@pytest.mark.parametrize('shape,out_channels', [((2, 5, 7, 9), 3), ((1, 40, 13, 17), 7), ((2, 64, 16, 20), 16),
-                                                ((2, 33, 4, 8), 21), ((1, 8, 1, 1), 2)], ids=str)
+@pytest.mark.parametrize(
+    'shape,out_channels',
+    [((2, 5, 7, 9), 3), ((1, 40, 13, 17), 7), ((2, 64, 16, 20), 16), ((2, 33, 4, 8), 21), ((1, 8, 1, 1), 2)],
+    ids=str,
+)
 def test_pointwise_conv_equals_conv2d_in_float64(shape, out_channels):
     """BAM's 1×1 reduction conv kernel (forward; input gradient), with the weight and bias
     gradients, against F.conv2d in float64: full and partial register groups (16, 21, 3

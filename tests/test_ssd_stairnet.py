@@ -1,4 +1,5 @@
 """AttnSSDHead (attention right before every classifier) and the StairNet neck."""
+
 import pytest
 import torch
 from mmdet.registry import MODELS
@@ -10,9 +11,19 @@ SIZES = (38, 19, 10, 5, 3, 1)  # SSD300's levels
 
 
 def head_cfg(**kw):
-    return dict(in_channels=CHANNELS, num_classes=4, anchor_generator=dict(
-        type='SSDAnchorGenerator', scale_major=False, input_size=300, basesize_ratio_range=(0.2, 0.9),
-        strides=[8, 16, 32, 64, 100, 300], ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]]), **kw)
+    return dict(
+        in_channels=CHANNELS,
+        num_classes=4,
+        anchor_generator=dict(
+            type='SSDAnchorGenerator',
+            scale_major=False,
+            input_size=300,
+            basesize_ratio_range=(0.2, 0.9),
+            strides=[8, 16, 32, 64, 100, 300],
+            ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+        ),
+        **kw,
+    )
 
 
 def feats(batch=2, seed=0):
@@ -80,8 +91,9 @@ def test_neck_follows_the_documented_recurrence():
         top = neck.fuse[5](neck.laterals[5](x[5]))
         torch.testing.assert_close(outs[5], top)
         # 1x1 -> deconv x2 = 2x2 -> bilinear to 3x3 ; 10x10 -> 20x20 -> crop to 19x19
-        up = torch.nn.functional.interpolate(neck.deconvs[4](outs[5]), size=(3, 3), mode='bilinear',
-                                             align_corners=False)
+        up = torch.nn.functional.interpolate(
+            neck.deconvs[4](outs[5]), size=(3, 3), mode='bilinear', align_corners=False
+        )
         torch.testing.assert_close(outs[4], neck.fuse[4](neck.laterals[4](x[4]) + up))
         up = neck.deconvs[1](outs[2])[:, :, :19, :19]
         torch.testing.assert_close(outs[1], neck.fuse[1](neck.laterals[1](x[1]) + up))
@@ -90,9 +102,17 @@ def test_neck_follows_the_documented_recurrence():
 def test_head_predicts_despite_mmdet_330_ssd_bug():
     from mmdet.structures import DetDataSample
     from mmengine.config import ConfigDict
-    head = MODELS.build(dict(type='AttnSSDHead', attention=dict(type='CBAM', reduction=4), **head_cfg(),
-                             test_cfg=ConfigDict(nms_pre=100, nms=dict(type='nms', iou_threshold=0.45), min_bbox_size=0,
-                                           score_thr=0.02, max_per_img=20))).eval()
+
+    head = MODELS.build(
+        dict(
+            type='AttnSSDHead',
+            attention=dict(type='CBAM', reduction=4),
+            **head_cfg(),
+            test_cfg=ConfigDict(
+                nms_pre=100, nms=dict(type='nms', iou_threshold=0.45), min_bbox_size=0, score_thr=0.02, max_per_img=20
+            ),
+        )
+    ).eval()
     sample = DetDataSample(metainfo=dict(img_shape=(300, 300), ori_shape=(300, 300), scale_factor=(1.0, 1.0)))
     with torch.no_grad():
         res = head.predict(feats(batch=1), [sample], rescale=True)
@@ -103,8 +123,9 @@ def test_neck_bad_input():
     with pytest.raises(ValueError, match='same length'):
         StairNetNeck((32, 16), out_channels=(8,))
     with pytest.raises(ValueError, match=r'level 1 has 99 channels, in_channels\[1\]=48'):
-        StairNetNeck(CHANNELS)(tuple(torch.randn(1, c if i != 1 else 99, s, s)
-                                     for i, (c, s) in enumerate(zip(CHANNELS, SIZES))))
+        StairNetNeck(CHANNELS)(
+            tuple(torch.randn(1, c if i != 1 else 99, s, s) for i, (c, s) in enumerate(zip(CHANNELS, SIZES)))
+        )
     with pytest.raises(ValueError, match='expected 6 levels, got 5'):
         StairNetNeck(CHANNELS)(feats()[:5])
     assert isinstance(MODELS.build(dict(type='AttnSSDHead', **head_cfg())), AttnSSDHead)

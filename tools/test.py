@@ -1,20 +1,21 @@
 """Test (evaluate) a checkpoint; the same command line and behaviour as mmdet 3.3's tools/test.py.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
-                         [--show] [--show-dir DIR] [--wait-time S] [--cfg-options k=v ...]
-                         [--launcher none|pytorch|slurm|mpi] [--tta]
+python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
+                     [--show] [--show-dir DIR] [--wait-time S] [--cfg-options k=v ...]
+                     [--launcher none|pytorch|slurm|mpi] [--tta]
 """
+
 import argparse
 import json
 import os
 import os.path as osp
 import sys
 
+from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a clone without install
 import cbam_det  # noqa: E402,F401  (only registration: configs work without custom_imports)
@@ -30,10 +31,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='directory (inside work_dir) where painted images are saved')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                        help='job launcher')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, help='override settings of the config, key=value'
+    )
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (config needs tta_model)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
@@ -87,8 +88,9 @@ def main() -> None:
 
     metrics = runner.test()
     if runner.rank == 0:  # one machine-readable line (used by tools/run_demo.sh and the tests)
-        print('cbam_det metrics: ' + json.dumps({k: float(v) for k, v in metrics.items()
-                                                  if isinstance(v, (int, float))}))
+        print(
+            'cbam_det metrics: ' + json.dumps({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        )
 
 
 if __name__ == '__main__':

@@ -1,17 +1,18 @@
 """Train a detector; the same command line and behaviour as mmdet 3.3's tools/train.py.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
-                          [--resume [CKPT]] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
+                      [--resume [CKPT]] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 """
+
 import argparse
 import os
 import os.path as osp
 import sys
 
+from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a clone without install
 import cbam_det  # noqa: E402,F401  (only registration: configs work without custom_imports)
@@ -22,15 +23,22 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument('--amp', action='store_true', default=False,
-                        help='enable automatic-mixed-precision training')
+    parser.add_argument('--amp', action='store_true', default=False, help='enable automatic-mixed-precision training')
     parser.add_argument('--auto-scale-lr', action='store_true', help='enable automatically scaling LR.')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from this checkpoint; without a value, from the latest one in work_dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, key=value (e.g. train_cfg.max_iters=10)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                        help='job launcher')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint; without a value, from the latest one in work_dir',
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, key=value (e.g. train_cfg.max_iters=10)',
+    )
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
@@ -55,8 +63,9 @@ def main() -> None:
         if 'auto_scale_lr' in cfg and 'enable' in cfg.auto_scale_lr and 'base_batch_size' in cfg.auto_scale_lr:
             cfg.auto_scale_lr.enable = True
         else:
-            raise RuntimeError('--auto-scale-lr needs "auto_scale_lr" with "enable" and "base_batch_size" '
-                               'in the config')
+            raise RuntimeError(
+                '--auto-scale-lr needs "auto_scale_lr" with "enable" and "base_batch_size" in the config'
+            )
 
     if args.resume == 'auto':
         cfg.resume = True

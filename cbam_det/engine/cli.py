@@ -1,4 +1,5 @@
 """Config handling shared by tools/train.py and tools/test.py (mmdet 3.3 behaviour)."""
+
 import argparse
 import os.path as osp
 

@@ -8,6 +8,7 @@ GPU it initialises the default process group itself with gloo (the runner then
 skips its own ``init_dist``) and selects :class:`CPUDistributedDataParallel`.
 Processes are still started by torchrun or srun (``tools/dist_train.sh``).
 """
+
 import os
 import subprocess
 from datetime import timedelta
@@ -67,8 +68,10 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
         dist.init_process_group(backend='gloo', timeout=timedelta(seconds=dist_cfg.get('timeout', 1800)))
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})
     if wrapper.get('type', 'MMDistributedDataParallel') != 'MMDistributedDataParallel':
-        raise ValueError(f"model_wrapper_cfg.type={wrapper['type']!r} cannot run on CPU; "
-                         "leave it unset or use 'MMDistributedDataParallel'")
+        raise ValueError(
+            f'model_wrapper_cfg.type={wrapper["type"]!r} cannot run on CPU; '
+            "leave it unset or use 'MMDistributedDataParallel'"
+        )
     wrapper['type'] = 'CPUDistributedDataParallel'
     wrapper.setdefault('broadcast_buffers', False)
     wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))

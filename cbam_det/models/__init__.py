@@ -1,4 +1,5 @@
 """Models of cbam_det; importing this registers them in mmdet's ``MODELS``."""
+
 from .backbones import *  # noqa: F401,F403
 from .backbones import __all__ as _backbones_all
 from .dense_heads import *  # noqa: F401,F403

@@ -9,6 +9,7 @@ version and processor (``-march=native``) under ``$CBAM_DET_EXT_DIR`` (default
 (``python -m cbam_det.ops``). The source ships inside the package (wheels and sdists
 included), so a non-editable install compiles it the same way.
 """
+
 import glob
 import hashlib
 import os
@@ -33,7 +34,7 @@ def _flags() -> List[List[str]]:
     # would start its own threads next to torch's and they would fight for the cores
     lib = osp.join(osp.dirname(torch.__file__), 'lib')
     gomp = sorted(glob.glob(osp.join(lib, 'libgomp*.so*')))
-    ldflags = ([f'-L{lib}', f'-l:{osp.basename(gomp[0])}', f'-Wl,-rpath,{lib}'] if gomp else ['-fopenmp'])
+    ldflags = [f'-L{lib}', f'-l:{osp.basename(gomp[0])}', f'-Wl,-rpath,{lib}'] if gomp else ['-fopenmp']
     return [cflags, ldflags]
 
 
@@ -52,7 +53,8 @@ def build_dir() -> str:
         key = hashlib.sha1(f.read() + repr((_flags(), _cpu_id(), torch.__version__, sys.version)).encode())
     key = key.hexdigest()[:16]
     cache = os.environ.get('CBAM_DET_CACHE') or osp.join(
-        os.environ.get('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache'), 'cbam_det')
+        os.environ.get('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache'), 'cbam_det'
+    )
     return osp.join(os.environ.get('CBAM_DET_EXT_DIR') or osp.join(cache, 'ext'), key)
 
 
@@ -63,13 +65,18 @@ def gate_ext(verbose: bool = False) -> Optional[object]:
     if not _state['tried']:
         _state['tried'] = True
         from torch.utils.cpp_extension import load
+
         cflags, ldflags = _flags()
         try:
             path = build_dir()  # reads the source: a broken install fails here, not at import
             os.makedirs(path, exist_ok=True)
-            _state['ext'] = load(_NAME, [_SRC], extra_cflags=cflags, extra_ldflags=ldflags,
-                                 build_directory=path, verbose=verbose)
+            _state['ext'] = load(
+                _NAME, [_SRC], extra_cflags=cflags, extra_ldflags=ldflags, build_directory=path, verbose=verbose
+            )
         except Exception as e:  # no compiler, no headers, no source: the PyTorch path still works
-            warnings.warn(f'cbam_det: could not compile the fused CPU kernels ({type(e).__name__}: {e}); '
-                          f'using the slower PyTorch implementation. Set CBAM_DET_NO_EXT=1 to silence this.')
+            warnings.warn(
+                f'cbam_det: could not compile the fused CPU kernels ({type(e).__name__}: {e}); '
+                f'using the slower PyTorch implementation. Set CBAM_DET_NO_EXT=1 to silence this.',
+                stacklevel=2,
+            )
     return _state['ext']

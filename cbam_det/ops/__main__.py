@@ -1,4 +1,5 @@
 """``python -m cbam_det.ops``: compile (or find) the fused CPU kernels and say where they are."""
+
 import sys
 import time
 

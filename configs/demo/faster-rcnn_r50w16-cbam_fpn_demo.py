@@ -17,22 +17,22 @@ model = dict(
         frozen_stages=-1,
         norm_eval=False,
         init_cfg=None,  # random init: nothing is downloaded
-        plugins=[dict(cfg=dict(type='CBAM', inplace=True), stages=(True, True, True, True), position='after_conv3')]),
+        plugins=[dict(cfg=dict(type='CBAM', inplace=True), stages=(True, True, True, True), position='after_conv3')],
+    ),
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=width),
     rpn_head=dict(
         in_channels=width,
         feat_channels=width,
         # objects are 16-72 px: anchors of 16 px at stride 4 up to 256 px at stride 64
-        anchor_generator=dict(scales=[4])),
+        anchor_generator=dict(scales=[4]),
+    ),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=width),
-        bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=len(classes))),
-    train_cfg=dict(
-        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-        rcnn=dict(sampler=dict(num=128))),
-    test_cfg=dict(
-        rpn=dict(nms_pre=300, max_per_img=100),
-        rcnn=dict(max_per_img=50)))
+        bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=len(classes)),
+    ),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=50)),
+)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -57,7 +57,9 @@ train_dataloader = dict(
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='VOCdevkit/VOC2007/JPEGImages/'),
         filter_cfg=dict(filter_empty_gt=True, min_size=4),
-        pipeline=train_pipeline))
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=8,
     num_workers=1,
@@ -67,7 +69,9 @@ val_dataloader = dict(
         metainfo=metainfo,
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='VOCdevkit/VOC2007/JPEGImages/'),
-        pipeline=test_pipeline))
+        pipeline=test_pipeline,
+    ),
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json', metric='bbox')
 test_evaluator = val_evaluator
@@ -76,16 +80,16 @@ test_evaluator = val_evaluator
 max_iters = 800
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 optim_wrapper = dict(
-    optimizer=dict(type='SGD', lr=0.04, momentum=0.9, weight_decay=1e-4),
-    clip_grad=dict(max_norm=10, norm_type=2))
+    optimizer=dict(type='SGD', lr=0.04, momentum=0.9, weight_decay=1e-4), clip_grad=dict(max_norm=10, norm_type=2)
+)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters, T_max=max_iters - 100,
-         eta_min=4e-4),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters, T_max=max_iters - 100, eta_min=4e-4),
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
+)
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 env_cfg = dict(cudnn_benchmark=False)

@@ -3,4 +3,5 @@ _base_ = './faster-rcnn_r101_c4_1x_coco.py'
 attention = dict(type='CBAM', init_mode='identity')
 model = dict(
     backbone=dict(attention=attention, attention_stages=(True, True, True)),
-    roi_head=dict(shared_head=dict(attention=attention)))
+    roi_head=dict(shared_head=dict(attention=attention)),
+)

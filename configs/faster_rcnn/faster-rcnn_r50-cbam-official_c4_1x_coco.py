@@ -5,7 +5,15 @@ _base_ = './faster-rcnn_r50_c4_1x_coco.py'
 pretrained = 'checkpoints/resnet50_cbam_official.pth'
 attention = dict(type='CBAM', spatial_pool='max_avg')  # the official [max; mean] order
 model = dict(
-    backbone=dict(attention=attention, attention_stages=(True, True, True), freeze_attention=True,
-                  init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    roi_head=dict(shared_head=dict(attention=attention, freeze_attention=True,
-                                   init_cfg=dict(type='Pretrained', checkpoint=pretrained))))
+    backbone=dict(
+        attention=attention,
+        attention_stages=(True, True, True),
+        freeze_attention=True,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained),
+    ),
+    roi_head=dict(
+        shared_head=dict(
+            attention=attention, freeze_attention=True, init_cfg=dict(type='Pretrained', checkpoint=pretrained)
+        )
+    ),
+)

@@ -8,5 +8,7 @@ pretrained = 'torchvision://resnet50'
 model = dict(
     data_preprocessor=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
     backbone=dict(type='AttnResNet', style='pytorch', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    roi_head=dict(shared_head=dict(type='AttnResLayer', style='pytorch',
-                                   init_cfg=dict(type='Pretrained', checkpoint=pretrained))))
+    roi_head=dict(
+        shared_head=dict(type='AttnResLayer', style='pytorch', init_cfg=dict(type='Pretrained', checkpoint=pretrained))
+    ),
+)

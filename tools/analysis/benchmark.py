@@ -9,10 +9,11 @@ Variants (each a model built from the same spec with a different attention setti
 ``reference`` (the attention replaced by the plain eager implementation written in
 this file, eq. 1-3 of the CBAM paper / SE / BAM eq. 1-4 as one would write them first).
 Times: in one process, variants alternate inside every repeat (so machine noise hits
-all of them alike; ``--isolate``: each variant in a fresh process per repeat); inference = eval-mode forward under no_grad, training step =
-train-mode forward + backward of the sum of outputs. Reported: median ratio to
-``plain`` with min/max over repeats (each repeat's pair), and the ratio of the median times. Memory of a training step: CPU = peak RSS
-growth of a fresh subprocess per variant (model and input built, then Linux's peak-RSS
+all of them alike; ``--isolate``: each variant in a fresh process per repeat);
+inference = eval-mode forward under no_grad, training step = train-mode forward +
+backward of the sum of outputs. Reported: median ratio to ``plain`` with min/max over
+repeats (each repeat's pair), and the ratio of the median times. Memory of a training
+step: CPU = peak RSS growth of a fresh subprocess per variant (model and input built, then Linux's peak-RSS
 mark is reset and the step runs); CUDA = ``torch.cuda.max_memory_allocated`` after synchronisation.
 
 ``--path attn_resnet`` measures cbam_det's backbone, where CBAM/SE are fused with the
@@ -22,6 +23,7 @@ memory (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD
 the defaults, every large tensor is a fresh ``mmap`` whose pages fault in on first touch,
 which makes CPU step times depend on how many tensors a network keeps alive.
 """
+
 import argparse
 import json
 import os
@@ -37,15 +39,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-import cbam_det  # noqa: E402,F401  (only registration)
-from cbam_det import BAM, CBAM, SE  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
 
+import cbam_det  # noqa: E402,F401  (only registration)
+from cbam_det import BAM, CBAM, SE  # noqa: E402
+
 ATT = {'cbam': dict(type='CBAM'), 'se': dict(type='SE'), 'bam': dict(type='BAM')}
 # glibc: serve every allocation from the heap and never give freed memory back to the OS
-TUNED_MALLOC = {'MALLOC_MMAP_THRESHOLD_': str(2**31), 'MALLOC_TRIM_THRESHOLD_': str(2**40),
-                'MALLOC_TOP_PAD_': str(2**30)}
+TUNED_MALLOC = {
+    'MALLOC_MMAP_THRESHOLD_': str(2**31),
+    'MALLOC_TRIM_THRESHOLD_': str(2**40),
+    'MALLOC_TOP_PAD_': str(2**30),
+}
 
 
 # ----------------------------------------------------------------------------- eager references
@@ -105,7 +111,9 @@ def build(args, variant: str) -> nn.Module:
     register_all_modules()
     if args.config:
         from mmengine.config import Config, ConfigDict
+
         from tools.analysis.complexity import no_pretrained, strip_attention
+
         cfg = Config.fromfile(args.config).model.to_dict()
         cfg = no_pretrained(strip_attention(cfg) if variant == 'plain' else cfg)
         model = MODELS.build(ConfigDict(cfg))
@@ -117,12 +125,17 @@ def build(args, variant: str) -> nn.Module:
 
             def forward(self, x):
                 return self.det.extract_feat(x)
+
         model = Dense(model)
     else:
         depth = int(args.backbone.lstrip('r'))
         # a fully training backbone: every BN updates (mmdet's default norm_eval=True would not)
-        cfg = dict(type='AttnResNet' if args.path == 'attn_resnet' else 'ResNet', depth=depth,
-                   norm_eval=False, frozen_stages=-1)
+        cfg = dict(
+            type='AttnResNet' if args.path == 'attn_resnet' else 'ResNet',
+            depth=depth,
+            norm_eval=False,
+            frozen_stages=-1,
+        )
         if variant != 'plain':
             att = dict(ATT[args.attention])
             if args.inplace:
@@ -155,8 +168,11 @@ def sync(device: str) -> None:
 
 
 def step_fns(model: nn.Module, x: torch.Tensor, args) -> Dict[str, Callable[[], None]]:
-    amp = torch.autocast(args.device.split(':')[0], dtype=torch.float16 if args.device.startswith('cuda')
-                         else torch.bfloat16, enabled=args.amp)
+    amp = torch.autocast(
+        args.device.split(':')[0],
+        dtype=torch.float16 if args.device.startswith('cuda') else torch.bfloat16,
+        enabled=args.amp,
+    )
 
     def infer():
         model.eval()
@@ -169,6 +185,7 @@ def step_fns(model: nn.Module, x: torch.Tensor, args) -> Dict[str, Callable[[], 
         with amp:
             loss = outputs_sum(model(x))
         loss.backward()
+
     return dict(inference=infer, train=train)
 
 
@@ -184,7 +201,7 @@ def time_variants(args, variants: List[str]) -> Dict[str, Dict[str, List[float]]
         for v in variants:  # warm-up
             fns[v][kind]()
         for r in range(args.repeats):
-            for v in (variants if r % 2 == 0 else variants[::-1]):  # alternate the order too
+            for v in variants if r % 2 == 0 else variants[::-1]:  # alternate the order too
                 sync(args.device)
                 t = time.perf_counter()
                 fns[v][kind]()
@@ -219,9 +236,13 @@ def time_isolated(args, variants: List[str]) -> Dict[str, Dict[str, List[float]]
     child_args = [a for a in sys.argv[1:] if a not in ('--reference', '--isolate')]
     times = {v: {'inference': [], 'train': []} for v in variants}
     for r in range(args.repeats):
-        for v in (variants if r % 2 == 0 else variants[::-1]):
-            proc = subprocess.run([sys.executable, osp.abspath(__file__), *child_args, '--no-memory',
-                                   '--time-child', v], capture_output=True, text=True, env=dict(os.environ))
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            proc = subprocess.run(
+                [sys.executable, osp.abspath(__file__), *child_args, '--no-memory', '--time-child', v],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ),
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f'timing run of {v} failed:\n{proc.stderr[-3000:]}')
             res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -265,9 +286,13 @@ def _proc_status_bytes(key: str) -> int:
 
 def ratio_stats(values: List[float], base: List[float]) -> Dict[str, float]:
     ratios = [v / b for v, b in zip(values, base)]
-    return dict(median=statistics.median(ratios), min=min(ratios), max=max(ratios),
-                median_s=statistics.median(values),
-                ratio_of_medians=statistics.median(values) / statistics.median(base))
+    return dict(
+        median=statistics.median(ratios),
+        min=min(ratios),
+        max=max(ratios),
+        median_s=statistics.median(values),
+        ratio_of_medians=statistics.median(values) / statistics.median(base),
+    )
 
 
 def main() -> None:
@@ -275,15 +300,29 @@ def main() -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument('--backbone', default='r50', help='r18/r34/r50/r101/r152 (with --attention)')
     src.add_argument('--config', help='a detector config: its backbone + neck is measured with/without attention')
-    parser.add_argument('--attention', choices=sorted(ATT), default='cbam',
-                        help='with --backbone: CBAM/SE in every block, BAM after stages 1-3')
-    parser.add_argument('--path', choices=['plugin', 'attn_resnet'], default='plugin',
-                        help="with --backbone: mmdet's ResNet with plugins=, or cbam_det's AttnResNet")
-    parser.add_argument('--inplace', action='store_true',
-                        help='inplace=True for the attention (in-place products in inference; AttnResNet '
-                             'sets it by default)')
-    parser.add_argument('--malloc', choices=['default', 'tuned'], default='default',
-                        help="glibc malloc settings for the whole run (see above)")
+    parser.add_argument(
+        '--attention',
+        choices=sorted(ATT),
+        default='cbam',
+        help='with --backbone: CBAM/SE in every block, BAM after stages 1-3',
+    )
+    parser.add_argument(
+        '--path',
+        choices=['plugin', 'attn_resnet'],
+        default='plugin',
+        help="with --backbone: mmdet's ResNet with plugins=, or cbam_det's AttnResNet",
+    )
+    parser.add_argument(
+        '--inplace',
+        action='store_true',
+        help='inplace=True for the attention (in-place products in inference; AttnResNet sets it by default)',
+    )
+    parser.add_argument(
+        '--malloc',
+        choices=['default', 'tuned'],
+        default='default',
+        help='glibc malloc settings for the whole run (see above)',
+    )
     parser.add_argument('--shape', type=int, nargs=4, default=(2, 3, 512, 768), metavar=('N', 'C', 'H', 'W'))
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--reference', action='store_true', help='also time the plain eager reference')
@@ -293,14 +332,18 @@ def main() -> None:
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     parser.add_argument('--json', help='write the results here too')
-    parser.add_argument('--isolate', action='store_true',
-                        help='time every variant in its own fresh process per repeat (see time_isolated)')
+    parser.add_argument(
+        '--isolate',
+        action='store_true',
+        help='time every variant in its own fresh process per repeat (see time_isolated)',
+    )
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
     parser.add_argument('--time-child', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.malloc == 'tuned' and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
-        os.execve(sys.executable, [sys.executable, osp.abspath(__file__), *sys.argv[1:]],
-                  dict(os.environ, **TUNED_MALLOC))  # glibc reads these at start-up only
+        os.execve(
+            sys.executable, [sys.executable, osp.abspath(__file__), *sys.argv[1:]], dict(os.environ, **TUNED_MALLOC)
+        )  # glibc reads these at start-up only
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
@@ -313,16 +356,30 @@ def main() -> None:
     variants = ['plain', 'attn'] + (['reference'] if args.reference else [])
     times = (time_isolated if args.isolate else time_variants)(args, variants)
     spec = args.config or f'{args.backbone} {args.attention}{" inplace" if args.inplace else ""} ({args.path})'
-    result = dict(spec=spec, shape=list(args.shape), malloc=args.malloc, isolate=args.isolate, device=args.device,
-                  threads=torch.get_num_threads(), torch=torch.__version__, amp=args.amp,
-                  channels_last=args.channels_last, repeats=args.repeats, variants={})
+    result = dict(
+        spec=spec,
+        shape=list(args.shape),
+        malloc=args.malloc,
+        isolate=args.isolate,
+        device=args.device,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        repeats=args.repeats,
+        variants={},
+    )
     for v in variants:
         result['variants'][v] = {k: ratio_stats(times[v][k], times['plain'][k]) for k in ('inference', 'train')}
     if not args.no_memory:
         child_args = [a for a in sys.argv[1:] if a != '--reference']
         for v in variants:
-            proc = subprocess.run([sys.executable, osp.abspath(__file__), *child_args, '--memory-child', v],
-                                  capture_output=True, text=True, env=dict(os.environ))
+            proc = subprocess.run(
+                [sys.executable, osp.abspath(__file__), *child_args, '--memory-child', v],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ),
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f'memory run of {v} failed:\n{proc.stderr[-3000:]}')
             result['variants'][v]['train_memory_bytes'] = json.loads(proc.stdout.strip().splitlines()[-1])['bytes']
@@ -330,17 +387,24 @@ def main() -> None:
         for v in variants:
             result['variants'][v]['train_memory_ratio'] = result['variants'][v]['train_memory_bytes'] / base
 
-    print(f"{result['spec']}  input {'x'.join(map(str, args.shape))}  {args.device}, {result['threads']} threads, "
-          f"torch {torch.__version__}{', amp' if args.amp else ''}{', channels_last' if args.channels_last else ''}, "
-          f"malloc {args.malloc}{', isolated processes' if args.isolate else ''}")
-    print(f"{'variant':10s} {'inference ×':>24s} {'train step ×':>24s} {'train memory':>22s}")
+    print(
+        f'{result["spec"]}  input {"x".join(map(str, args.shape))}  {args.device}, {result["threads"]} threads, '
+        f'torch {torch.__version__}{", amp" if args.amp else ""}{", channels_last" if args.channels_last else ""}, '
+        f'malloc {args.malloc}{", isolated processes" if args.isolate else ""}'
+    )
+    print(f'{"variant":10s} {"inference ×":>24s} {"train step ×":>24s} {"train memory":>22s}')
     for v, r in result['variants'].items():
         inf, tr = r['inference'], r['train']
-        mem = (f"{r['train_memory_bytes'] / 2**20:8.0f} MiB {r['train_memory_ratio']:5.2f}×"
-               if 'train_memory_bytes' in r else '')
-        print(f"{v:10s} {inf['median']:6.3f} [{inf['min']:.3f}, {inf['max']:.3f}] {inf['median_s']:5.3f}s "
-              f"{tr['median']:6.3f} [{tr['min']:.3f}, {tr['max']:.3f}] {tr['median_s']:5.3f}s {mem:>22s}   "
-              f"(ratio of medians {inf['ratio_of_medians']:.3f} / {tr['ratio_of_medians']:.3f})")
+        mem = (
+            f'{r["train_memory_bytes"] / 2**20:8.0f} MiB {r["train_memory_ratio"]:5.2f}×'
+            if 'train_memory_bytes' in r
+            else ''
+        )
+        print(
+            f'{v:10s} {inf["median"]:6.3f} [{inf["min"]:.3f}, {inf["max"]:.3f}] {inf["median_s"]:5.3f}s '
+            f'{tr["median"]:6.3f} [{tr["min"]:.3f}, {tr["max"]:.3f}] {tr["median_s"]:5.3f}s {mem:>22s}   '
+            f'(ratio of medians {inf["ratio_of_medians"]:.3f} / {tr["ratio_of_medians"]:.3f})'
+        )
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=1)

@@ -12,6 +12,7 @@ detectors are counted per part: backbone + neck + RPN at the input size, plus th
 head per RoI times ``--num-rois`` (the count of the whole traced model would depend on
 how many proposals survive NMS). Nothing is downloaded: pretrained init is not run.
 """
+
 import argparse
 import copy
 import json
@@ -25,9 +26,10 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.config import Config, ConfigDict, DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-import cbam_det  # noqa: E402,F401  (only registration)
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
+
+import cbam_det  # noqa: E402,F401  (only registration)
 
 ATTENTION_KEYS = ('attention', 'bam', 'plugins')
 
@@ -96,8 +98,9 @@ class _Dense(nn.Module):
         return self.head(feats) if self.head is not None else feats
 
 
-def measure(model_cfg: dict, shape: Tuple[int, int], num_rois: int, classifier: Optional[int],
-            is_backbone: bool) -> Dict[str, float]:
+def measure(
+    model_cfg: dict, shape: Tuple[int, int], num_rois: int, classifier: Optional[int], is_backbone: bool
+) -> Dict[str, float]:
     """Parameters and FLOPs of one model config."""
     torch.manual_seed(0)
     model = MODELS.build(ConfigDict(copy.deepcopy(model_cfg))).eval()
@@ -133,12 +136,22 @@ def measure(model_cfg: dict, shape: Tuple[int, int], num_rois: int, classifier: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', nargs='?', help='a detector config')
-    parser.add_argument('--backbone', help='instead of a config: a backbone dict, e.g. "dict(type=\'AttnResNet\', depth=50)"')
-    parser.add_argument('--classifier', type=int, default=0,
-                        help='with --backbone: add global pooling + fc to this many classes (ImageNet: 1000)')
+    parser.add_argument(
+        '--backbone', help='instead of a config: a backbone dict, e.g. "dict(type=\'AttnResNet\', depth=50)"'
+    )
+    parser.add_argument(
+        '--classifier',
+        type=int,
+        default=0,
+        help='with --backbone: add global pooling + fc to this many classes (ImageNet: 1000)',
+    )
     parser.add_argument('--shape', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'))
-    parser.add_argument('--num-rois', type=int, default=1000,
-                        help='RoIs per image for the RoI-head share of two-stage detectors (mmdet test default: 1000)')
+    parser.add_argument(
+        '--num-rois',
+        type=int,
+        default=1000,
+        help='RoIs per image for the RoI-head share of two-stage detectors (mmdet test default: 1000)',
+    )
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     parser.add_argument('--json', help='also write the results to this JSON file')
     args = parser.parse_args()
@@ -155,23 +168,33 @@ def main() -> None:
         model_cfg = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
         name = osp.basename(args.config)
     model_cfg = no_pretrained(model_cfg)
-    rows = {'with attention': measure(model_cfg, tuple(args.shape), args.num_rois, args.classifier,
-                                      bool(args.backbone))}
+    rows = {
+        'with attention': measure(model_cfg, tuple(args.shape), args.num_rois, args.classifier, bool(args.backbone))
+    }
     if has_attention(model_cfg):
-        rows['without attention'] = measure(strip_attention(model_cfg), tuple(args.shape), args.num_rois,
-                                            args.classifier, bool(args.backbone))
-    print(f'{name}  input 1x3x{args.shape[0]}x{args.shape[1]}'
-          + (f'  (two-stage: {args.num_rois} RoIs)' if 'dense_flops' in rows['with attention'] else ''))
+        rows['without attention'] = measure(
+            strip_attention(model_cfg), tuple(args.shape), args.num_rois, args.classifier, bool(args.backbone)
+        )
+    print(
+        f'{name}  input 1x3x{args.shape[0]}x{args.shape[1]}'
+        + (f'  (two-stage: {args.num_rois} RoIs)' if 'dense_flops' in rows['with attention'] else '')
+    )
     print(f'{"":20s}{"params":>16s}{"GFLOPs":>12s}')
     for k, r in rows.items():
         print(f'{k:20s}{r["params"]:>16,d}{r["flops"] / 1e9:>12.4f}')
     result = dict(config=name, shape=list(args.shape), num_rois=args.num_rois, rows=rows)
     if len(rows) == 2:
         a, b = rows['with attention'], rows['without attention']
-        ov = dict(params=a['params'] - b['params'], params_pct=100 * (a['params'] / b['params'] - 1),
-                  gflops=(a['flops'] - b['flops']) / 1e9, flops_pct=100 * (a['flops'] / b['flops'] - 1))
-        print(f'{"overhead":20s}{ov["params"]:>+16,d}{ov["gflops"]:>+12.4f}   '
-              f'(params {ov["params_pct"]:+.2f}%, FLOPs {ov["flops_pct"]:+.2f}%)')
+        ov = dict(
+            params=a['params'] - b['params'],
+            params_pct=100 * (a['params'] / b['params'] - 1),
+            gflops=(a['flops'] - b['flops']) / 1e9,
+            flops_pct=100 * (a['flops'] / b['flops'] - 1),
+        )
+        print(
+            f'{"overhead":20s}{ov["params"]:>+16,d}{ov["gflops"]:>+12.4f}   '
+            f'(params {ov["params_pct"]:+.2f}%, FLOPs {ov["flops_pct"]:+.2f}%)'
+        )
         result['overhead'] = ov
     if args.json:
         with open(args.json, 'w') as f:

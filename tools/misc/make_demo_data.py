@@ -14,6 +14,7 @@ described twice:
 
     python tools/misc/make_demo_data.py --out data/demo
 """
+
 import argparse
 import json
 import math
@@ -73,8 +74,9 @@ def _draw_object(draw: ImageDraw.ImageDraw, rng: np.random.RandomState, label: i
         draw.polygon(pts, fill=color)
 
 
-def make_image(rng: np.random.RandomState, size: Tuple[int, int],
-               min_obj: int, max_obj: int) -> Tuple[Image.Image, List[Tuple[int, Box]]]:
+def make_image(
+    rng: np.random.RandomState, size: Tuple[int, int], min_obj: int, max_obj: int
+) -> Tuple[Image.Image, List[Tuple[int, Box]]]:
     """One image and its objects as (label, (x1, y1, x2, y2)) in pixel coordinates."""
     w, h = size
     img = _background(rng, w, h)
@@ -122,8 +124,15 @@ def _voc_xml(img_id: str, size: Tuple[int, int], objects: List[Tuple[int, Box]])
     return ET.ElementTree(root)
 
 
-def generate(out: str, num_train: int = 400, num_val: int = 100, size: Tuple[int, int] = (160, 160),
-             min_obj: int = 2, max_obj: int = 6, seed: int = 0) -> Dict[str, int]:
+def generate(
+    out: str,
+    num_train: int = 400,
+    num_val: int = 100,
+    size: Tuple[int, int] = (160, 160),
+    min_obj: int = 2,
+    max_obj: int = 6,
+    seed: int = 0,
+) -> Dict[str, int]:
     """Write the dataset under ``out``; return the number of images per split."""
     voc = osp.join(out, 'VOCdevkit', 'VOC2007')
     for d in ('JPEGImages', 'Annotations', osp.join('ImageSets', 'Main')):
@@ -142,9 +151,17 @@ def generate(out: str, num_train: int = 400, num_val: int = 100, size: Tuple[int
             ids.append(img_id)
             images.append(dict(id=len(images) + 1, file_name=f'{img_id}.jpg', width=size[0], height=size[1]))
             for label, (x1, y1, x2, y2) in objects:
-                anns.append(dict(id=len(anns) + 1, image_id=images[-1]['id'], category_id=label + 1,
-                                 bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0,
-                                 segmentation=[[x1, y1, x2, y1, x2, y2, x1, y2]]))
+                anns.append(
+                    dict(
+                        id=len(anns) + 1,
+                        image_id=images[-1]['id'],
+                        category_id=label + 1,
+                        bbox=[x1, y1, x2 - x1, y2 - y1],
+                        area=(x2 - x1) * (y2 - y1),
+                        iscrowd=0,
+                        segmentation=[[x1, y1, x2, y1, x2, y2, x1, y2]],
+                    )
+                )
         with open(osp.join(out, 'annotations', f'instances_{split}.json'), 'w') as f:
             json.dump(dict(images=images, annotations=anns, categories=categories), f)
         names = [split] + (['test'] if split == 'val' else [])
@@ -153,8 +170,10 @@ def generate(out: str, num_train: int = 400, num_val: int = 100, size: Tuple[int
                 f.write('\n'.join(ids) + '\n')
         counts[split] = num
     with open(osp.join(voc, 'ImageSets', 'Main', 'trainval.txt'), 'w') as f:
-        f.write(open(osp.join(voc, 'ImageSets', 'Main', 'train.txt')).read()
-                + open(osp.join(voc, 'ImageSets', 'Main', 'val.txt')).read())
+        f.write(
+            open(osp.join(voc, 'ImageSets', 'Main', 'train.txt')).read()
+            + open(osp.join(voc, 'ImageSets', 'Main', 'val.txt')).read()
+        )
     return counts
 
 

@@ -6,6 +6,7 @@ The output loads with ``init_cfg=dict(type='Pretrained', checkpoint='out/resnet5
 in ``AttnResNet`` with the printed attention arguments. Every dropped key (the ImageNet
 ``fc``) is reported; a key that cannot be placed stops the conversion.
 """
+
 import argparse
 import os
 import os.path as osp
@@ -38,8 +39,10 @@ def main() -> None:
     torch.save(dict(state_dict=new, meta=meta), args.dst)
     print(f'converted {len(new)} tensors ({kind}) from {args.src} to {args.dst}; meta: {meta}')
     if kind in OFFICIAL_CONFIGS:
-        print(f'use it with: backbone=dict(type="AttnResNet", depth=50, **{OFFICIAL_CONFIGS[kind]}, '
-              f'freeze_attention=True, init_cfg=dict(type="Pretrained", checkpoint="{args.dst}"))')
+        print(
+            f'use it with: backbone=dict(type="AttnResNet", depth=50, **{OFFICIAL_CONFIGS[kind]}, '
+            f'freeze_attention=True, init_cfg=dict(type="Pretrained", checkpoint="{args.dst}"))'
+        )
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ between stages (BAM paper, Fig. 1), built on mmdet's ResNet.
   a pretrained backbone at random init; with ``freeze_attention=False`` (default) the
   attention modules stay trainable and their BatchNorms keep updating statistics.
 """
+
 import inspect
 from typing import List, Optional, Sequence
 
@@ -75,15 +76,18 @@ class _FusedBottleneckForward:
             if self.with_plugins:
                 out = self.forward_plugin(out, self.after_conv2_plugin_names)
             out = self.conv3(out)
-            out = (norm_and_plugins(self, out, self.norm3, self.after_conv3_plugin_names)
-                   if self.with_plugins else self.norm3(out))
+            out = (
+                norm_and_plugins(self, out, self.norm3, self.after_conv3_plugin_names)
+                if self.with_plugins
+                else self.norm3(out)
+            )
             if self.downsample is not None:
                 identity = self.downsample(x)
             out += identity
             return out
 
         if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(_inner_forward, x)
+            out = cp.checkpoint(_inner_forward, x, use_reentrant=True)  # as mmdet's ResNet
         else:
             out = _inner_forward(x)
         return self.relu(out)
@@ -106,16 +110,17 @@ class PluginBasicBlock(BasicBlock):
 
     fuse_attention = False
 
-    def __init__(self, inplanes: int, planes: int, *args, plugins: Optional[List[dict]] = None,
-                 **kwargs) -> None:
+    def __init__(self, inplanes: int, planes: int, *args, plugins: Optional[List[dict]] = None, **kwargs) -> None:
         super().__init__(inplanes, planes, *args, plugins=None, **kwargs)
         self.after_conv1_plugin_names: List[str] = []
         self.after_conv2_plugin_names: List[str] = []
         for plugin in plugins or []:
             position = plugin.get('position')
             if position not in ('after_conv1', 'after_conv2'):
-                raise ValueError(f"plugin position={position!r} in a BasicBlock (ResNet-18/34); allowed: "
-                                 "'after_conv1', 'after_conv2' (after the last BN, the paper's placement)")
+                raise ValueError(
+                    f'plugin position={position!r} in a BasicBlock (ResNet-18/34); allowed: '
+                    "'after_conv1', 'after_conv2' (after the last BN, the paper's placement)"
+                )
             names = Bottleneck.make_block_plugins(self, planes, [plugin['cfg']])
             getattr(self, f'{position}_plugin_names').extend(names)
 
@@ -136,7 +141,7 @@ class PluginBasicBlock(BasicBlock):
             return out + identity
 
         if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(_inner_forward, x)
+            out = cp.checkpoint(_inner_forward, x, use_reentrant=True)  # as mmdet's ResNet
         else:
             out = _inner_forward(x)
         return self.relu(out)
@@ -145,17 +150,25 @@ class PluginBasicBlock(BasicBlock):
 class _AttentionMixin:
     """Shared by :class:`AttnResNet` and :class:`AttnResNeXt` (see the module docstring)."""
 
-    def __init__(self, depth: int, *, attention: Optional[dict] = None,
-                 attention_stages: Sequence[bool] = (True, True, True, True),
-                 bam: Optional[dict] = None, bam_stages: Sequence[bool] = (True, True, True),
-                 freeze_attention: bool = False, fuse_attention: bool = True, plugins: Optional[list] = None,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        depth: int,
+        *,
+        attention: Optional[dict] = None,
+        attention_stages: Sequence[bool] = (True, True, True, True),
+        bam: Optional[dict] = None,
+        bam_stages: Sequence[bool] = (True, True, True),
+        freeze_attention: bool = False,
+        fuse_attention: bool = True,
+        plugins: Optional[list] = None,
+        **kwargs,
+    ) -> None:
         if depth not in self.arch_settings:
-            raise KeyError(f'invalid depth {depth} for {type(self).__name__}; '
-                           f'allowed: {sorted(self.arch_settings)}')
+            raise KeyError(f'invalid depth {depth} for {type(self).__name__}; allowed: {sorted(self.arch_settings)}')
         attention, bam = _inplace_by_default(attention), _inplace_by_default(bam)
-        plugins = self._setup_attention(depth, attention, attention_stages, bam, bam_stages,
-                                        freeze_attention, plugins, kwargs.get('num_stages', 4))
+        plugins = self._setup_attention(
+            depth, attention, attention_stages, bam, bam_stages, freeze_attention, plugins, kwargs.get('num_stages', 4)
+        )
         super().__init__(depth=depth, plugins=plugins, **kwargs)
         self._build_bam(bam, bam_stages)
         self.fuse_attention = fuse_attention
@@ -165,15 +178,24 @@ class _AttentionMixin:
         self._mark_frozen_attention()
         self._freeze_stages()
 
-    def _setup_attention(self, depth: int, attention: Optional[dict], attention_stages: Sequence[bool],
-                         bam: Optional[dict], bam_stages: Sequence[bool], freeze_attention: bool,
-                         plugins: Optional[list], num_stages: int) -> Optional[list]:
+    def _setup_attention(
+        self,
+        depth: int,
+        attention: Optional[dict],
+        attention_stages: Sequence[bool],
+        bam: Optional[dict],
+        bam_stages: Sequence[bool],
+        freeze_attention: bool,
+        plugins: Optional[list],
+        num_stages: int,
+    ) -> Optional[list]:
         self.freeze_attention = freeze_attention
         if attention is None:
             return plugins
         if len(attention_stages) != num_stages:
-            raise ValueError(f'attention_stages must have num_stages={num_stages} entries, '
-                             f'got {tuple(attention_stages)}')
+            raise ValueError(
+                f'attention_stages must have num_stages={num_stages} entries, got {tuple(attention_stages)}'
+            )
         block = self.arch_settings[depth][0]
         position = 'after_conv2' if issubclass(block, BasicBlock) else 'after_conv3'
         return list(plugins or []) + [dict(cfg=attention, stages=tuple(attention_stages), position=position)]
@@ -185,8 +207,10 @@ class _AttentionMixin:
         # after stages 1..3 (never after stage 4); a 3-stage (C4) backbone ends with bam3
         n_bam = min(self.num_stages, 3)
         if len(bam_stages) != n_bam:
-            raise ValueError(f'bam_stages must have min(num_stages, 3) = {n_bam} entries (BAM sits '
-                             f'after stages 1..3), got {tuple(bam_stages)}')
+            raise ValueError(
+                f'bam_stages must have min(num_stages, 3) = {n_bam} entries (BAM sits '
+                f'after stages 1..3), got {tuple(bam_stages)}'
+            )
         for i, on in enumerate(bam_stages):
             if on:
                 channels = self.base_channels * 2**i * self.block.expansion
@@ -270,8 +294,11 @@ class AttnResNet(_AttentionMixin, ResNet):
     def __init__(self, depth: int, **kwargs) -> None:
         # mmdet zero-initialises the last BN (zero_init_residual) only for its own block
         # classes, and only without init_cfg / pretrained: do the same for ours
-        self._zero_init_last_bn = (kwargs.get('zero_init_residual', True) and kwargs.get('init_cfg') is None
-                                   and kwargs.get('pretrained') is None)
+        self._zero_init_last_bn = (
+            kwargs.get('zero_init_residual', True)
+            and kwargs.get('init_cfg') is None
+            and kwargs.get('pretrained') is None
+        )
         super().__init__(depth, **kwargs)
 
     def init_weights(self) -> None:
@@ -279,8 +306,7 @@ class AttnResNet(_AttentionMixin, ResNet):
         if self._zero_init_last_bn:
             for layer_name in self.res_layers:
                 for block in getattr(self, layer_name):
-                    nn.init.zeros_(block.norm2.weight if isinstance(block, PluginBasicBlock)
-                                   else block.norm3.weight)
+                    nn.init.zeros_(block.norm2.weight if isinstance(block, PluginBasicBlock) else block.norm3.weight)
 
 
 @MODELS.register_module()

@@ -6,6 +6,7 @@ of up-sampled global features and corresponding local features" (the StairNet ou
 One module per pyramid level, built with that level's channel count; the refined feature
 feeds both the classification and the box-regression convolutions of the level.
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -31,16 +32,22 @@ class AttnSSDHead(SSDHead):
         **kwargs: ``SSDHead`` arguments (``in_channels`` gives the per-level channels).
     """
 
-    def __init__(self, *, attention: Optional[dict] = None, in_channels: Sequence[int] = (512, 1024, 512, 256, 256, 256),
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        attention: Optional[dict] = None,
+        in_channels: Sequence[int] = (512, 1024, 512, 256, 256, 256),
+        **kwargs,
+    ) -> None:
         super().__init__(in_channels=in_channels, **kwargs)
         # mmdet 3.3.0 bug (open-mmlab/mmdetection#11780): BaseDenseHead's predict path reads
         # self.loss_cls, which SSDHead never sets (its loss is computed inline), so SSD cannot
         # predict. A head without a loss module there is what the check expects.
         self.loss_cls = None
         self.attention_cfg = attention
-        self.attentions = None if attention is None else nn.ModuleList(
-            build_attention(attention, c) for c in self.in_channels)
+        self.attentions = (
+            None if attention is None else nn.ModuleList(build_attention(attention, c) for c in self.in_channels)
+        )
 
     def forward(self, x: Tuple[torch.Tensor, ...]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         if len(x) != len(self.cls_convs):

@@ -1,9 +1,20 @@
 """Attention layers (mmcv plugins, ``in_channels`` first) registered in mmdet's ``MODELS``."""
+
 from .bam import BAM, BAMChannelGate, BAMSpatialGate
 from .base import AttentionModule
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .factory import ATTENTION_TYPES, build_attention
 from .se import SE
 
-__all__ = ['AttentionModule', 'CBAM', 'ChannelGate', 'SpatialGate', 'SE', 'BAM', 'BAMChannelGate',
-           'BAMSpatialGate', 'ATTENTION_TYPES', 'build_attention']
+__all__ = [
+    'AttentionModule',
+    'CBAM',
+    'ChannelGate',
+    'SpatialGate',
+    'SE',
+    'BAM',
+    'BAMChannelGate',
+    'BAMSpatialGate',
+    'ATTENTION_TYPES',
+    'build_attention',
+]

@@ -11,6 +11,7 @@ in backward instead of keeping it:
 
 Max-pooling gradients follow torch's ``amax``: shared evenly between tied maxima.
 """
+
 from typing import Tuple
 
 import torch
@@ -18,8 +19,9 @@ import torch
 __all__ = ['ChannelPool', 'GatedChannelPool', 'ApplyGates']
 
 
-def _pool_grad(x: torch.Tensor, mx: torch.Tensor, g_max: torch.Tensor, g_avg: torch.Tensor, n: int,
-               dims) -> torch.Tensor:
+def _pool_grad(
+    x: torch.Tensor, mx: torch.Tensor, g_max: torch.Tensor, g_avg: torch.Tensor, n: int, dims
+) -> torch.Tensor:
     """Gradient of (mean, amax) over ``dims`` in one full-size pass (``mx``, ``g_*`` keep those dims).
 
     ``amax`` shares the gradient evenly between tied maxima, as torch does; ``n`` is the
@@ -44,8 +46,14 @@ class ChannelPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_avg: torch.Tensor, g_max: torch.Tensor) -> torch.Tensor:
         x, mx = ctx.saved_tensors
-        return _pool_grad(x, mx[:, :, None, None], g_max.to(x.dtype)[:, :, None, None],
-                          g_avg.to(x.dtype)[:, :, None, None], x.shape[2] * x.shape[3], (2, 3))
+        return _pool_grad(
+            x,
+            mx[:, :, None, None],
+            g_max.to(x.dtype)[:, :, None, None],
+            g_avg.to(x.dtype)[:, :, None, None],
+            x.shape[2] * x.shape[3],
+            (2, 3),
+        )
 
 
 class GatedChannelPool(torch.autograd.Function):

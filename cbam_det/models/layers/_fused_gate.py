@@ -17,6 +17,7 @@ Used for float32 contiguous CPU tensors when the kernels compiled, outside
 ``torch.compile``; everything else takes the PyTorch path of the modules, which computes
 the same values.
 """
+
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -30,10 +31,15 @@ __all__ = ['fused_available', 'gated_attention', 'bam_gate', 'spatial_conv', 'po
 
 def fused_available(x: torch.Tensor, bn: Optional[nn.Module] = None) -> bool:
     """Whether :func:`gated_attention` can run on ``x`` (and fuse ``bn``, if given)."""
-    if (x.device.type != 'cpu' or x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous()
-            or torch.compiler.is_compiling()):
+    if (
+        x.device.type != 'cpu'
+        or x.dtype != torch.float32
+        or x.dim() != 4
+        or not x.is_contiguous()
+        or torch.compiler.is_compiling()
+    ):
         return False
-    if torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() != torch.float32:
+    if torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu') != torch.float32:
         return False  # lower-precision autocast: the PyTorch path keeps its dtype rules
     if bn is not None and type(bn) is not nn.BatchNorm2d:  # SyncBN, frozen BN...: not fused
         return False
@@ -47,6 +53,7 @@ class _BNState(NamedTuple):
     anew by :meth:`affine` wherever needed, so a training step keeps no tensors of its own
     between forward and backward (see :class:`_GatedAttention`).
     """
+
     weight: Optional[torch.Tensor]  # γ (None: affine=False); gradients go to it and to β
     bias: Optional[torch.Tensor]
     mean: torch.Tensor
@@ -112,8 +119,15 @@ def _channel_pools(ext, z: torch.Tensor, bn: Optional[_BNState], a, b, moments: 
     return (a.double() * row_mean + b.double()).float(), torch.where(a >= 0, a * zmax + b, a * zmin + b)
 
 
-def _small_forward(module: nn.Module, ext, z: torch.Tensor, bn: Optional[_BNState], grad: bool,
-                   update_stats: bool, moments: Optional[tuple] = None) -> dict:
+def _small_forward(
+    module: nn.Module,
+    ext,
+    z: torch.Tensor,
+    bn: Optional[_BNState],
+    grad: bool,
+    update_stats: bool,
+    moments: Optional[tuple] = None,
+) -> dict:
     """Pools (C++) and the small gate graphs (autograd when ``grad``; the spatial gate's BN
     updates its running statistics only with ``update_stats``); returns a dict of the pieces,
     the BN's (invstd, a, b) included. Deterministic: backward calls it again."""
@@ -168,8 +182,7 @@ class _GatedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, out: Optional[torch.Tensor], module: nn.Module, bn, reuse_input: bool,
-                *params):
+    def forward(ctx, z: torch.Tensor, out: Optional[torch.Tensor], module: nn.Module, bn, reuse_input: bool, *params):
         ext = gate_ext()
         bn, s = _forward_gates(module, ext, z, bn)
         if out is not None:
@@ -202,29 +215,40 @@ class _GatedAttention(torch.autograd.Function):
         pc = [p for p in cg.parameters() if p.requires_grad]
         leaves = [s['avg']] + ([s['mx']] if use_max else [])
         d = _grads(s['g_c'], leaves + pc, dgc.view(n, c, 1, 1))
-        param_grads.update(zip(pc, d[len(leaves):]))
+        param_grads.update(zip(pc, d[len(leaves) :]))
         d_avg = d[0].contiguous()
         d_max = d[1].contiguous() if use_max else None
-        want_sums = bn is not None and (bn.batch_stats or any(
-            t is not None and t.requires_grad for t in (bn.weight, bn.bias)))
+        want_sums = bn is not None and (
+            bn.batch_stats or any(t is not None and t.requires_grad for t in (bn.weight, bn.bias))
+        )
         # an inplace module's input is read by nobody else (its contract), so once backward has
         # read it, dx can take its place: one allocation less
         out = z if ctx.reuse_input and not want_sums else None
-        dx, s1, s2 = ext.input_grad(dy, z, a, b, s['gc'], s['gs'], s['smax'], w_avg, w_max, d_avg,
-                                    s['cmax'], d_max, want_sums, out)
+        dx, s1, s2 = ext.input_grad(
+            dy, z, a, b, s['gc'], s['gs'], s['smax'], w_avg, w_max, d_avg, s['cmax'], d_max, want_sums, out
+        )
         if bn is not None:
             dx = _bn_backward(ext, bn, s['invstd'], a, z, dx, s1, s2, param_grads)
         return (dx, None, None, None, None) + tuple(param_grads.get(p) for p in ctx.params)
 
 
-def _bn_backward(ext, bn: _BNState, invstd: torch.Tensor, scale: torch.Tensor, z: torch.Tensor, dx: torch.Tensor,
-                 s1: Optional[torch.Tensor], s2: Optional[torch.Tensor], param_grads: dict) -> torch.Tensor:
+def _bn_backward(
+    ext,
+    bn: _BNState,
+    invstd: torch.Tensor,
+    scale: torch.Tensor,
+    z: torch.Tensor,
+    dx: torch.Tensor,
+    s1: Optional[torch.Tensor],
+    s2: Optional[torch.Tensor],
+    param_grads: dict,
+) -> torch.Tensor:
     """dz from dx = d(BN output), in place; BN weight/bias gradients into ``param_grads``.
     ``scale`` = a = γ·invstd: d x / d z at fixed statistics."""
     mean = bn.mean
     if s1 is not None:
         sum_dx = s1.double().sum(0)
-        sum_dx_xhat = (invstd.double() * (s2.double().sum(0) - mean.double() * sum_dx))
+        sum_dx_xhat = invstd.double() * (s2.double().sum(0) - mean.double() * sum_dx)
         if bn.weight is not None and bn.weight.requires_grad:
             param_grads[bn.weight] = sum_dx_xhat.float()
         if bn.bias is not None and bn.bias.requires_grad:
@@ -233,7 +257,7 @@ def _bn_backward(ext, bn: _BNState, invstd: torch.Tensor, scale: torch.Tensor, z
         zero = torch.zeros_like(scale)
         return ext.affine_combine_(dx, z, scale, zero, zero)
     m = z.numel() // z.shape[1]
-    k = (scale.double() * invstd.double() * sum_dx_xhat / m)
+    k = scale.double() * invstd.double() * sum_dx_xhat / m
     coef_z = (-k).float().contiguous()
     const = (k * mean.double() - scale.double() * sum_dx / m).float().contiguous()
     return ext.affine_combine_(dx, z, scale, coef_z, const)
@@ -257,8 +281,16 @@ def _saved_tensor_hooks_active() -> bool:
 # Fields of torch's ``NativeBatchNormBackward0`` node that :func:`_bn_source` reads. They are
 # not public API: :func:`bn_node_readable` checks once per process that they exist and mean
 # what _bn_source assumes; where they do not, the plugin simply keeps the plain graph.
-_BN_NODE_FIELDS = ('_saved_input', '_saved_weight', '_saved_training', '_saved_eps', '_saved_result1',
-                   '_saved_result2', '_saved_running_mean', '_saved_running_var')
+_BN_NODE_FIELDS = (
+    '_saved_input',
+    '_saved_weight',
+    '_saved_training',
+    '_saved_eps',
+    '_saved_result1',
+    '_saved_result2',
+    '_saved_running_mean',
+    '_saved_running_var',
+)
 _bn_node_state: dict = {}
 
 
@@ -287,16 +319,21 @@ def _probe_bn_node(fields: Tuple[str, ...]) -> bool:
                 if type(node).__name__ != 'NativeBatchNormBackward0':
                     return False
                 saved = {f: getattr(node, f) for f in fields}
-                if (saved['_saved_input'] is not None and not torch.equal(saved['_saved_input'], z)) \
-                        or saved['_saved_weight'] is not None and not torch.equal(saved['_saved_weight'], bn.weight) \
-                        or saved['_saved_training'] is not training \
-                        or getattr(node.next_functions[2][0], 'variable', None) is not bn.bias:
+                if (
+                    (saved['_saved_input'] is not None and not torch.equal(saved['_saved_input'], z))
+                    or saved['_saved_weight'] is not None
+                    and not torch.equal(saved['_saved_weight'], bn.weight)
+                    or saved['_saved_training'] is not training
+                    or getattr(node.next_functions[2][0], 'variable', None) is not bn.bias
+                ):
                     return False
                 if training:
                     zd = z.detach()
                     mean, var = zd.mean((0, 2, 3)), zd.var((0, 2, 3), unbiased=False)
-                    if not (torch.allclose(saved['_saved_result1'], mean)
-                            and torch.allclose(saved['_saved_result2'], (var + bn.eps).rsqrt())):
+                    if not (
+                        torch.allclose(saved['_saved_result1'], mean)
+                        and torch.allclose(saved['_saved_result2'], (var + bn.eps).rsqrt())
+                    ):
                         return False
     except (AttributeError, IndexError, RuntimeError, TypeError):
         return False
@@ -320,8 +357,14 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
     :func:`bn_node_readable` keep the plain graph.
     """
     node = x.grad_fn
-    if (type(node).__name__ != 'NativeBatchNormBackward0' or x._version != 0 or x._backward_hooks
-            or x.retains_grad or not bn_node_readable() or _saved_tensor_hooks_active()):
+    if (
+        type(node).__name__ != 'NativeBatchNormBackward0'
+        or x._version != 0
+        or x._backward_hooks
+        or x.retains_grad
+        or not bn_node_readable()
+        or _saved_tensor_hooks_active()
+    ):
         return None
     weight, bias_edge = node._saved_weight, node.next_functions[2][0]
     bias = getattr(bias_edge, 'variable', None)  # AccumulateGrad of a trainable leaf bias
@@ -333,13 +376,15 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
     if node._saved_training:
         state = _BNState(weight, bias, node._saved_result1, node._saved_result2, None, node._saved_eps, True, False)
     else:
-        state = _BNState(weight, bias, node._saved_running_mean, None, node._saved_running_var, node._saved_eps,
-                         False, False)
+        state = _BNState(
+            weight, bias, node._saved_running_mean, None, node._saved_running_var, node._saved_eps, False, False
+        )
     return z, state
 
 
-def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNorm2d] = None,
-                    inplace: bool = False) -> torch.Tensor:
+def gated_attention(
+    module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNorm2d] = None, inplace: bool = False
+) -> torch.Tensor:
     """CBAM / SE ``module`` applied to ``z`` (or to ``bn(z)``) with the fused kernels.
 
     Call only where :func:`fused_available` is true. ``inplace`` (the caller does not read
@@ -352,8 +397,9 @@ def gated_attention(module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNor
         src = _bn_source(z) if bn is None and z.requires_grad else None
         if src is not None:
             z_bn, state = src
-            return _GatedAttention.apply(z_bn, z.detach() if inplace else None, module, state, False,
-                                         *params, state.weight, state.bias)
+            return _GatedAttention.apply(
+                z_bn, z.detach() if inplace else None, module, state, False, *params, state.weight, state.bias
+            )
         return _GatedAttention.apply(z, None, module, bn, inplace and bn is None, *params)
     ext = gate_ext()
     with torch.no_grad():
@@ -382,8 +428,15 @@ def _infer_args(module: nn.Module, bn: Optional[nn.BatchNorm2d]) -> Optional[tup
         sbn = sg.bn
         if sbn.training or not sbn.track_running_stats or sg.pool not in ('avg_max', 'max_avg'):
             return None
-        spatial = (sg.conv.weight, sbn.weight, sbn.bias, sbn.running_mean, sbn.running_var, sbn.eps,
-                   sg.pool == 'avg_max')
+        spatial = (
+            sg.conv.weight,
+            sbn.weight,
+            sbn.bias,
+            sbn.running_mean,
+            sbn.running_var,
+            sbn.eps,
+            sg.pool == 'avg_max',
+        )
         tensors.append(sg.conv.weight)
     if any(t is None or t.dtype != torch.float32 for t in tensors):
         return None
@@ -407,8 +460,9 @@ class _BAMGate(torch.autograd.Function):
         return dx, dc, ds, None, None
 
 
-def bam_gate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool,
-             inplace: bool = False) -> torch.Tensor:
+def bam_gate(
+    x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool, inplace: bool = False
+) -> torch.Tensor:
     """BAM's refinement ``x ⊗ (r + σ(c + s))`` (``product``: σ(c·s)), r = 1 if ``residual``,
     with c (N, C, 1, 1) and s (N, 1, H, W) float32 logits, in one pass over x (the full-size
     M(F) is never stored). Call only where :func:`fused_available` is true. ``inplace`` (no

@@ -1,16 +1,15 @@
 """Shared argument checks and numerics for the attention layers (CBAM, SE, BAM)."""
+
 from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['hidden_channels', 'check_choice', 'check_odd_kernel', 'check_input', 'safe_batch_norm',
-           'check_not_frozen']
+__all__ = ['hidden_channels', 'check_choice', 'check_odd_kernel', 'check_input', 'safe_batch_norm', 'check_not_frozen']
 
 
-def hidden_channels(owner: str, in_channels: int, reduction: int,
-                    min_hidden_channels: Optional[int] = None) -> int:
+def hidden_channels(owner: str, in_channels: int, reduction: int, min_hidden_channels: Optional[int] = None) -> int:
     """Hidden width ``max(in_channels // reduction, min_hidden_channels)``; refuse 0.
 
     Floor division as in the authors' official code (``gate_channels // reduction_ratio``).
@@ -22,14 +21,16 @@ def hidden_channels(owner: str, in_channels: int, reduction: int,
     hidden = in_channels // reduction
     if min_hidden_channels is not None:
         if not isinstance(min_hidden_channels, int) or min_hidden_channels < 1:
-            raise ValueError(f'{owner}: min_hidden_channels must be None or a positive int, '
-                             f'got {min_hidden_channels!r}')
+            raise ValueError(
+                f'{owner}: min_hidden_channels must be None or a positive int, got {min_hidden_channels!r}'
+            )
         hidden = max(hidden, min_hidden_channels)
     if hidden < 1:
         raise ValueError(
             f'{owner}: reduction={reduction} leaves 0 hidden channels for in_channels={in_channels} '
             f'(hidden = in_channels // reduction); allowed: 1 <= reduction <= {in_channels}, '
-            f'or set min_hidden_channels')
+            f'or set min_hidden_channels'
+        )
     return hidden
 
 
@@ -42,14 +43,15 @@ def check_choice(owner: str, name: str, value, allowed: Iterable) -> None:
 
 def check_odd_kernel(owner: str, name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 == 0:
-        raise ValueError(f'{owner}: {name} must be a positive odd int (e.g. 3 or 7) so that the '
-                         f'output keeps the input size, got {value!r}')
+        raise ValueError(
+            f'{owner}: {name} must be a positive odd int (e.g. 3 or 7) so that the '
+            f'output keeps the input size, got {value!r}'
+        )
 
 
 def check_input(owner: str, x: torch.Tensor, in_channels: int) -> None:
     if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(f'{owner}: expected input of shape (N, in_channels={in_channels}, H, W), '
-                         f'got {tuple(x.shape)}')
+        raise ValueError(f'{owner}: expected input of shape (N, in_channels={in_channels}, H, W), got {tuple(x.shape)}')
 
 
 def safe_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
@@ -83,13 +85,16 @@ def check_not_frozen(module: nn.Module, owner: str) -> None:
     params = list(module.parameters())
     if not module.training and params and not any(p.requires_grad for p in params):
         raise RuntimeError(
-            f'{owner} is frozen (eval mode, requires_grad=False) during a training step: mmdet\'s '
+            f"{owner} is frozen (eval mode, requires_grad=False) during a training step: mmdet's "
             f'frozen_stages covers its stage, so it would stay at its initialisation forever. '
             f'Use frozen_stages=-1 (or below this stage), backbone type="AttnResNet" (keeps attention '
-            f'trainable), or allow_frozen=True if its weights are pretrained.')
-    if module.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
-                               for m in module.modules()):
+            f'trainable), or allow_frozen=True if its weights are pretrained.'
+        )
+    if module.training and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training for m in module.modules()
+    ):
         raise RuntimeError(
-            f'{owner}\'s BatchNorm is in eval mode while it trains (mmdet\'s norm_eval=True): its '
+            f"{owner}'s BatchNorm is in eval mode while it trains (mmdet's norm_eval=True): its "
             f'statistics would never be updated. Use norm_eval=False, backbone type="AttnResNet" '
-            f'(keeps attention BatchNorms training), or allow_frozen=True if its weights are pretrained.')
+            f'(keeps attention BatchNorms training), or allow_frozen=True if its weights are pretrained.'
+        )

@@ -16,6 +16,7 @@ two 3×3 convs with dilation d, each conv followed by BatchNorm2d and ReLU, and 
 'product' σ(C·S), 'sigmoid_sum' σ(C)+σ(S). ``residual=False`` is the no-identity
 ablation F' = F ⊗ M(F). The official code computes x · (1 + σ(C·S)): ``combine='product'``.
 """
+
 import math
 from typing import Optional, Union
 
@@ -58,7 +59,8 @@ class BAMSpatialGate(nn.Module):
         self.reduce = nn.Conv2d(in_channels, hidden, 1)
         self.reduce_bn = nn.BatchNorm2d(hidden)
         self.dilated = nn.ModuleList(
-            nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation) for _ in range(num_dilated))
+            nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation) for _ in range(num_dilated)
+        )
         self.dilated_bn = nn.ModuleList(nn.BatchNorm2d(hidden) for _ in range(num_dilated))
         self.final = nn.Conv2d(hidden, 1, 1)
 
@@ -109,20 +111,22 @@ class BAM(AttentionModule):
 
     _abbr_ = 'bam'
 
-    def __init__(self,
-                 in_channels: int,
-                 reduction: int = 16,
-                 dilation: int = 4,
-                 *,
-                 num_dilated: int = 2,
-                 combine: str = 'sum',
-                 residual: bool = True,
-                 min_hidden_channels: Optional[int] = None,
-                 init_mode: str = 'scratch',
-                 identity_logit: float = 5.0,
-                 allow_frozen: bool = False,
-                 inplace: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        reduction: int = 16,
+        dilation: int = 4,
+        *,
+        num_dilated: int = 2,
+        combine: str = 'sum',
+        residual: bool = True,
+        min_hidden_channels: Optional[int] = None,
+        init_mode: str = 'scratch',
+        identity_logit: float = 5.0,
+        allow_frozen: bool = False,
+        inplace: bool = False,
+        init_cfg: Optional[Union[dict, list]] = None,
+    ) -> None:
         super().__init__('BAM', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
         check_choice('BAM', 'combine', combine, COMBINES)
         if not isinstance(dilation, int) or dilation < 1:
@@ -178,4 +182,3 @@ class BAM(AttentionModule):
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, combine={self.combine!r}, residual={self.residual}'
-

@@ -1,4 +1,5 @@
 """Common base of the attention modules (CBAM, SE, BAM): arguments, initialisation, freezing."""
+
 from typing import Optional, Union
 
 import torch
@@ -20,8 +21,16 @@ class AttentionModule(BaseModule):
     init (Kaiming fan-out convs, PyTorch Linear init, BN γ = 1 / β = 0, zero biases).
     """
 
-    def __init__(self, owner: str, in_channels: int, reduction: int, init_mode: str, identity_logit: float,
-                 allow_frozen: bool, init_cfg: Optional[Union[dict, list]]) -> None:
+    def __init__(
+        self,
+        owner: str,
+        in_channels: int,
+        reduction: int,
+        init_mode: str,
+        identity_logit: float,
+        allow_frozen: bool,
+        init_cfg: Optional[Union[dict, list]],
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         check_choice(owner, 'init_mode', init_mode, INIT_MODES)
         self.in_channels = in_channels

@@ -13,6 +13,7 @@ without bias, then BatchNorm2d(1, eps=1e-5, momentum=0.01), then the sigmoid.
 The official spatial gate concatenates [max; mean] where the paper writes [avg; max]:
 ``spatial_pool='max_avg'`` reproduces it; the default follows the paper.
 """
+
 from typing import Optional, Union
 
 import torch
@@ -20,10 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.registry import MODELS
 
-from ._utils import (check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels,
-                     safe_batch_norm)
 from ._fast_cbam import ApplyGates, ChannelPool, GatedChannelPool
 from ._fused_gate import fused_available, gated_attention, spatial_conv
+from ._utils import check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels, safe_batch_norm
 from .base import AttentionModule
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -40,8 +40,14 @@ class ChannelGate(nn.Module):
     ``'avg_max'`` (the paper's choice) the other rows of Table 1.
     """
 
-    def __init__(self, in_channels: int, reduction: int = 16, pool: str = 'avg_max',
-                 min_hidden_channels: Optional[int] = None, owner: str = 'CBAM') -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        reduction: int = 16,
+        pool: str = 'avg_max',
+        min_hidden_channels: Optional[int] = None,
+        owner: str = 'CBAM',
+    ) -> None:
         super().__init__()
         check_choice(owner, 'channel_pool', pool, CHANNEL_POOLS)
         hidden = hidden_channels(owner, in_channels, reduction, min_hidden_channels)
@@ -73,16 +79,14 @@ class SpatialGate(nn.Module):
     ``'max_avg'`` = [max; mean] (official code), ``'conv1x1'`` = a learned 1×1 conv C → 1.
     """
 
-    def __init__(self, in_channels: int, kernel_size: int = 7, pool: str = 'avg_max',
-                 owner: str = 'CBAM') -> None:
+    def __init__(self, in_channels: int, kernel_size: int = 7, pool: str = 'avg_max', owner: str = 'CBAM') -> None:
         super().__init__()
         check_choice(owner, 'spatial_pool', pool, SPATIAL_POOLS)
         check_odd_kernel(owner, 'spatial_kernel', kernel_size)
         self.pool = pool
         if pool == 'conv1x1':
             self.reduce = nn.Conv2d(in_channels, 1, 1, bias=False)
-        self.conv = nn.Conv2d(1 if pool == 'conv1x1' else 2, 1, kernel_size, padding=kernel_size // 2,
-                              bias=False)
+        self.conv = nn.Conv2d(1 if pool == 'conv1x1' else 2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,20 +151,22 @@ class CBAM(AttentionModule):
 
     _abbr_ = 'cbam'
 
-    def __init__(self,
-                 in_channels: int,
-                 reduction: int = 16,
-                 *,
-                 channel_pool: Optional[str] = 'avg_max',
-                 spatial_pool: Optional[str] = 'avg_max',
-                 spatial_kernel: int = 7,
-                 arrangement: str = 'channel_first',
-                 min_hidden_channels: Optional[int] = None,
-                 init_mode: str = 'scratch',
-                 identity_logit: float = 5.0,
-                 allow_frozen: bool = False,
-                 inplace: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        reduction: int = 16,
+        *,
+        channel_pool: Optional[str] = 'avg_max',
+        spatial_pool: Optional[str] = 'avg_max',
+        spatial_kernel: int = 7,
+        arrangement: str = 'channel_first',
+        min_hidden_channels: Optional[int] = None,
+        init_mode: str = 'scratch',
+        identity_logit: float = 5.0,
+        allow_frozen: bool = False,
+        inplace: bool = False,
+        init_cfg: Optional[Union[dict, list]] = None,
+    ) -> None:
         super().__init__('CBAM', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
         check_choice('CBAM', 'arrangement', arrangement, ARRANGEMENTS)
         if channel_pool is None and spatial_pool is None:
@@ -171,10 +177,10 @@ class CBAM(AttentionModule):
         self.inplace = inplace
         # validate in_channels/reduction even for spatial-only (the error names them)
         hidden_channels('CBAM', in_channels, reduction, min_hidden_channels)
-        self.channel_gate = (None if channel_pool is None else
-                             ChannelGate(in_channels, reduction, channel_pool, min_hidden_channels))
-        self.spatial_gate = (None if spatial_pool is None else
-                             SpatialGate(in_channels, spatial_kernel, spatial_pool))
+        self.channel_gate = (
+            None if channel_pool is None else ChannelGate(in_channels, reduction, channel_pool, min_hidden_channels)
+        )
+        self.spatial_gate = None if spatial_pool is None else SpatialGate(in_channels, spatial_kernel, spatial_pool)
         self.reset_parameters()
 
     def _init_special(self) -> None:
@@ -214,9 +220,13 @@ class CBAM(AttentionModule):
     @property
     def _fast(self) -> bool:
         """The paper's module (and the official variant) has a memory-lean autograd path."""
-        return (self.arrangement == 'channel_first' and self.channel_gate is not None
-                and self.channel_gate.pool == 'avg_max' and self.spatial_gate is not None
-                and self.spatial_gate.pool in ('avg_max', 'max_avg'))
+        return (
+            self.arrangement == 'channel_first'
+            and self.channel_gate is not None
+            and self.channel_gate.pool == 'avg_max'
+            and self.spatial_gate is not None
+            and self.spatial_gate.pool in ('avg_max', 'max_avg')
+        )
 
     def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         """Same result as the generic path; keeps only ``x`` for backward (fused kernels) or

@@ -1,8 +1,8 @@
 """Build an attention module from a string key or a config dict (timm ``create_attn`` style)."""
+
 from typing import Optional, Union
 
 import torch.nn as nn
-
 from mmdet.registry import MODELS
 
 __all__ = ['ATTENTION_TYPES', 'build_attention']
@@ -21,8 +21,10 @@ def build_attention(attention: Union[None, str, dict], in_channels: int) -> Opti
     if isinstance(attention, str):
         key = attention.lower()
         if key not in ATTENTION_TYPES:
-            raise ValueError(f'unknown attention={attention!r}; allowed: None, '
-                             f'{", ".join(map(repr, ATTENTION_TYPES))} or a dict(type=...)')
+            raise ValueError(
+                f'unknown attention={attention!r}; allowed: None, '
+                f'{", ".join(map(repr, ATTENTION_TYPES))} or a dict(type=...)'
+            )
         attention = dict(type=ATTENTION_TYPES[key])
     if not isinstance(attention, dict) or 'type' not in attention:
         raise ValueError(f'attention must be None, a string or a dict with "type", got {attention!r}')

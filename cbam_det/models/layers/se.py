@@ -4,14 +4,15 @@ Hu, Shen, Sun, "Squeeze-and-Excitation Networks", CVPR 2018, https://arxiv.org/a
     F' = F ⊗ σ(W2 δ(W1 AvgPool(F)))   (W1: C → C/r, W2: C/r → C, with biases)
 It equals CBAM's channel attention with average pooling only (CBAM paper, Table 1).
 """
+
 from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
-from ._utils import check_input, check_not_frozen
 from ._fused_gate import fused_available, gated_attention
+from ._utils import check_input, check_not_frozen
 from .base import AttentionModule
 from .cbam import ChannelGate
 
@@ -39,16 +40,18 @@ class SE(AttentionModule):
     _abbr_ = 'se'
     fusable_with_bn = True
 
-    def __init__(self,
-                 in_channels: int,
-                 reduction: int = 16,
-                 *,
-                 min_hidden_channels: Optional[int] = None,
-                 init_mode: str = 'scratch',
-                 identity_logit: float = 5.0,
-                 allow_frozen: bool = False,
-                 inplace: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        reduction: int = 16,
+        *,
+        min_hidden_channels: Optional[int] = None,
+        init_mode: str = 'scratch',
+        identity_logit: float = 5.0,
+        allow_frozen: bool = False,
+        inplace: bool = False,
+        init_cfg: Optional[Union[dict, list]] = None,
+    ) -> None:
         super().__init__('SE', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
         self.inplace = inplace
         self.channel_gate = ChannelGate(in_channels, reduction, 'avg', min_hidden_channels, owner='SE')

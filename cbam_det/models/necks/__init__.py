@@ -1,4 +1,5 @@
 """Necks: StairNet top-down aggregation for SSD-style detectors."""
+
 from .stairnet import StairNetNeck
 
 __all__ = ['StairNetNeck']

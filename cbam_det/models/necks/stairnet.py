@@ -19,6 +19,7 @@ odd sizes are matched, the lateral projection and the channel widths):
   (paper: 32.0M; a 4×4 kernel gives 34.2M).
 - ``out_channels`` defaults to ``in_channels``, so the SSD head keeps its channel counts.
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -42,24 +43,37 @@ class StairNetNeck(BaseModule):
         act_cfg: activation after the 3×3 fusion convs.
     """
 
-    def __init__(self, in_channels: Sequence[int], out_channels: Optional[Sequence[int]] = None,
-                 norm_cfg: dict = dict(type='BN'), act_cfg: dict = dict(type='ReLU'),
-                 init_cfg=dict(type='Xavier', layer=['Conv2d', 'ConvTranspose2d'], distribution='uniform')) -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: Optional[Sequence[int]] = None,
+        norm_cfg: dict = dict(type='BN'),
+        act_cfg: dict = dict(type='ReLU'),
+        init_cfg=dict(type='Xavier', layer=['Conv2d', 'ConvTranspose2d'], distribution='uniform'),
+    ) -> None:
         super().__init__(init_cfg)
         out_channels = tuple(in_channels if out_channels is None else out_channels)
         if len(out_channels) != len(in_channels) or len(in_channels) < 2:
-            raise ValueError(f'StairNetNeck: in_channels and out_channels need the same length >= 2, '
-                             f'got {tuple(in_channels)} and {out_channels}')
+            raise ValueError(
+                f'StairNetNeck: in_channels and out_channels need the same length >= 2, '
+                f'got {tuple(in_channels)} and {out_channels}'
+            )
         self.in_channels, self.out_channels = tuple(in_channels), out_channels
         self.laterals = nn.ModuleList(
-            ConvModule(ci, co, 1, norm_cfg=norm_cfg, act_cfg=None) for ci, co in zip(in_channels, out_channels))
+            ConvModule(ci, co, 1, norm_cfg=norm_cfg, act_cfg=None) for ci, co in zip(in_channels, out_channels)
+        )
         self.deconvs = nn.ModuleList(
-            nn.Sequential(nn.ConvTranspose2d(out_channels[i + 1], out_channels[i], 3, stride=2, padding=1,
-                                             output_padding=1, bias=False),
-                          nn.BatchNorm2d(out_channels[i]) if norm_cfg else nn.Identity())
-            for i in range(len(out_channels) - 1))
+            nn.Sequential(
+                nn.ConvTranspose2d(
+                    out_channels[i + 1], out_channels[i], 3, stride=2, padding=1, output_padding=1, bias=False
+                ),
+                nn.BatchNorm2d(out_channels[i]) if norm_cfg else nn.Identity(),
+            )
+            for i in range(len(out_channels) - 1)
+        )
         self.fuse = nn.ModuleList(
-            ConvModule(c, c, 3, padding=1, norm_cfg=norm_cfg, act_cfg=act_cfg) for c in out_channels)
+            ConvModule(c, c, 3, padding=1, norm_cfg=norm_cfg, act_cfg=act_cfg) for c in out_channels
+        )
 
     @staticmethod
     def match(up: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -5,10 +5,11 @@ keeps ResNet's last stage in the RoI head; the network "with CBAM" has CBAM in e
 so that stage carries it too. Names follow torchvision (``layer4.i.*``, attention at
 ``layer4.i.cbam``), so ``torchvision://resnetXX`` and converted official weights load.
 """
+
 from typing import Optional
 
 import torch
-from mmdet.models.backbones.resnet import BasicBlock, ResNet
+from mmdet.models.backbones.resnet import BasicBlock
 from mmdet.models.layers import ResLayer as _ResLayer
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
@@ -32,10 +33,20 @@ class AttnResLayer(BaseModule):
         Other arguments as mmdet's ``ResLayer``.
     """
 
-    def __init__(self, depth: int, stage: int = 3, stride: int = 2, dilation: int = 1,
-                 style: str = 'pytorch', norm_cfg: dict = dict(type='BN', requires_grad=True),
-                 norm_eval: bool = True, with_cp: bool = False, attention: Optional[dict] = None,
-                 freeze_attention: bool = False, init_cfg=None) -> None:
+    def __init__(
+        self,
+        depth: int,
+        stage: int = 3,
+        stride: int = 2,
+        dilation: int = 1,
+        style: str = 'pytorch',
+        norm_cfg: dict = dict(type='BN', requires_grad=True),
+        norm_eval: bool = True,
+        with_cp: bool = False,
+        attention: Optional[dict] = None,
+        freeze_attention: bool = False,
+        init_cfg=None,
+    ) -> None:
         super().__init__(init_cfg)
         if depth not in AttnResNet.arch_settings:
             raise KeyError(f'invalid depth {depth} for AttnResLayer; allowed: {sorted(AttnResNet.arch_settings)}')
@@ -44,13 +55,23 @@ class AttnResLayer(BaseModule):
         self.freeze_attention = freeze_attention
         block, stage_blocks = AttnResNet.arch_settings[depth]
         planes = 64 * 2**stage
-        inplanes = 64 * 2**(stage - 1) * block.expansion
+        inplanes = 64 * 2 ** (stage - 1) * block.expansion
         plugins = None
         if attention is not None:
             position = 'after_conv2' if issubclass(block, BasicBlock) else 'after_conv3'
             plugins = [dict(cfg=attention, position=position)]
-        layer = _ResLayer(block, inplanes, planes, stage_blocks[stage], stride=stride, dilation=dilation,
-                          style=style, with_cp=with_cp, norm_cfg=norm_cfg, plugins=plugins)
+        layer = _ResLayer(
+            block,
+            inplanes,
+            planes,
+            stage_blocks[stage],
+            stride=stride,
+            dilation=dilation,
+            style=style,
+            with_cp=with_cp,
+            norm_cfg=norm_cfg,
+            plugins=plugins,
+        )
         self.add_module(f'layer{stage + 1}', layer)
         self.attention_names = []
         for blk in layer:
@@ -59,8 +80,10 @@ class AttnResLayer(BaseModule):
         for m in self.attention_modules():
             m.allow_frozen = freeze_attention
         if init_cfg is None:
-            self.init_cfg = [dict(type='Kaiming', layer='Conv2d'),
-                             dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]
+            self.init_cfg = [
+                dict(type='Kaiming', layer='Conv2d'),
+                dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm']),
+            ]
 
     def attention_modules(self) -> list:
         layer = getattr(self, f'layer{self.stage + 1}')
