@@ -227,3 +227,24 @@ def test_zero_init_residual_for_basic_blocks():
     b.init_weights()
     assert all(torch.all(blk.norm2.weight == 0) for layer in (b.layer1, b.layer4) for blk in layer)
     assert isinstance(b, AttnResNet)
+
+
+def test_attn_res_layer_follows_the_backbone_placement_width_and_fusion():
+    """AttnResLayer uses the backbone's placement helper: same blocks, in-place attention by
+    default, fused with the last BN, a configurable base width, and the same output as the
+    backbone's own stage 4 with the same weights."""
+    torch.manual_seed(0)
+    head = MODELS.build(dict(type='AttnResLayer', depth=50, base_channels=16, attention=dict(type='CBAM')))
+    backbone = MODELS.build(
+        dict(type='AttnResNet', depth=50, base_channels=16, attention=dict(type='CBAM'), zero_init_residual=False)
+    )
+    atts = head.attention_modules()
+    assert len(atts) == 3 and all(isinstance(m, CBAM) and m.inplace for m in atts)
+    assert all(blk.fuse_attention for blk in head.layer4)
+    assert head.layer4[0].conv1.in_channels == 16 * 2**2 * 4
+    head.layer4.load_state_dict(backbone.layer4.state_dict())
+    head.train(), backbone.train()
+    x = torch.randn(2, 16 * 2**2 * 4, 8, 8)
+    torch.testing.assert_close(head(x), backbone.layer4(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match='base_channels'):
+        MODELS.build(dict(type='AttnResLayer', depth=50, base_channels=0))

@@ -129,3 +129,19 @@ def test_neck_bad_input():
     with pytest.raises(ValueError, match='expected 6 levels, got 5'):
         StairNetNeck(CHANNELS)(feats()[:5])
     assert isinstance(MODELS.build(dict(type='AttnSSDHead', **head_cfg())), AttnSSDHead)
+
+
+@pytest.mark.parametrize(
+    'norm_cfg, cls',
+    [(dict(type='SyncBN'), torch.nn.SyncBatchNorm), (dict(type='GN', num_groups=4), torch.nn.GroupNorm)],
+    ids=['SyncBN', 'GN'],
+)
+def test_neck_norm_cfg_reaches_the_deconvs(norm_cfg, cls):
+    """Every norm of the neck, the deconvolutions' included, is built from ``norm_cfg``, so a
+    SyncBN config reaches all of them; with SyncBN the state-dict names are those of BN."""
+    neck = StairNetNeck(in_channels=(16, 32, 32), norm_cfg=norm_cfg)
+    deconv_norms = [seq[1] for seq in neck.deconvs]
+    assert len(deconv_norms) == 2 and all(isinstance(m, cls) for m in deconv_norms)
+    assert not [m for m in neck.modules() if type(m) is torch.nn.BatchNorm2d]
+    if cls is torch.nn.SyncBatchNorm:
+        assert set(neck.state_dict()) == set(StairNetNeck(in_channels=(16, 32, 32)).state_dict())

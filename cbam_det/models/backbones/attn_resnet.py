@@ -22,7 +22,6 @@ between stages (BAM paper, Fig. 1), built on mmdet's ResNet.
   attention modules stay trainable and their BatchNorms keep updating statistics.
 """
 
-import inspect
 from typing import List, Optional, Sequence
 
 import torch
@@ -32,22 +31,18 @@ from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 from mmdet.models.backbones.resnext import ResNeXt
 from mmdet.registry import MODELS
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.factory import build_attention
+from ._placement import (
+    attention_position,
+    block_attention_modules,
+    inplace_by_default,
+    keep_attention_norms_training,
+    keep_attention_trainable,
+    mark_frozen_attention,
+)
 
 __all__ = ['PluginBasicBlock', 'AttnBottleneck', 'AttnResNeXtBottleneck', 'AttnResNet', 'AttnResNeXt']
-
-
-def _inplace_by_default(cfg: Optional[dict]) -> Optional[dict]:
-    """``cfg`` with ``inplace=True`` unless set: in these positions nothing else reads the
-    tensor the attention refines, so inference can multiply into it (no allocation)."""
-    if not isinstance(cfg, dict) or 'inplace' in cfg:
-        return cfg
-    cls = MODELS.get(cfg.get('type')) if isinstance(cfg.get('type'), str) else cfg.get('type')
-    if cls is not None and 'inplace' in inspect.signature(cls).parameters:
-        cfg = dict(cfg, inplace=True)
-    return cfg
 
 
 def norm_and_plugins(block: nn.Module, out: torch.Tensor, norm: nn.Module, names: List[str]) -> torch.Tensor:
@@ -165,7 +160,7 @@ class _AttentionMixin:
     ) -> None:
         if depth not in self.arch_settings:
             raise KeyError(f'invalid depth {depth} for {type(self).__name__}; allowed: {sorted(self.arch_settings)}')
-        attention, bam = _inplace_by_default(attention), _inplace_by_default(bam)
+        attention, bam = inplace_by_default(attention), inplace_by_default(bam)
         plugins = self._setup_attention(
             depth, attention, attention_stages, bam, bam_stages, freeze_attention, plugins, kwargs.get('num_stages', 4)
         )
@@ -175,7 +170,7 @@ class _AttentionMixin:
         for layer_name in self.res_layers:
             for block in getattr(self, layer_name):
                 block.fuse_attention = fuse_attention
-        self._mark_frozen_attention()
+        mark_frozen_attention(self.attention_modules(), self.freeze_attention)
         self._freeze_stages()
 
     def _setup_attention(
@@ -196,8 +191,7 @@ class _AttentionMixin:
             raise ValueError(
                 f'attention_stages must have num_stages={num_stages} entries, got {tuple(attention_stages)}'
             )
-        block = self.arch_settings[depth][0]
-        position = 'after_conv2' if issubclass(block, BasicBlock) else 'after_conv3'
+        position = attention_position(self.arch_settings[depth][0])
         return list(plugins or []) + [dict(cfg=attention, stages=tuple(attention_stages), position=position)]
 
     def _build_bam(self, bam: Optional[dict], bam_stages: Sequence[bool]) -> None:
@@ -217,19 +211,10 @@ class _AttentionMixin:
                 self.add_module(f'bam{i + 1}', build_attention(bam, channels))
                 self.bam_names.append(f'bam{i + 1}')
 
-    def _mark_frozen_attention(self) -> None:
-        # with freeze_attention=True the attention follows frozen_stages / norm_eval on purpose
-        for m in self.attention_modules():
-            m.allow_frozen = self.freeze_attention
-
     def attention_modules(self) -> List[nn.Module]:
         """Every attention module: block plugins and BAM modules."""
-        mods = []
-        for layer_name in self.res_layers:
-            for block in getattr(self, layer_name):
-                for pos in ('after_conv1', 'after_conv2', 'after_conv3'):
-                    mods += [getattr(block, n) for n in getattr(block, f'{pos}_plugin_names', [])]
-        return mods + [getattr(self, n) for n in self.bam_names]
+        blocks = [block for layer_name in self.res_layers for block in getattr(self, layer_name)]
+        return block_attention_modules(blocks) + [getattr(self, n) for n in self.bam_names]
 
     def forward(self, x: torch.Tensor) -> tuple:
         if self.deep_stem:
@@ -249,18 +234,12 @@ class _AttentionMixin:
     def _freeze_stages(self) -> None:
         super()._freeze_stages()
         if not getattr(self, 'freeze_attention', True) and hasattr(self, 'bam_names'):
-            for m in self.attention_modules():
-                m.train(self.training)
-                for p in m.parameters():
-                    p.requires_grad = True
+            keep_attention_trainable(self.attention_modules(), self.training)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if mode and self.norm_eval and not self.freeze_attention:
-            for att in self.attention_modules():
-                for m in att.modules():
-                    if isinstance(m, _BatchNorm):
-                        m.train()
+            keep_attention_norms_training(self.attention_modules())
         return self
 
 

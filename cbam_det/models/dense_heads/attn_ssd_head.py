@@ -44,7 +44,6 @@ class AttnSSDHead(SSDHead):
         # self.loss_cls, which SSDHead never sets (its loss is computed inline), so SSD cannot
         # predict. A head without a loss module there is what the check expects.
         self.loss_cls = None
-        self.attention_cfg = attention
         self.attentions = (
             None if attention is None else nn.ModuleList(build_attention(attention, c) for c in self.in_channels)
         )

@@ -105,7 +105,17 @@ def _bn_state(bn: nn.BatchNorm2d, z: torch.Tensor, ext) -> Tuple[_BNState, tuple
             bn.running_var.mul_(1 - mom).add_(var * (m / max(m - 1, 1)), alpha=mom)
         invstd, var = torch.rsqrt(var + bn.eps), None
     weight, bias = (bn.weight, bn.bias) if bn.affine else (None, None)
-    return _BNState(weight, bias, mean, invstd, var, bn.eps, batch_stats, True), moments
+    state = _BNState(
+        weight=weight,
+        bias=bias,
+        mean=mean,
+        invstd=invstd,
+        var=var,
+        eps=bn.eps,
+        batch_stats=batch_stats,
+        from_moments=True,
+    )
+    return state, moments
 
 
 def _channel_pools(ext, z: torch.Tensor, bn: Optional[_BNState], a, b, moments: Optional[tuple]) -> tuple:
@@ -119,6 +129,24 @@ def _channel_pools(ext, z: torch.Tensor, bn: Optional[_BNState], a, b, moments: 
     return (a.double() * row_mean + b.double()).float(), torch.where(a >= 0, a * zmax + b, a * zmin + b)
 
 
+class _SmallForward(NamedTuple):
+    """The small pieces of one forward: the folded BN's affine form, the pooled descriptors
+    as autograd leaves, the gates with their graphs, and the flat gates the kernels read."""
+
+    invstd: Optional[torch.Tensor]  # the folded BN's 1/√(var + eps) (None: no BN)
+    a: Optional[torch.Tensor]  # x = a[c]·z + b[c]
+    b: Optional[torch.Tensor]
+    channel_avg: torch.Tensor  # (N, C) leaf: mean over H×W of x
+    channel_max: Optional[torch.Tensor]  # (N, C) leaf: max over H×W of x (None: the gate has no max pool)
+    channel_gate: torch.Tensor  # (N, C, 1, 1) σ(MLP(...)), with its graph when grad
+    channel_gate_flat: torch.Tensor  # (N, C) detached, contiguous: what the kernels multiply by
+    spatial_avg: Optional[torch.Tensor]  # (N, 1, H, W) leaf: mean over C of x ⊗ g_c (None: no spatial gate)
+    spatial_max: Optional[torch.Tensor]  # (N, 1, H, W) leaf: max over C of x ⊗ g_c
+    spatial_max_flat: Optional[torch.Tensor]  # (N, H·W) the kernels' max, for the tie masks in backward
+    spatial_gate: Optional[torch.Tensor]  # (N, 1, H, W) σ(BN(conv(...))), with its graph when grad
+    spatial_gate_flat: Optional[torch.Tensor]  # (N, H·W) detached, contiguous
+
+
 def _small_forward(
     module: nn.Module,
     ext,
@@ -127,33 +155,43 @@ def _small_forward(
     grad: bool,
     update_stats: bool,
     moments: Optional[tuple] = None,
-) -> dict:
+) -> _SmallForward:
     """Pools (C++) and the small gate graphs (autograd when ``grad``; the spatial gate's BN
-    updates its running statistics only with ``update_stats``); returns a dict of the pieces,
-    the BN's (invstd, a, b) included. Deterministic: backward calls it again."""
+    updates its running statistics only with ``update_stats``), the BN's (invstd, a, b)
+    included. Deterministic: backward calls it again."""
     n, c, h, w = z.shape
     cg, sg, use_max = _gates(module)
-    s = {}
-    s['invstd'], a, b = bn.affine() if bn is not None else (None, None, None)
-    s['a'], s['b'] = a, b
+    invstd, a, b = bn.affine() if bn is not None else (None, None, None)
     avg, mx = _channel_pools(ext, z, bn, a, b, moments)
     with torch.set_grad_enabled(grad):
-        s['avg'], s['mx'] = avg.requires_grad_(grad), (mx.requires_grad_(grad) if use_max else None)
-        s['g_c'] = torch.sigmoid(cg.logits(s['avg'], s['mx']))
-    s['gc'] = s['g_c'].detach().reshape(n, c).contiguous()
-    s['cmax'] = mx.detach() if use_max else None
-    s['gs'] = s['smax'] = None
+        channel_avg, channel_max = avg.requires_grad_(grad), (mx.requires_grad_(grad) if use_max else None)
+        channel_gate = torch.sigmoid(cg.logits(channel_avg, channel_max))
+    channel_gate_flat = channel_gate.detach().reshape(n, c).contiguous()
+    spatial_avg = spatial_max = spatial_max_flat = spatial_gate = spatial_gate_flat = None
     if sg is not None:
-        savg, smax = ext.spatial_pool(z, a, b, s['gc'])
+        savg, spatial_max_flat = ext.spatial_pool(z, a, b, channel_gate_flat)
         with torch.set_grad_enabled(grad):
-            s['savg'] = savg.view(n, 1, h, w).requires_grad_(grad)
-            s['smax_l'] = smax.view(n, 1, h, w).requires_grad_(grad)
-            s['g_s'] = torch.sigmoid(sg.logits(s['savg'], s['smax_l'], update_stats=update_stats))
-        s['gs'], s['smax'] = s['g_s'].detach().reshape(n, h * w).contiguous(), smax
-    return s
+            spatial_avg = savg.view(n, 1, h, w).requires_grad_(grad)
+            spatial_max = spatial_max_flat.view(n, 1, h, w).requires_grad_(grad)
+            spatial_gate = torch.sigmoid(sg.logits(spatial_avg, spatial_max, update_stats=update_stats))
+        spatial_gate_flat = spatial_gate.detach().reshape(n, h * w).contiguous()
+    return _SmallForward(
+        invstd=invstd,
+        a=a,
+        b=b,
+        channel_avg=channel_avg,
+        channel_max=channel_max,
+        channel_gate=channel_gate,
+        channel_gate_flat=channel_gate_flat,
+        spatial_avg=spatial_avg,
+        spatial_max=spatial_max,
+        spatial_max_flat=spatial_max_flat,
+        spatial_gate=spatial_gate,
+        spatial_gate_flat=spatial_gate_flat,
+    )
 
 
-def _forward_gates(module: nn.Module, ext, z: torch.Tensor, bn) -> Tuple[Optional[_BNState], dict]:
+def _forward_gates(module: nn.Module, ext, z: torch.Tensor, bn) -> Tuple[Optional[_BNState], _SmallForward]:
     """Forward's gates (no autograd; the BNs update their running statistics). ``bn``: None,
     a BatchNorm2d to fold in, or a :class:`_BNState`; returned as a state."""
     moments = None
@@ -187,7 +225,7 @@ class _GatedAttention(torch.autograd.Function):
         bn, s = _forward_gates(module, ext, z, bn)
         if out is not None:
             ctx.mark_dirty(out)
-        y = ext.apply_gates(z, s['a'], s['b'], s['gc'], s['gs'], out)
+        y = ext.apply_gates(z, s.a, s.b, s.channel_gate_flat, s.spatial_gate_flat, out)
         ctx.save_for_backward(z)
         ctx.module, ctx.bn, ctx.params, ctx.reuse_input = module, bn, params, reuse_input
         return y
@@ -198,26 +236,27 @@ class _GatedAttention(torch.autograd.Function):
         ext = gate_ext()
         (z,), bn = ctx.saved_tensors, ctx.bn
         s = _small_forward(ctx.module, ext, z, bn, grad=True, update_stats=False)
-        a, b = s['a'], s['b']
+        a, b, gc, gs = s.a, s.b, s.channel_gate_flat, s.spatial_gate_flat
         n, c, h, w = z.shape
         dy = dy.contiguous()
         cg, sg, use_max = _gates(ctx.module)
         param_grads = {}
-        dgc, dgs, cnt = ext.gate_grads(dy, z, a, b, s['gc'], s['gs'], s['smax'])
+        dgc, dgs, cnt = ext.gate_grads(dy, z, a, b, gc, gs, s.spatial_max_flat)
         w_avg = w_max = None
         if sg is not None:
             ps = [p for p in sg.parameters() if p.requires_grad]
-            d = _grads(s['g_s'], [s['savg'], s['smax_l']] + ps, dgs.view(n, 1, h, w))
+            d = _grads(s.spatial_gate, [s.spatial_avg, s.spatial_max] + ps, dgs.view(n, 1, h, w))
             param_grads.update(zip(ps, d[2:]))
             w_avg = (d[0].reshape(n, h * w) / c).contiguous()
             w_max = (d[1].reshape(n, h * w) / cnt.clamp_min(1)).contiguous()
-            dgc = dgc + ext.spatial_pool_grad(z, a, b, s['gc'], s['smax'], w_avg, w_max)
+            dgc = dgc + ext.spatial_pool_grad(z, a, b, gc, s.spatial_max_flat, w_avg, w_max)
         pc = [p for p in cg.parameters() if p.requires_grad]
-        leaves = [s['avg']] + ([s['mx']] if use_max else [])
-        d = _grads(s['g_c'], leaves + pc, dgc.view(n, c, 1, 1))
+        leaves = [s.channel_avg] + ([s.channel_max] if use_max else [])
+        d = _grads(s.channel_gate, leaves + pc, dgc.view(n, c, 1, 1))
         param_grads.update(zip(pc, d[len(leaves) :]))
         d_avg = d[0].contiguous()
         d_max = d[1].contiguous() if use_max else None
+        cmax = s.channel_max.detach() if use_max else None
         want_sums = bn is not None and (
             bn.batch_stats or any(t is not None and t.requires_grad for t in (bn.weight, bn.bias))
         )
@@ -225,10 +264,10 @@ class _GatedAttention(torch.autograd.Function):
         # read it, dx can take its place: one allocation less
         out = z if ctx.reuse_input and not want_sums else None
         dx, s1, s2 = ext.input_grad(
-            dy, z, a, b, s['gc'], s['gs'], s['smax'], w_avg, w_max, d_avg, s['cmax'], d_max, want_sums, out
+            dy, z, a, b, gc, gs, s.spatial_max_flat, w_avg, w_max, d_avg, cmax, d_max, want_sums, out
         )
         if bn is not None:
-            dx = _bn_backward(ext, bn, s['invstd'], a, z, dx, s1, s2, param_grads)
+            dx = _bn_backward(ext, bn, s.invstd, a, z, dx, s1, s2, param_grads)
         return (dx, None, None, None, None) + tuple(param_grads.get(p) for p in ctx.params)
 
 
@@ -374,10 +413,26 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
     if z.shape != x.shape or z.dtype != torch.float32 or not z.is_contiguous():
         return None
     if node._saved_training:
-        state = _BNState(weight, bias, node._saved_result1, node._saved_result2, None, node._saved_eps, True, False)
+        state = _BNState(
+            weight=weight,
+            bias=bias,
+            mean=node._saved_result1,
+            invstd=node._saved_result2,
+            var=None,
+            eps=node._saved_eps,
+            batch_stats=True,
+            from_moments=False,
+        )
     else:
         state = _BNState(
-            weight, bias, node._saved_running_mean, None, node._saved_running_var, node._saved_eps, False, False
+            weight=weight,
+            bias=bias,
+            mean=node._saved_running_mean,
+            invstd=None,
+            var=node._saved_running_var,
+            eps=node._saved_eps,
+            batch_stats=False,
+            from_moments=False,
         )
     return z, state
 
@@ -408,7 +463,7 @@ def gated_attention(
         if args is not None:  # the whole module in one compiled call
             return ext.gated_infer(z, *args, out)
         _, s = _forward_gates(module, ext, z, bn)
-        return ext.apply_gates(z, s['a'], s['b'], s['gc'], s['gs'], out)
+        return ext.apply_gates(z, s.a, s.b, s.channel_gate_flat, s.spatial_gate_flat, out)
 
 
 def _infer_args(module: nn.Module, bn: Optional[nn.BatchNorm2d]) -> Optional[tuple]:
@@ -422,7 +477,17 @@ def _infer_args(module: nn.Module, bn: Optional[nn.BatchNorm2d]) -> Optional[tup
         if bn.training or not bn.track_running_stats:
             return None
         weight, bias = (bn.weight, bn.bias) if bn.affine else (None, None)
-        _, a, b = _BNState(weight, bias, bn.running_mean, None, bn.running_var, bn.eps, False, False).affine()
+        running = _BNState(
+            weight=weight,
+            bias=bias,
+            mean=bn.running_mean,
+            invstd=None,
+            var=bn.running_var,
+            eps=bn.eps,
+            batch_stats=False,
+            from_moments=False,
+        )
+        _, a, b = running.affine()
     spatial = (None,) * 5 + (0.0, True)
     if sg is not None:
         sbn = sg.bn

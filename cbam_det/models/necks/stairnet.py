@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmcv.cnn import ConvModule
+from mmcv.cnn import ConvModule, build_norm_layer
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch import nn
@@ -67,7 +67,7 @@ class StairNetNeck(BaseModule):
                 nn.ConvTranspose2d(
                     out_channels[i + 1], out_channels[i], 3, stride=2, padding=1, output_padding=1, bias=False
                 ),
-                nn.BatchNorm2d(out_channels[i]) if norm_cfg else nn.Identity(),
+                build_norm_layer(norm_cfg, out_channels[i])[1] if norm_cfg else nn.Identity(),
             )
             for i in range(len(out_channels) - 1)
         )
