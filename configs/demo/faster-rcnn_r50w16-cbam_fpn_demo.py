@@ -1,7 +1,7 @@
 # CPU demo: Faster R-CNN + FPN with CBAM in every bottleneck of a slim ResNet-50
 # (base_channels=16: stage outputs 64/128/256/512), trained from random init on the
 # synthetic shapes data of tools/misc/make_demo_data.py (160x160 images, 3 classes).
-# Sized for 2 CPU cores: ~10 minutes of training (800 iterations of batch 8), COCO bbox mAP@0.5 >= 0.5 on demo val.
+# Sized for 2 CPU cores: 800 iterations of batch 8 (times in README), COCO bbox mAP@0.5 >= 0.5 on demo val.
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['cbam_det'], allow_failed_imports=False)
 

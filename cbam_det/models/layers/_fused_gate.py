@@ -213,10 +213,8 @@ class _GatedAttention(torch.autograd.Function):
 
     Between forward and backward only z and references are kept: backward recomputes the
     pools (two reads of z) and the small graphs. Small tensors that outlive forward would
-    sit in the allocator's heap between the big activations and fragment it: measured with
-    glibc on ResNet-50 training, keeping 8 such (N, C) tensors per block raised the page
-    faults of a step from 218k-417k to 319k-691k (about +0.3 s; 3 per block: 79k-150k to
-    227k-447k in the last steps), far more than the two extra passes cost (~35 ms).
+    sit in the allocator's heap between the big activations and fragment it, which costs
+    more page faults than the two extra passes cost (measurements: docs/performance.md).
     """
 
     @staticmethod

@@ -74,9 +74,8 @@ class BAMSpatialGate(nn.Module):
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         """``self.reduce(x)``; on float32 CPU maps with at most 512 channels (BAM after
-        ResNet stages 1 and 2) the compiled 1×1 conv: PyTorch's takes 24 ms forward and 61 ms
-        backward on 2×256×128×192 → 16 channels, this one 6 ms and 26 ms. With 1024 channels
-        PyTorch's forward is the faster one (2.8 against 4.1 ms)."""
+        ResNet stages 1 and 2) the compiled 1×1 conv, which is faster there than PyTorch's;
+        with more channels PyTorch's is the faster one (measurements: docs/performance.md)."""
         w = self.reduce.weight
         if x.shape[1] <= 512 and w.dtype == torch.float32 and fused_available(x):
             return pointwise_conv(x, w, self.reduce.bias)
