@@ -303,6 +303,8 @@ def test_single_value_batchnorm(shape):
         (lambda: CBAM(8, 16), r'CBAM: reduction=16 leaves 0 hidden channels.*1 <= reduction <= 8'),
         (lambda: SE(8, 16), r'SE: reduction=16 leaves 0 hidden channels'),
         (lambda: BAM(8, 16), r'BAM: reduction=16 leaves 0 hidden channels'),
+        (lambda: CBAM(32, reduction=0), r'reduction must be a positive int'),
+        (lambda: CBAM(0), r'in_channels must be a positive int'),
         (lambda: CBAM(32, spatial_kernel=6), r'spatial_kernel must be a positive odd int'),
         (lambda: CBAM(32, channel_pool='mean'), r"unknown channel_pool='mean'; allowed: 'avg_max', 'avg', 'max'"),
         (lambda: CBAM(32, spatial_pool='min'), r"unknown spatial_pool='min'; allowed: 'avg_max', 'max_avg', 'conv1x1'"),
@@ -338,3 +340,56 @@ def test_factory_builds_by_key_and_dict():
     m = build_attention(dict(type='BAM', combine='product'), 64)
     assert isinstance(m, BAM) and m.combine == 'product' and m.in_channels == 64
     assert build_attention(None, 64) is None
+
+
+# ----------------------------------------------------------------------------- the paper's CBAM
+@pytest.mark.parametrize('shape', [(1, 64, 5, 11), (3, 48, 17, 4), (1, 16, 1, 1)], ids=str)
+@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
+def test_default_cbam_odd_shapes_match_reference(shape, train):
+    m = randomise(CBAM(shape[1])).train(train)
+    x = torch.randn(shape)
+    torch.testing.assert_close(m(x), ref_cbam(m, x, 'avg_max', 'avg_max', 'channel_first'), rtol=1e-5, atol=1e-6)
+
+
+def test_cbam_changes_input_and_is_deterministic():
+    m = randomise(CBAM(32)).eval()
+    x = torch.randn(2, 32, 6, 7)
+    y = m(x)
+    assert y.shape == x.shape
+    assert not torch.allclose(y, x)
+    torch.testing.assert_close(m(x), y, rtol=0, atol=0)
+
+
+def test_hidden_width_rounding_is_floor():
+    # C not a multiple of r: documented rounding is floor(C / r), as in the official code
+    m = CBAM(40, reduction=16)
+    assert m.channel_gate.fc1.weight.shape == (2, 40)
+    assert m.channel_gate.fc2.weight.shape == (40, 2)
+
+
+def test_cbam_gradients_reach_every_parameter():
+    m = randomise(CBAM(32)).train()
+    x = torch.randn(2, 32, 9, 6, requires_grad=True)
+    (m(x) * torch.randn(2, 32, 9, 6)).sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+def test_official_parameter_layout():
+    m = CBAM(256)
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes == {
+        'channel_gate.fc1.weight': (16, 256),
+        'channel_gate.fc1.bias': (16,),
+        'channel_gate.fc2.weight': (256, 16),
+        'channel_gate.fc2.bias': (256,),
+        'spatial_gate.conv.weight': (1, 2, 7, 7),
+        'spatial_gate.bn.weight': (1,),
+        'spatial_gate.bn.bias': (1,),
+        'spatial_gate.bn.running_mean': (1,),
+        'spatial_gate.bn.running_var': (1,),
+        'spatial_gate.bn.num_batches_tracked': (),
+    }
+    assert m.spatial_gate.conv.bias is None
+    assert m.spatial_gate.bn.momentum == 0.01 and m.spatial_gate.bn.eps == 1e-5

@@ -248,3 +248,20 @@ def test_attn_res_layer_follows_the_backbone_placement_width_and_fusion():
     torch.testing.assert_close(head(x), backbone.layer4(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match='base_channels'):
         MODELS.build(dict(type='AttnResLayer', depth=50, base_channels=0))
+
+
+def test_resnet50_cbam_parameter_count():
+    """mmdet ResNet-50 + CBAM in all 16 blocks = 28,089,624 (paper: 28.09M) - 2,049,000 fc."""
+    backbone = MODELS.build(
+        dict(
+            type='ResNet',
+            depth=50,
+            plugins=[dict(cfg=dict(type='CBAM'), stages=(True, True, True, True), position='after_conv3')],
+        )
+    )
+    assert sum(p.numel() for p in backbone.parameters()) == 26_040_624
+    cbam_blocks = [m for m in backbone.modules() if isinstance(m, CBAM)]
+    assert len(cbam_blocks) == 16
+    assert [m.in_channels for m in cbam_blocks] == [256] * 3 + [512] * 4 + [1024] * 6 + [2048] * 3
+    plain = MODELS.build(dict(type='ResNet', depth=50))
+    assert sum(p.numel() for p in plain.parameters()) == 23_508_032

@@ -11,24 +11,12 @@ from mmdet.registry import DATASETS, MODELS
 from mmengine.config import Config, ConfigDict
 from mmengine.dataset import pseudo_collate
 
-from tests.conftest import REPO
+from cbam_det.utils import no_pretrained
+from tests.helpers import REPO
 
 CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True) if '_base_' not in p)
 SMALL = (160, 128)  # (w, h) every Resize is set to
 SSD300_VGG = (300, 300)  # SSD300-VGG16's last extra layers are unpadded 3x3 convs: it needs its own size
-
-
-def _no_pretrained(cfg):
-    if isinstance(cfg, dict):
-        return {
-            k: (
-                None if k == 'init_cfg' and isinstance(v, dict) and v.get('type') == 'Pretrained' else _no_pretrained(v)
-            )
-            for k, v in cfg.items()
-        }
-    if isinstance(cfg, list):
-        return [_no_pretrained(v) for v in cfg]
-    return cfg
 
 
 def _small_pipeline(pipeline, scale):
@@ -96,7 +84,7 @@ def _param(path):
 def test_config_trains_and_infers_one_step(path, tiny_demo_data):
     cfg = Config.fromfile(path)
     assert cfg.get('custom_imports', {}).get('imports') == ['cbam_det']
-    model_cfg = _few_rois(_no_pretrained(cfg.model.to_dict()))
+    model_cfg = _few_rois(no_pretrained(cfg.model.to_dict()))
     torch.manual_seed(0)
     model = MODELS.build(ConfigDict(model_cfg))
     model.init_weights()

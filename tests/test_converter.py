@@ -13,7 +13,7 @@ import torchvision
 from mmdet.registry import MODELS
 
 from cbam_det.converters import OFFICIAL_CONFIGS, convert_official_state_dict
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 STAGES = [(3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2)]  # ResNet-50: blocks, planes, stride
 

@@ -6,7 +6,7 @@ from mmdet.testing import demo_mm_inputs
 from mmengine.config import Config
 
 from cbam_det import CBAM
-from tests.conftest import DEMO_CONFIG
+from tests.helpers import DEMO_CONFIG
 
 
 def test_faster_rcnn_cbam_loss_and_predict():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import DEMO_CONFIG, REPO, demo_data_options
+from tests.helpers import DEMO_CONFIG, REPO, demo_data_options
 
 TINY = [
     'train_cfg.max_iters=2',

@@ -112,7 +112,7 @@ def build(args, variant: str) -> nn.Module:
     if args.config:
         from mmengine.config import Config, ConfigDict
 
-        from tools.analysis.complexity import no_pretrained, strip_attention
+        from cbam_det.utils import no_pretrained, strip_attention
 
         cfg = Config.fromfile(args.config).model.to_dict()
         cfg = no_pretrained(strip_attention(cfg) if variant == 'plain' else cfg)

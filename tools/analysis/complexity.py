@@ -30,40 +30,7 @@ from mmdet.registry import MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
 
 import cbam_det  # noqa: E402,F401  (only registration)
-
-ATTENTION_KEYS = ('attention', 'bam', 'plugins')
-
-
-def strip_attention(cfg):
-    """A copy of a model config with every attention entry removed (None)."""
-    if isinstance(cfg, dict):
-        return {k: (None if k in ATTENTION_KEYS else strip_attention(v)) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return type(cfg)(strip_attention(v) for v in cfg)
-    return cfg
-
-
-def has_attention(cfg) -> bool:
-    if isinstance(cfg, dict):
-        return any((k in ATTENTION_KEYS and v) or has_attention(v) for k, v in cfg.items())
-    if isinstance(cfg, (list, tuple)):
-        return any(has_attention(v) for v in cfg)
-    return False
-
-
-def no_pretrained(cfg):
-    """Drop Pretrained init_cfg entries (no download; weights do not change the counts)."""
-    if isinstance(cfg, dict):
-        out = {}
-        for k, v in cfg.items():
-            if k == 'init_cfg' and (isinstance(v, dict) and v.get('type') == 'Pretrained'):
-                out[k] = None
-            else:
-                out[k] = no_pretrained(v)
-        return out
-    if isinstance(cfg, (list, tuple)):
-        return type(cfg)(no_pretrained(v) for v in cfg)
-    return cfg
+from cbam_det.utils import has_attention, no_pretrained, strip_attention  # noqa: E402
 
 
 def count_flops(module: nn.Module, *inputs) -> int:
