@@ -189,37 +189,42 @@ def test_frozen_stages_and_norm_eval_with_attention(freeze_attention):
     assert (grads is None) == freeze_attention
 
 
-def test_mmdet_resnet_refuses_silently_frozen_attention():
-    for kw, match in (
-        (dict(frozen_stages=1), 'frozen_stages covers its stage'),
-        (dict(norm_eval=True), 'norm_eval=True'),
-    ):
-        r = MODELS.build(
-            dict(
-                type='ResNet',
-                depth=50,
-                base_channels=16,
-                **kw,
-                plugins=[dict(cfg=dict(type='CBAM'), stages=(True,) * 4, position='after_conv3')],
-            )
-        )
-        r.train()
-        with pytest.raises(RuntimeError, match=match):
-            r(torch.randn(2, 3, 32, 32))
-        with torch.no_grad():  # inference is fine
-            r(torch.randn(2, 3, 32, 32))
-    ok = MODELS.build(
-        dict(
-            type='ResNet',
-            depth=50,
-            base_channels=16,
-            frozen_stages=1,
-            norm_eval=True,
-            plugins=[dict(cfg=dict(type='CBAM', allow_frozen=True), stages=(True,) * 4, position='after_conv3')],
-        )
-    )
-    ok.train()
-    ok(torch.randn(2, 3, 32, 32))
+def _mmdet_resnet(allow_frozen=False, **kw):
+    plugin = dict(cfg=dict(type='CBAM', allow_frozen=allow_frozen), stages=(True,) * 4, position='after_conv3')
+    return MODELS.build(dict(type='ResNet', depth=50, base_channels=16, plugins=[plugin], **kw))
+
+
+def test_mmdet_resnet_keeps_attention_trainable_under_frozen_stages_and_norm_eval():
+    """The stock-config settings frozen_stages=1, norm_eval=True: decided at build time, the
+    attention of the frozen stage keeps requires_grad=True and every attention BN trains,
+    while the stage's own weights and the backbone's BNs are frozen as mmdet says; a training
+    step gives the stage-1 attention a gradient."""
+    r = _mmdet_resnet(frozen_stages=1, norm_eval=True)
+    atts = [m for m in r.modules() if isinstance(m, CBAM)]
+    assert len(atts) == 16 and all(p.requires_grad for m in atts for p in m.parameters())
+    assert not any(p.requires_grad for n, p in r.layer1.named_parameters() if '.cbam.' not in n)
+    r.train()
+    assert all(m.training for a in atts for m in a.modules())
+    assert not r.layer1[0].bn1.training and not r.layer2[0].bn1.training
+    out = r(torch.randn(2, 3, 32, 32))
+    sum(o.sum() for o in out).backward()
+    assert r.layer1[0].cbam.channel_gate.fc2.weight.grad is not None
+    assert r.layer1[0].conv1.weight.grad is None
+
+
+def test_mmdet_resnet_allow_frozen_freezes_and_manual_freezing_is_refused():
+    """allow_frozen=True leaves the attention to mmdet (frozen with its stage, BNs in eval);
+    attention frozen by hand without allow_frozen still refuses a training step."""
+    r = _mmdet_resnet(allow_frozen=True, frozen_stages=1, norm_eval=True).train()
+    assert not any(p.requires_grad for p in r.layer1[0].cbam.parameters())
+    assert not r.layer2[0].cbam.spatial_gate.bn.training
+    r(torch.randn(2, 3, 32, 32))
+    r = _mmdet_resnet().train()
+    r.layer1.eval().requires_grad_(False)
+    with pytest.raises(RuntimeError, match='frozen_stages covers its stage'):
+        r(torch.randn(2, 3, 32, 32))
+    with torch.no_grad():  # inference is fine
+        r(torch.randn(2, 3, 32, 32))
 
 
 def test_zero_init_residual_for_basic_blocks():

@@ -147,6 +147,9 @@ class CBAM(AttentionModule):
             BN's saved input and keeps nothing full-size of its own); otherwise backward
             writes the input gradient over the saved input (so do not backward twice
             through one graph). Results unchanged.
+        residual: return F + CBAM(F) instead of CBAM(F): the form used for plain,
+            non-residual backbones such as VGG, where the module is not followed by a
+            residual addition (the identity path keeps the pretrained signal).
     """
 
     _abbr_ = 'cbam'
@@ -165,6 +168,7 @@ class CBAM(AttentionModule):
         identity_logit: float = 5.0,
         allow_frozen: bool = False,
         inplace: bool = False,
+        residual: bool = False,
         init_cfg: Optional[Union[dict, list]] = None,
     ) -> None:
         super().__init__('CBAM', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
@@ -173,8 +177,11 @@ class CBAM(AttentionModule):
             raise ValueError('CBAM: channel_pool and spatial_pool cannot both be None (no attention left)')
         if arrangement == 'parallel' and (channel_pool is None or spatial_pool is None):
             raise ValueError("CBAM: arrangement='parallel' needs both channel_pool and spatial_pool")
+        if inplace and residual:
+            raise ValueError('CBAM: inplace=True and residual=True exclude each other (F + CBAM(F) reads F again)')
         self.arrangement = arrangement
         self.inplace = inplace
+        self.residual = residual
         # validate in_channels/reduction even for spatial-only (the error names them)
         hidden_channels('CBAM', in_channels, reduction, min_hidden_channels)
         self.channel_gate = (
@@ -200,6 +207,10 @@ class CBAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('CBAM', x, self.in_channels)
         check_not_frozen(self, 'CBAM')
+        return x + self._attend(x) if self.residual else self._attend(x)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 1: F'' = M_s(F') ⊗ F' with F' = M_c(F) ⊗ F (or the configured arrangement)."""
         if self._fast:
             return self._forward_fast(x)
         if self.arrangement == 'parallel':
@@ -215,7 +226,7 @@ class CBAM(AttentionModule):
 
     @property
     def fusable_with_bn(self) -> bool:  # type: ignore[override]
-        return self._fast
+        return self._fast and not self.residual
 
     @property
     def _fast(self) -> bool:

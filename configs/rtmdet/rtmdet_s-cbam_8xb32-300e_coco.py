@@ -1,0 +1,11 @@
+# RTMDet-S with CBAM after every CSPNeXt stage and on every CSPNeXtPAFPN output.
+_base_ = 'mmdet::rtmdet/rtmdet_s_8xb32-300e_coco.py'
+custom_imports = dict(imports=['cbam_det'], allow_failed_imports=False)
+
+model = dict(
+    _delete_=True,
+    type='AttentionInserted',
+    detector={{_base_.model}},
+    attention=dict(type='CBAM'),
+    targets=['backbone.stage[1-4]', 'neck.out_convs.*'],
+)

@@ -1,0 +1,13 @@
+# YOLOX-S with CBAM after every CSPDarknet stage and on every PAFPN output (per level).
+# mmdet's CSPDarknet and YOLOXPAFPN have no plugin hook: AttentionInserted attaches the modules
+# by module path, finds their channels itself and keeps every original state-dict name.
+_base_ = 'mmdet::yolox/yolox_s_8xb8-300e_coco.py'
+custom_imports = dict(imports=['cbam_det'], allow_failed_imports=False)
+
+model = dict(
+    _delete_=True,
+    type='AttentionInserted',
+    detector={{_base_.model}},
+    attention=dict(type='CBAM'),
+    targets=['backbone.stage[1-4]', 'neck.out_convs.*'],
+)
