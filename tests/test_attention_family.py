@@ -393,3 +393,57 @@ def test_official_parameter_layout():
     }
     assert m.spatial_gate.conv.bias is None
     assert m.spatial_gate.bn.momentum == 0.01 and m.spatial_gate.bn.eps == 1e-5
+
+
+# ----------------------------------------------------------------------------- bad input, named
+KINDS = [lambda: CBAM(32), lambda: SE(32), lambda: BAM(32)]
+KIND_IDS = ['CBAM', 'SE', 'BAM']
+
+
+@pytest.mark.parametrize('make', KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize('dtype', [torch.int64, torch.uint8, torch.bool], ids=str)
+def test_non_floating_input_is_refused(make, dtype):
+    """An integer input would truncate the gates to the integer dtype: refused, naming the allowed dtypes."""
+    x = torch.ones(2, 32, 4, 4, dtype=dtype)
+    with pytest.raises(TypeError, match=rf'input dtype must be float16, bfloat16, float32 or float64, got {dtype}'):
+        make()(x)
+
+
+@pytest.mark.parametrize('make', KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize('shape', [(32, 4, 4), (2, 32, 4, 4, 1), (2, 32)], ids=str)
+def test_wrong_rank_is_named(make, shape):
+    with pytest.raises(ValueError, match=r'expected input of shape \(N, in_channels=32, H, W\), got'):
+        make()(torch.randn(shape))
+
+
+@pytest.mark.parametrize('make', KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize('shape', [(2, 32, 0, 5), (2, 32, 5, 0), (0, 32, 4, 4)], ids=str)
+def test_empty_input_is_named(make, shape):
+    with pytest.raises(ValueError, match=r'is empty; N, H and W must be >= 1'):
+        make()(torch.randn(shape))
+
+
+@pytest.mark.parametrize('make', KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')], ids=['nan', 'inf'])
+def test_non_finite_training_input_check_is_opt_in(make, bad):
+    """Off by default (it costs a pass); on, a NaN/Inf in a training step is refused before any
+    BatchNorm statistic moves, naming the module; inference is not checked."""
+    from cbam_det import set_check_finite
+
+    m = make().train()
+    x = torch.randn(2, 32, 4, 4)
+    x[1, 3, 2, 1] = bad
+    m(x)  # off: goes through (and poisons the statistics, which is what the check is for)
+    m = make().train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    previous = set_check_finite(True)
+    try:
+        with pytest.raises(
+            FloatingPointError, match=r'\(in_channels=32\): the input holds (NaN|Inf) in a training step'
+        ):
+            m(x)
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        m.eval()(x)
+    finally:
+        set_check_finite(previous)

@@ -1,5 +1,6 @@
 """Attention layers (mmcv plugins, ``in_channels`` first) registered in mmdet's ``MODELS``."""
 
+from ._utils import set_check_finite
 from .bam import BAM, BAMChannelGate, BAMSpatialGate
 from .base import AttentionModule
 from .cbam import CBAM, ChannelGate, SpatialGate
@@ -17,4 +18,5 @@ __all__ = [
     'BAMSpatialGate',
     'ATTENTION_TYPES',
     'build_attention',
+    'set_check_finite',
 ]

@@ -1,12 +1,21 @@
 """Shared argument checks and numerics for the attention layers (CBAM, SE, BAM)."""
 
+import os
 from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['hidden_channels', 'check_choice', 'check_odd_kernel', 'check_input', 'safe_batch_norm', 'check_not_frozen']
+__all__ = [
+    'hidden_channels',
+    'check_choice',
+    'check_odd_kernel',
+    'check_input',
+    'set_check_finite',
+    'safe_batch_norm',
+    'check_not_frozen',
+]
 
 
 def hidden_channels(owner: str, in_channels: int, reduction: int, min_hidden_channels: Optional[int] = None) -> int:
@@ -49,9 +58,36 @@ def check_odd_kernel(owner: str, name: str, value: int) -> None:
         )
 
 
-def check_input(owner: str, x: torch.Tensor, in_channels: int) -> None:
+_FLOAT_DTYPES = 'float16, bfloat16, float32 or float64'
+_check_finite = {'on': os.environ.get('CBAM_DET_CHECK_FINITE', '0') == '1'}
+
+
+def set_check_finite(enabled: bool) -> bool:
+    """Turn the opt-in NaN/Inf check of the attention modules' inputs on or off (also
+    ``CBAM_DET_CHECK_FINITE=1``); returns the previous setting. In training, one batch with a
+    NaN or Inf poisons a BatchNorm's running statistics for good; the check costs one pass
+    over the input, so it is off by default."""
+    previous, _check_finite['on'] = _check_finite['on'], bool(enabled)
+    return previous
+
+
+def check_input(owner: str, x: torch.Tensor, in_channels: int, training: bool = False) -> None:
+    """Refuse what the modules cannot refine, naming the parameter and what is allowed."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{owner}: input must be a torch.Tensor, got {type(x).__name__}')
+    if not x.is_floating_point():
+        raise TypeError(f'{owner}: input dtype must be {_FLOAT_DTYPES}, got {x.dtype} (gates would be truncated)')
     if x.dim() != 4 or x.shape[1] != in_channels:
         raise ValueError(f'{owner}: expected input of shape (N, in_channels={in_channels}, H, W), got {tuple(x.shape)}')
+    if 0 in x.shape:
+        raise ValueError(f'{owner}: input of shape {tuple(x.shape)} is empty; N, H and W must be >= 1')
+    if _check_finite['on'] and training and not bool(torch.isfinite(x).all()):
+        bad = 'NaN' if bool(torch.isnan(x).any()) else 'Inf'
+        raise FloatingPointError(
+            f'{owner}(in_channels={in_channels}): the input holds {bad} in a training step; its BatchNorm '
+            f'statistics would be poisoned. Find the layer before it that produces {bad} '
+            f'(set_check_finite(False) or CBAM_DET_CHECK_FINITE=0 turns this check off)'
+        )
 
 
 def safe_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:

@@ -169,7 +169,7 @@ class BAM(AttentionModule):
         return torch.sigmoid(c) + torch.sigmoid(s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input('BAM', x, self.in_channels)
+        check_input('BAM', x, self.in_channels, self.training)
         check_not_frozen(self, 'BAM')
         if self.combine in ('sum', 'product') and fused_available(x):
             c, s = self.channel_att(x), self.spatial_att(x)

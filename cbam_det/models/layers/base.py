@@ -64,7 +64,7 @@ class AttentionModule(BaseModule):
         """
         if self.fusable_with_bn and fused_available(z, bn):
             owner = type(self).__name__
-            check_input(owner, z, self.in_channels)
+            check_input(owner, z, self.in_channels, self.training)
             check_not_frozen(self, owner)
             return gated_attention(self, z, bn=bn, inplace=getattr(self, 'inplace', False))
         return self(bn(z))

@@ -205,7 +205,7 @@ class CBAM(AttentionModule):
                 nn.init.constant_(self.spatial_gate.bn.bias, s_logit)  # γ = 0: constant logit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input('CBAM', x, self.in_channels)
+        check_input('CBAM', x, self.in_channels, self.training)
         check_not_frozen(self, 'CBAM')
         return x + self._attend(x) if self.residual else self._attend(x)
 

@@ -63,7 +63,7 @@ class SE(AttentionModule):
             nn.init.constant_(self.channel_gate.fc2.bias, self.identity_logit)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input('SE', x, self.in_channels)
+        check_input('SE', x, self.in_channels, self.training)
         check_not_frozen(self, 'SE')
         if fused_available(x):  # compiled kernels: one pass per full-size step, lean backward
             return gated_attention(self, x, inplace=self.inplace)
