@@ -201,3 +201,66 @@ def test_converter_reports_and_refuses_unknown_keys():
     )
     assert dropped == ['module.fc.weight'] and kind == 'plain'
     assert int(new['bn1.num_batches_tracked']) == 0  # added for pre-0.4.1 checkpoints
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_converter_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    """weights_only=True: a pickled callable is refused before it runs, the error names the file,
+    the callable and --unsafe-load; the official layout itself loads without the flag."""
+    marker = tmp_path / 'code_ran'
+    src, dst = str(tmp_path / 'evil.pth.tar'), str(tmp_path / 'out.pth')
+    torch.save({'state_dict': {'module.conv1.weight': torch.zeros(1)}, 'x': _RunsCode(str(marker))}, src)
+    proc = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools/model_converters/official_to_mmdet.py'), src, dst],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and not marker.exists() and not osp.exists(dst)
+    assert f'{src}: refused to unpickle' in proc.stderr and 'system' in proc.stderr, proc.stderr[-2000:]
+    assert '--unsafe-load' in proc.stderr
+
+
+def test_tools_load_foreign_checkpoints_with_weights_only(tmp_path):
+    """mmengine's local loader, as tools/train.py and tools/test.py set it: a file outside the
+    work_dir that would run code is refused; a plain state dict loads; the work_dir is trusted."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from cbam_det.engine import UnsafeCheckpointError, use_safe_checkpoint_loading
+
+    marker = tmp_path / 'code_ran'
+    evil, plain = tmp_path / 'evil.pth', tmp_path / 'plain.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'x': _RunsCode(str(marker))}, evil)
+    torch.save({'state_dict': {'w': torch.ones(2)}}, plain)
+    work = tmp_path / 'work'
+    work.mkdir()
+    own = work / 'iter_2.pth'
+    torch.save(
+        {
+            'state_dict': {'w': torch.ones(2)},
+            'meta': {'dtype': torch.float32, 'when': __import__('datetime').date(2026, 1, 1)},
+        },
+        own,
+    )
+    previous = CheckpointLoader._schemes['']
+    try:
+        use_safe_checkpoint_loading(trusted_dirs=[str(work)])
+        with pytest.raises(UnsafeCheckpointError, match=r'evil.pth: refused to unpickle .*system'):
+            CheckpointLoader.load_checkpoint(str(evil), map_location='cpu')
+        assert not marker.exists()
+        assert torch.equal(
+            CheckpointLoader.load_checkpoint(str(plain), map_location='cpu')['state_dict']['w'], torch.ones(2)
+        )
+        assert CheckpointLoader.load_checkpoint(str(own), map_location='cpu')['meta']['when'].year == 2026
+    finally:
+        CheckpointLoader.register_scheme(prefixes='', loader=previous, force=True)

@@ -19,7 +19,7 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a clone without install
 import cbam_det  # noqa: E402,F401  (only registration: configs work without custom_imports)
-from cbam_det.engine import load_config, setup_cpu_distributed  # noqa: E402
+from cbam_det.engine import load_config, setup_cpu_distributed, use_safe_checkpoint_loading  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,6 +35,12 @@ def parse_args() -> argparse.Namespace:
         '--cfg-options', nargs='+', action=DictAction, help='override settings of the config, key=value'
     )
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    parser.add_argument(
+        '--unsafe-load',
+        action='store_true',
+        help='unpickle checkpoints from outside the work_dir (load_from, Pretrained init) without '
+        'weights_only=True: only for files you trust, it can run code',
+    )
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (config needs tta_model)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
@@ -78,6 +84,8 @@ def main() -> None:
             test_data_cfg.batch_shapes_cfg = None
         test_data_cfg.pipeline = cfg.tta_pipeline
 
+    # checkpoints from elsewhere load with weights_only=True; the run's own work_dir is trusted
+    use_safe_checkpoint_loading(trusted_dirs=[cfg.work_dir], unsafe=args.unsafe_load)
     setup_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 

@@ -16,15 +16,25 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from cbam_det.converters import OFFICIAL_CONFIGS, convert_official_state_dict  # noqa: E402
+from cbam_det.engine import UnsafeCheckpointError, load_untrusted  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('src', help='official checkpoint (legacy PyTorch pickle, "module." keys)')
     parser.add_argument('dst', help='output checkpoint for mmdet / mmengine')
+    parser.add_argument(
+        '--unsafe-load',
+        action='store_true',
+        help='unpickle SRC without weights_only=True (only for a file you trust: it can run code)',
+    )
     args = parser.parse_args()
-    # the official files are full pickles (epoch, arch, optimizer...): weights_only cannot read them
-    ckpt = torch.load(args.src, map_location='cpu', weights_only=False)
+    # the official files (epoch, arch, state_dict, best_prec1, SGD optimizer state) load with
+    # weights_only=True: nothing in them needs code to be rebuilt
+    try:
+        ckpt = load_untrusted(args.src, unsafe=args.unsafe_load)
+    except UnsafeCheckpointError as e:
+        sys.exit(str(e))
     state = ckpt['state_dict'] if isinstance(ckpt, dict) and 'state_dict' in ckpt else ckpt
     if not isinstance(state, dict):
         sys.exit(f'{args.src}: expected a state dict or a dict with "state_dict", got {type(state).__name__}')
