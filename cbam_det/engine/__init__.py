@@ -2,10 +2,12 @@
 
 from .cli import load_config
 from .cpu_dist import CPUDistributedDataParallel, setup_cpu_distributed
+from .exact_resume import ExactResumeHook
 from .safe_load import UnsafeCheckpointError, load_untrusted, use_safe_checkpoint_loading
 
 __all__ = [
     'CPUDistributedDataParallel',
+    'ExactResumeHook',
     'setup_cpu_distributed',
     'load_config',
     'UnsafeCheckpointError',

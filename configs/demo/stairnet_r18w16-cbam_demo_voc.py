@@ -101,6 +101,6 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
 )
 log_processor = dict(by_epoch=False)
-custom_hooks = [dict(type='CheckInvalidLossHook', interval=50, priority='VERY_LOW')]
+custom_hooks = [dict(type='CheckInvalidLossHook', interval=50, priority='VERY_LOW'), dict(type='ExactResumeHook')]
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 env_cfg = dict(cudnn_benchmark=False)

@@ -12,3 +12,5 @@ model = dict(
         shared_head=dict(type='AttnResLayer', style='pytorch', init_cfg=dict(type='Pretrained', checkpoint=pretrained))
     ),
 )
+
+custom_hooks = [dict(type='ExactResumeHook')]  # random states in checkpoints: --resume continues bit-identically

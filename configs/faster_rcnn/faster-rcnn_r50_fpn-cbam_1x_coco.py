@@ -10,3 +10,5 @@ model = dict(
     attention=dict(type='CBAM'),
     targets=['neck.fpn_convs.*'],
 )
+
+custom_hooks = [dict(type='ExactResumeHook')]  # random states in checkpoints: --resume continues bit-identically

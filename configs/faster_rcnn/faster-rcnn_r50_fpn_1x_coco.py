@@ -3,3 +3,5 @@
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['cbam_det'], allow_failed_imports=False)
 model = dict(backbone=dict(type='AttnResNet'))
+
+custom_hooks = [dict(type='ExactResumeHook')]  # random states in checkpoints: --resume continues bit-identically

@@ -9,3 +9,9 @@ model = dict(
     attention=dict(type='CBAM'),
     targets=['backbone.stage[1-4]', 'neck.out_convs.*'],
 )
+# the base's hooks, plus random states in checkpoints (--resume continues bit-identically)
+custom_hooks = [
+    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0002, update_buffers=True, priority=49),
+    dict(type='PipelineSwitchHook', switch_epoch=280, switch_pipeline={{_base_.train_pipeline_stage2}}),
+    dict(type='ExactResumeHook'),
+]

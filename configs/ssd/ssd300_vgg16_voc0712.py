@@ -6,3 +6,10 @@ custom_imports = dict(imports=['cbam_det'], allow_failed_imports=False)
 model = dict(bbox_head=dict(type='AttnSSDHead'))
 val_evaluator = dict(type='VOCMetric', metric='mAP', eval_mode='11points')
 test_evaluator = val_evaluator
+
+# the base's hooks, plus random states in checkpoints (--resume continues bit-identically)
+custom_hooks = [
+    dict(type='NumClassCheckHook'),
+    dict(type='CheckInvalidLossHook', interval=50, priority='VERY_LOW'),
+    dict(type='ExactResumeHook'),
+]

@@ -11,3 +11,10 @@ model = dict(
     attention=dict(type='CBAM'),
     targets=['backbone.stage[1-4]', 'neck.out_convs.*'],
 )
+# the base's hooks, plus random states in checkpoints (--resume continues bit-identically)
+custom_hooks = [
+    dict(type='YOLOXModeSwitchHook', num_last_epochs=15, priority=48),
+    dict(type='SyncNormHook', priority=48),
+    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0001, update_buffers=True, priority=49),
+    dict(type='ExactResumeHook'),
+]
