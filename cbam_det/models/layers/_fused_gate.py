@@ -25,6 +25,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ...ops import gate_ext
+from ._utils import exporting
 
 __all__ = ['fused_available', 'gated_attention', 'bam_gate', 'spatial_conv', 'pointwise_conv']
 
@@ -37,6 +38,7 @@ def fused_available(x: torch.Tensor, bn: Optional[nn.Module] = None) -> bool:
         or x.dim() != 4
         or not x.is_contiguous()
         or torch.compiler.is_compiling()
+        or exporting()
     ):
         return False
     if torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu') != torch.float32:

@@ -23,7 +23,15 @@ from mmdet.registry import MODELS
 
 from ._fast_cbam import ApplyGates, ChannelPool, GatedChannelPool
 from ._fused_gate import fused_available, gated_attention, spatial_conv
-from ._utils import check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels, safe_batch_norm
+from ._utils import (
+    check_choice,
+    check_input,
+    check_not_frozen,
+    check_odd_kernel,
+    exporting,
+    hidden_channels,
+    safe_batch_norm,
+)
 from .base import AttentionModule
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -211,7 +219,7 @@ class CBAM(AttentionModule):
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 1: F'' = M_s(F') ⊗ F' with F' = M_c(F) ⊗ F (or the configured arrangement)."""
-        if self._fast:
+        if self._fast and not exporting():
             return self._forward_fast(x)
         if self.arrangement == 'parallel':
             gate = torch.sigmoid(self.channel_gate(x) + self.spatial_gate(x))
