@@ -264,3 +264,22 @@ def test_tools_load_foreign_checkpoints_with_weights_only(tmp_path):
         assert CheckpointLoader.load_checkpoint(str(own), map_location='cpu')['meta']['when'].year == 2026
     finally:
         CheckpointLoader.register_scheme(prefixes='', loader=previous, force=True)
+
+
+def test_attention_key_mismatch_is_named_with_the_config_line():
+    """Unexpected attention keys (the checkpoint has CBAM/BAM/inserted attention the model lacks)
+    are an error naming them and the config that builds them; missing ones only when resuming."""
+    from cbam_det.engine import attention_key_mismatch
+
+    plain = ['backbone.layer1.0.conv1.weight', 'backbone.layer1.0.bn3.weight']
+    cbam = plain + ['backbone.layer1.0.cbam.channel_gate.fc1.weight', 'backbone.layer1.0.cbam.spatial_gate.bn.bias']
+    bam = plain + ['backbone.bam1.channel_att.fc1.weight']
+    inserted = plain + ['attention_inserts.neck__out_convs__0.channel_gate.fc1.weight']
+    assert attention_key_mismatch(cbam, cbam, resuming=True) is None
+    msg = attention_key_mismatch(plain, cbam, resuming=False)
+    assert '2 attention keys of the checkpoint have no module' in msg and 'layer1.0.cbam.channel_gate' in msg
+    assert "plugins=[dict(cfg=dict(type='CBAM')" in msg and "type='AttnResNet', attention=dict(type='CBAM')" in msg
+    assert "bam=dict(type='BAM')" in attention_key_mismatch(plain, bam, resuming=False)
+    assert "targets=['neck.out_convs.0']" in attention_key_mismatch(plain, inserted, resuming=False)
+    assert attention_key_mismatch(cbam, plain, resuming=False) is None  # load_from a plain detector: fine
+    assert 'a resumed run must match its checkpoint' in attention_key_mismatch(cbam, plain, resuming=True)

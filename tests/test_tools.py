@@ -75,6 +75,28 @@ def test_train_then_test_produce_coco_metric(tiny_demo_data, tmp_path):
     )
     assert 'resumed' in out.lower() and 'Iter(train) [3/3]' in out
 
+    # the CBAM checkpoint into the same detector without attention: refused, naming keys and the config line
+    proc = subprocess.run(
+        [
+            sys.executable,
+            'tools/test.py',
+            DEMO_CONFIG,
+            osp.join(work, 'iter_3.pth'),
+            '--work-dir',
+            work,
+            '--cfg-options',
+            *opts,
+            'model.backbone.plugins=None',
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert '160 attention keys of the checkpoint have no module' in proc.stderr, proc.stderr[-3000:]  # 16 CBAM x 10
+    assert "plugins=[dict(cfg=dict(type='CBAM')" in proc.stderr
+
 
 def test_bad_out_extension_is_refused(tiny_demo_data, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)

@@ -16,7 +16,12 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a clone without install
 import cbam_det  # noqa: E402,F401  (only registration: configs work without custom_imports)
-from cbam_det.engine import load_config, setup_cpu_distributed, use_safe_checkpoint_loading  # noqa: E402
+from cbam_det.engine import (  # noqa: E402
+    AttentionKeyCheckHook,
+    load_config,
+    setup_cpu_distributed,
+    use_safe_checkpoint_loading,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -84,6 +89,7 @@ def main() -> None:
     use_safe_checkpoint_loading(trusted_dirs=[cfg.work_dir], unsafe=args.unsafe_load)
     setup_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.register_hook(AttentionKeyCheckHook())  # a checkpoint with other attention is named, not half-loaded
     runner.train()
 
 

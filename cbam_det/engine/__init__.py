@@ -1,11 +1,14 @@
 """Runtime helpers for tools/train.py and tools/test.py."""
 
+from .attention_keys import AttentionKeyCheckHook, attention_key_mismatch
 from .cli import load_config
 from .cpu_dist import CPUDistributedDataParallel, setup_cpu_distributed
 from .exact_resume import ExactResumeHook
 from .safe_load import UnsafeCheckpointError, load_untrusted, use_safe_checkpoint_loading
 
 __all__ = [
+    'AttentionKeyCheckHook',
+    'attention_key_mismatch',
     'CPUDistributedDataParallel',
     'ExactResumeHook',
     'setup_cpu_distributed',

@@ -1,0 +1,89 @@
+"""A checkpoint whose attention does not match the config is named, with the config line that
+would match, instead of being loaded half (mmengine only logs the keys it skipped).
+
+- Attention keys in the checkpoint that the model lacks (the checkpoint was trained with CBAM, SE
+  or BAM, the config builds none, or others): an error; those weights would be dropped.
+- Attention keys the model has and the checkpoint lacks: an error when resuming (a run's own
+  checkpoint must match); one log line otherwise (``load_from`` a detector trained without
+  attention: the attention starts from its initialisation, which is what adding it means).
+
+``tools/train.py`` and ``tools/test.py`` register :class:`AttentionKeyCheckHook` themselves.
+"""
+
+import re
+from typing import Dict, Iterable, List, Optional
+
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.registry import HOOKS
+
+__all__ = ['AttentionKeyCheckHook', 'attention_keys', 'attention_key_mismatch']
+
+_ATTENTION = re.compile(r'(^|\.)(cbam|se|bam\d*|attentions|attention_inserts)\.')
+
+_CONFIG_LINES = {
+    'cbam': "backbone=dict(plugins=[dict(cfg=dict(type='CBAM'), stages=(True, True, True, True), "
+    "position='after_conv3')]) or backbone=dict(type='AttnResNet', attention=dict(type='CBAM'))",
+    'se': "backbone=dict(plugins=[dict(cfg=dict(type='SE'), stages=(True, True, True, True), "
+    "position='after_conv3')]) or backbone=dict(type='AttnResNet', attention=dict(type='SE'))",
+    'bam': "backbone=dict(type='AttnResNet', bam=dict(type='BAM'))",
+    'attentions': "bbox_head=dict(type='AttnSSDHead', attention=dict(type='CBAM'))",
+}
+
+
+def attention_keys(keys: Iterable[str]) -> List[str]:
+    """The state-dict keys that belong to cbam_det attention modules."""
+    return [k for k in keys if _ATTENTION.search(k)]
+
+
+def _config_line(keys: List[str]) -> str:
+    kinds = {_ATTENTION.search(k).group(2).rstrip('0123456789') for k in keys}
+    lines = [_CONFIG_LINES[k] for k in sorted(kinds) if k in _CONFIG_LINES]
+    if 'attention_inserts' in kinds:
+        paths = sorted({k.split('.')[1].replace('__', '.') for k in keys if k.startswith('attention_inserts.')})
+        lines.append(f"model=dict(type='AttentionInserted', detector=..., targets={paths})")
+    return '; '.join(lines)
+
+
+def attention_key_mismatch(model_keys: Iterable[str], ckpt_keys: Iterable[str], resuming: bool) -> Optional[str]:
+    """An error message when the attention keys of a checkpoint and a model disagree, else None
+    (see the module docstring); missing keys outside a resume are logged instead."""
+    model_att, ckpt_att = set(attention_keys(model_keys)), set(attention_keys(ckpt_keys))
+    unexpected, missing = sorted(ckpt_att - model_att), sorted(model_att - ckpt_att)
+    problems = []
+    if unexpected:
+        problems.append(
+            f'{len(unexpected)} attention keys of the checkpoint have no module in the model '
+            f'(e.g. {unexpected[:3]}); a config that builds them: {_config_line(unexpected)}'
+        )
+    if missing and resuming:
+        problems.append(
+            f'{len(missing)} attention keys of the model are not in the checkpoint (e.g. {missing[:3]}); '
+            f'a resumed run must match its checkpoint: remove the attention that was added since '
+            f'({_config_line(missing)})'
+        )
+    elif missing:
+        print_log(
+            f'cbam_det: {len(missing)} attention parameters/buffers are not in the loaded checkpoint '
+            f'(e.g. {missing[:2]}): that attention starts from its initialisation',
+            logger='current',
+        )
+    return ' '.join(problems) or None
+
+
+def _strip(keys: Iterable[str]) -> List[str]:
+    return [k[len('module.') :] if k.startswith('module.') else k for k in keys]
+
+
+@HOOKS.register_module()
+class AttentionKeyCheckHook(Hook):
+    """Refuses a checkpoint whose attention keys do not match the model (see the module docstring)."""
+
+    def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:
+        state = checkpoint.get('state_dict', checkpoint)
+        model = getattr(runner.model, 'module', runner.model)
+        message = attention_key_mismatch(
+            model.state_dict().keys(), _strip(state.keys()), resuming=bool(getattr(runner, '_resume', False))
+        )
+        if message:
+            raise ValueError(f'checkpoint {runner._load_from or ""}: {message}')
