@@ -217,3 +217,21 @@ def test_paper_coco_config_runs_through_the_tools_on_demo_data(tiny_demo_data, t
         timeout=600,
     )
     assert 'coco/bbox_mAP' in _metrics(out)
+
+
+def test_resume_finds_the_newest_complete_checkpoint(tmp_path):
+    """--resume: last_checkpoint's file when it exists; else (missing, empty after a kill, or
+    naming a removed file) the highest iter_N/epoch_N.pth, never a temporary file."""
+    from cbam_det.engine import latest_checkpoint
+
+    work = str(tmp_path)
+    assert latest_checkpoint(work) is None
+    for name in ('iter_4.pth', 'iter_12.pth', 'iter_16.pth.tmp-123'):
+        (tmp_path / name).write_bytes(b'x')
+    assert latest_checkpoint(work) == osp.join(work, 'iter_12.pth')
+    (tmp_path / 'last_checkpoint').write_text('')
+    assert latest_checkpoint(work) == osp.join(work, 'iter_12.pth')
+    (tmp_path / 'last_checkpoint').write_text(osp.join(work, 'iter_4.pth'))
+    assert latest_checkpoint(work) == osp.join(work, 'iter_4.pth')
+    (tmp_path / 'last_checkpoint').write_text(osp.join(work, 'iter_8.pth'))  # removed since
+    assert latest_checkpoint(work) == osp.join(work, 'iter_12.pth')

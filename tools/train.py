@@ -18,6 +18,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 import cbam_det  # noqa: E402,F401  (only registration: configs work without custom_imports)
 from cbam_det.engine import (  # noqa: E402
     AttentionKeyCheckHook,
+    latest_checkpoint,
     load_config,
     setup_cpu_distributed,
     use_safe_checkpoint_loading,
@@ -80,7 +81,8 @@ def main() -> None:
 
     if args.resume == 'auto':
         cfg.resume = True
-        cfg.load_from = None
+        # the newest complete checkpoint, also where a kill left last_checkpoint empty or stale
+        cfg.load_from = latest_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume

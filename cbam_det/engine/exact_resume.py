@@ -11,11 +11,18 @@ seeds then draw other numbers than the uninterrupted run would have. :class:`Exa
   (which itself draws random numbers in the pipeline);
 - keeps validation from moving the training random state (the validation loader's seed is
   drawn from torch's generator), so resuming need not replay validations;
-- writes checkpoints and ``last_checkpoint`` atomically (a temporary file, then a rename), so a
-  kill during a write leaves the previous checkpoint in force.
+- writes checkpoints atomically (a temporary file, then a rename) and removes the checkpoints that
+  ``max_keep_ckpts`` drops only after the new one is complete and ``last_checkpoint`` names it
+  (mmengine removes them before it saves), so a kill during a save leaves the previous
+  checkpoint in force; ``tools/train.py --resume`` falls back to the newest complete checkpoint
+  when ``last_checkpoint`` is missing, empty or stale.
 
 Data order and worker seeds need nothing more: mmengine's samplers shuffle with their own seeded
-generator and its ``worker_init_fn`` seeds every worker from (seed, rank, worker id).
+generator and its ``worker_init_fn`` seeds every worker from (seed, rank, worker id). One exception:
+a *persistent* worker of an epoch-based loop carries its random state from one epoch into the next,
+where a resumed run starts a fresh worker. The hook therefore turns persistence off for the training
+loader of epoch-based loops (one log line): each epoch starts its workers anew, seeded as at the
+first epoch (the cost is one worker start per epoch).
 """
 
 import os
@@ -26,8 +33,9 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from mmengine.runner import BaseLoop
 
-__all__ = ['ExactResumeHook', 'random_states', 'set_random_states', 'atomic_local_writes']
+__all__ = ['ExactResumeHook', 'random_states', 'set_random_states', 'atomic_local_writes', 'flush_removals']
 
 KEY = 'cbam_det_random_states'
 
@@ -54,7 +62,16 @@ def atomic_local_writes() -> None:
 
     if getattr(LocalBackend, '_cbam_det_atomic', False):
         return
-    put, put_text = LocalBackend.put, LocalBackend.put_text
+    put, put_text, remove = LocalBackend.put, LocalBackend.put_text, LocalBackend.remove
+
+    def _deferred_remove(self, filepath) -> None:
+        if str(filepath).endswith('.pth'):  # a checkpoint max_keep_ckpts drops: after the next save
+            _PENDING_REMOVALS.append((self, str(filepath)))
+        else:
+            remove(self, filepath)
+
+    LocalBackend.remove = _deferred_remove
+    LocalBackend._cbam_det_remove = remove
 
     def _atomic(write, self, obj, filepath, *args, **kwargs):
         filepath = str(filepath)
@@ -67,6 +84,19 @@ def atomic_local_writes() -> None:
         put_text, self, obj, filepath, encoding=encoding
     )
     LocalBackend._cbam_det_atomic = True
+
+
+_PENDING_REMOVALS: list = []
+
+
+def flush_removals() -> None:
+    """Remove the checkpoints whose removal was deferred (see :func:`atomic_local_writes`)."""
+    from mmengine.fileio.backends import LocalBackend
+
+    while _PENDING_REMOVALS:
+        backend, path = _PENDING_REMOVALS.pop(0)
+        if os.path.isfile(path):
+            LocalBackend._cbam_det_remove(backend, path)
 
 
 class _RestoreAfter:
@@ -120,6 +150,16 @@ class ExactResumeHook(Hook):
             return
         self._pending = checkpoint[KEY]
 
+    def before_run(self, runner) -> None:
+        loop = getattr(runner, '_train_loop', None)
+        if not isinstance(loop, BaseLoop) or hasattr(loop, 'dataloader_iterator'):
+            return  # not training (test, val), or an iteration-based loop (its replay recreates worker states)
+        loader = loop.dataloader
+        if getattr(loader, 'persistent_workers', False) and loader.num_workers > 0:
+            # DataLoader refuses the attribute after construction; nothing has iterated it yet
+            object.__setattr__(loader, 'persistent_workers', False)
+            runner.logger.info('ExactResumeHook: persistent_workers turned off for the training loader (exact resume)')
+
     def before_train(self, runner) -> None:
         # after load: checkpoint-loading may be a plain load_from (no resume), then nothing is restored
         if self._pending is None or not runner._has_loaded or not getattr(runner, '_resume', False):
@@ -131,6 +171,16 @@ class ExactResumeHook(Hook):
         else:
             set_random_states(self._pending)
         self._pending = None
+
+    # priority LOWEST: after CheckpointHook has saved and written last_checkpoint
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        flush_removals()
+
+    def after_train_epoch(self, runner) -> None:
+        flush_removals()
+
+    def after_run(self, runner) -> None:
+        flush_removals()
 
     def before_val(self, runner) -> None:
         self._val_states = random_states()
