@@ -12,7 +12,7 @@ from mmengine.config import Config, ConfigDict
 
 from cbam_det import CBAM, insert_attention, match_modules
 from cbam_det.utils import no_pretrained
-from tests.helpers import REPO
+from tests.helpers import REPO, dist_train_with_attention_dumps
 
 ANYWHERE = {  # config -> (input size, number of attention modules, channels of the first one)
     'yolox/yolox_s-cbam_8xb8-300e_coco.py': (128, 7, 64),
@@ -170,31 +170,6 @@ def test_stock_configs_with_plugin_lines_train(rel):
     assert model.backbone.layer1[0].conv1.weight.grad is None  # the stage itself stays frozen
 
 
-RANK_DUMP_HOOK = '''
-import torch
-import torch.distributed as dist
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
-
-
-@HOOKS.register_module()
-class RankDumpHook(Hook):
-    """Each rank saves its attention parameters before and after training."""
-
-    def _dump(self, runner, tag):
-        model = getattr(runner.model, 'module', runner.model)
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        params = {k: v.detach().clone() for k, v in model.attention_inserts.named_parameters()}
-        torch.save(params, f'{runner.work_dir}/attention_{tag}_rank{rank}.pth')
-
-    def before_run(self, runner):
-        self._dump(runner, 'before')
-
-    def after_run(self, runner):
-        self._dump(runner, 'after')
-'''
-
-
 def yolox_on_demo_data(root: str) -> str:
     """The YOLOX-S + CBAM config on the demo data: 160 px, batch 2, 3 iterations, no evaluation."""
     pipeline = [
@@ -215,14 +190,14 @@ def yolox_on_demo_data(root: str) -> str:
     )
     return f"""
 _base_ = {osp.join(REPO, 'configs/yolox/yolox_s-cbam_8xb8-300e_coco.py')!r}
-custom_imports = dict(imports=['cbam_det', 'rank_dump_hook'], allow_failed_imports=False)
+custom_imports = dict(imports=['cbam_det', 'dump_attention'], allow_failed_imports=False)
 model = dict(detector=dict(data_preprocessor=dict(batch_augments=None), bbox_head=dict(num_classes=3)))
 train_dataloader = dict(_delete_=True, batch_size=2, num_workers=0, persistent_workers=False,
                         sampler=dict(type='DefaultSampler', shuffle=True), dataset={dataset!r})
 val_dataloader = val_cfg = val_evaluator = test_dataloader = test_cfg = test_evaluator = None
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=3, val_interval=1000)
 param_scheduler = []
-custom_hooks = [dict(type='RankDumpHook')]
+custom_hooks = [dict(type='DumpAttention')]
 default_hooks = dict(checkpoint=dict(interval=1000, by_epoch=False), logger=dict(interval=1))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
@@ -233,31 +208,11 @@ randomness = dict(seed=0)
 def test_yolox_cbam_two_processes_keep_attention_equal_across_ranks(tiny_demo_data, tmp_path):
     """tools/dist_train.sh with 2 CPU processes (gloo): after 3 steps every attention parameter
     has moved from its initial value and is bit-identical on both ranks."""
-    import os
-    import subprocess
-    import sys
-
-    (tmp_path / 'rank_dump_hook.py').write_text(RANK_DUMP_HOOK)
-    config = tmp_path / 'yolox_demo.py'
-    config.write_text(yolox_on_demo_data(tiny_demo_data))
-    work = tmp_path / 'work'
-    env = dict(os.environ, PYTHON=sys.executable, PORT='29541', PYTHONPATH=str(tmp_path))
-    proc = subprocess.run(
-        ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    assert 'Distributed training: True' in out and 'Iter(train) [3/3]' in out, out[-3000:]
-    before = torch.load(work / 'attention_before_rank0.pth', weights_only=True)
-    ranks = [torch.load(work / f'attention_after_rank{r}.pth', weights_only=True) for r in (0, 1)]
-    assert len(ranks[0]) == len(before) > 0
-    moved = 0
-    for name, value in ranks[0].items():
-        assert torch.equal(value, ranks[1][name]), name
-        moved += not torch.equal(value, before[name])
-    assert moved >= len(before) // 2, f'only {moved} of {len(before)} attention parameters changed'
+    out, before, r0, r1 = dist_train_with_attention_dumps(tmp_path, yolox_on_demo_data(tiny_demo_data), 29541)
+    assert 'Iter(train) [3/3]' in out, out[-3000:]
+    params = [k for k in r0 if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
+    assert len(r0) == len(before) > len(params) > 0
+    for name in params:
+        assert torch.equal(r0[name], r1[name]), name
+    moved = sum(not torch.equal(r0[k], before[k]) for k in params)
+    assert moved >= len(params) // 2, f'only {moved} of {len(params)} attention parameters changed'

@@ -2,42 +2,10 @@
 plugin after a BatchNorm (which takes over the BN's backward) and AttnResNet's fused BN + CBAM
 block; parameters are gathered from both ranks, not read from rank 0's checkpoint."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from tests.helpers import DEMO_CONFIG, REPO
-
-DUMP_HOOK = '''
-import torch
-import torch.distributed as dist
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
-
-from cbam_det.models.layers.base import AttentionModule
-
-
-@HOOKS.register_module()
-class DumpAttention(Hook):
-    """Each rank saves the parameters and buffers of every attention module, before and after."""
-
-    def _dump(self, runner, tag):
-        model = getattr(runner.model, 'module', runner.model)
-        state = {}
-        for name, m in model.named_modules():
-            if isinstance(m, AttentionModule):
-                state.update({f'{name}.{k}': v.detach().clone() for k, v in m.state_dict().items()})
-        torch.save(state, f'{runner.work_dir}/attention_{tag}_rank{dist.get_rank()}.pth')
-
-    def before_run(self, runner):
-        self._dump(runner, 'before')
-
-    def after_run(self, runner):
-        self._dump(runner, 'after')
-'''
+from tests.helpers import DEMO_CONFIG, dist_train_with_attention_dumps
 
 FUSED_BACKBONE = (
     "dict(_delete_=True, type='AttnResNet', depth=50, base_channels=16, attention=dict(type='CBAM'), "
@@ -74,24 +42,8 @@ test_evaluator = val_evaluator
     ],
 )
 def test_two_processes_keep_attention_identical(variant, backbone, tiny_demo_data, tmp_path):
-    (tmp_path / 'dump_attention.py').write_text(DUMP_HOOK)
-    config = tmp_path / f'{variant}.py'
-    config.write_text(config_text(tiny_demo_data, backbone))
-    work = tmp_path / 'work'
-    env = dict(os.environ, PYTHON=sys.executable, PORT='29551', PYTHONPATH=str(tmp_path))
-    proc = subprocess.run(
-        ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    assert 'Distributed training: True' in out and 'Iter(train) [3/3]' in out, out[-3000:]
-    before = torch.load(work / 'attention_before_rank0.pth', weights_only=True)
-    r0, r1 = (torch.load(work / f'attention_after_rank{r}.pth', weights_only=True) for r in (0, 1))
+    out, before, r0, r1 = dist_train_with_attention_dumps(tmp_path, config_text(tiny_demo_data, backbone), 29551)
+    assert 'Iter(train) [3/3]' in out, out[-3000:]
     assert len(r0) == len(before) > 0
     params = [k for k in r0 if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
     moved = sum(not torch.equal(r0[k], before[k]) for k in params)

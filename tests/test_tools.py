@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import DEMO_CONFIG, REPO, demo_data_options
+from tests.helpers import DEMO_CONFIG, REPO, demo_data_options, dist_train
 
 TINY = [
     'train_cfg.max_iters=2',
@@ -126,16 +126,7 @@ def test_dist_train_and_test_two_cpu_processes(tiny_demo_data, tmp_path):
     work = str(tmp_path / 'dist')
     env = dict(os.environ, PYTHON=sys.executable, PORT='29533')
     opts = TINY + demo_data_options(tiny_demo_data)
-    proc = subprocess.run(
-        ['bash', 'tools/dist_train.sh', DEMO_CONFIG, '2', '--work-dir', work, '--cfg-options', *opts],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
+    out = dist_train(DEMO_CONFIG, work, 29533, '--cfg-options', *opts)
     # the runner's environment banner (mmengine calls the world size "GPU number")
     assert 'Distributed training: True' in out and 'GPU number: 2' in out, out[-3000:]
     assert "dist_cfg: {'backend': 'gloo'}" in out and "type='CPUDistributedDataParallel'" in out
