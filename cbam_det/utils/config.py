@@ -12,7 +12,10 @@ ATTENTION_KEYS = ('attention', 'bam', 'plugins')
 
 
 def strip_attention(cfg: Any) -> Any:
-    """A copy of a model config with every ``attention``, ``bam`` and ``plugins`` entry set to None."""
+    """A copy of a model config with every ``attention``, ``bam`` and ``plugins`` entry set to None;
+    an ``AttentionInserted`` model becomes the detector it wraps."""
+    if isinstance(cfg, dict) and cfg.get('type') == 'AttentionInserted':
+        return strip_attention(cfg['detector'])
     if isinstance(cfg, dict):
         return {k: (None if k in ATTENTION_KEYS else strip_attention(v)) for k, v in cfg.items()}
     if isinstance(cfg, (list, tuple)):
@@ -21,7 +24,10 @@ def strip_attention(cfg: Any) -> Any:
 
 
 def has_attention(cfg: Any) -> bool:
-    """Whether any ``attention``, ``bam`` or ``plugins`` entry of the config is set."""
+    """Whether any ``attention``, ``bam`` or ``plugins`` entry of the config is set (or it is an
+    ``AttentionInserted`` model)."""
+    if isinstance(cfg, dict) and cfg.get('type') == 'AttentionInserted':
+        return True
     if isinstance(cfg, dict):
         return any((k in ATTENTION_KEYS and v) or has_attention(v) for k, v in cfg.items())
     if isinstance(cfg, (list, tuple)):
