@@ -37,8 +37,6 @@ from ._placement import (
     attention_position,
     block_attention_modules,
     inplace_by_default,
-    keep_attention_norms_training,
-    keep_attention_trainable,
     mark_frozen_attention,
 )
 
@@ -231,16 +229,8 @@ class _AttentionMixin:
                 outs.append(x)
         return tuple(outs)
 
-    def _freeze_stages(self) -> None:
-        super()._freeze_stages()
-        if not getattr(self, 'freeze_attention', True) and hasattr(self, 'bam_names'):
-            keep_attention_trainable(self.attention_modules(), self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.norm_eval and not self.freeze_attention:
-            keep_attention_norms_training(self.attention_modules())
-        return self
+    # frozen_stages / norm_eval leave attention with allow_frozen=False (freeze_attention=False)
+    # trainable: mmdet's ResNet._freeze_stages / train are wrapped for that (mmdet_resnet.py)
 
 
 @MODELS.register_module()
