@@ -1,6 +1,15 @@
-"""Session fixtures: mmdet's registries in scope, and a tiny copy of the demo data."""
+"""Session fixtures: mmdet's registries in scope, and a tiny copy of the demo data.
 
-import pytest
+Triton's interpreter is switched on (before anything imports triton) so that the ``triton``
+backend's kernels run on CPU tensors; ``TRITON_INTERPRET=0`` keeps it off (on a GPU machine
+the same tests then run the compiled kernels on CUDA tensors).
+"""
+
+import os
+
+os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope='session')

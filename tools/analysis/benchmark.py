@@ -1,11 +1,13 @@
 """Speed and memory of attention against the same network without it.
 
-    python tools/analysis/benchmark.py --backbone r50 --attention cbam --shape 2 3 512 768
+    python tools/analysis/benchmark.py --backbone r50 --attention cbam --shape 2 3 512 768 --inplace both
+    python tools/analysis/benchmark.py --backbone r50 --attention cbam --position after_conv1 --inplace both
     python tools/analysis/benchmark.py --config configs/faster_rcnn/faster-rcnn_r50-cbam_fpn_1x_coco.py \
         --shape 1 3 512 768 --json bench.json
 
 Variants (each a model built from the same spec with a different attention setting):
-``plain`` (no attention), ``attn`` (the attention as configured), and with ``--reference``
+``plain`` (no attention), ``attn`` (the attention as configured; ``--inplace both``: ``attn``
+with ``inplace=False`` and ``attn_inplace`` with ``inplace=True``), and with ``--reference``
 ``reference`` (the attention replaced by the plain eager implementation written in
 this file, eq. 1-3 of the CBAM paper / SE / BAM eq. 1-4 as one would write them first).
 Times: in one process, variants alternate inside every repeat (so machine noise hits
@@ -15,6 +17,12 @@ backward of the sum of outputs. Reported: median ratio to ``plain`` with min/max
 repeats (each repeat's pair), and the ratio of the median times. Memory of a training
 step: CPU = peak RSS growth of a fresh subprocess per variant (model and input built, then Linux's peak-RSS
 mark is reset and the step runs); CUDA = ``torch.cuda.max_memory_allocated`` after synchronisation.
+
+Activations are real: the backbone is built with ``zero_init_residual=False`` (mmdet's
+default True zeroes every block's last BN, so attention after it would see only zeros; add
+``--zero-init-residual`` to measure that case). ``--position after_conv1`` places the plugin
+after the block's first ReLU (many ties in the max-pools) instead of the paper's
+``after_conv3``. ``--backend`` sets ``CBAM_DET_BACKEND`` for the run.
 
 ``--path attn_resnet`` measures cbam_det's backbone, where CBAM/SE are fused with the
 block's last BatchNorm (``fuse_attention=True``); ``--path plugin`` mmdet's ResNet with
@@ -107,6 +115,15 @@ def to_reference(model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- models
+def attention_cfg(args, variant: str) -> dict:
+    att = dict(ATT[args.attention])
+    if variant == 'attn_inplace' or args.inplace == 'true':
+        att['inplace'] = True
+    elif args.inplace in ('false', 'both'):
+        att['inplace'] = False
+    return att
+
+
 def build(args, variant: str) -> nn.Module:
     register_all_modules()
     if args.config:
@@ -135,11 +152,10 @@ def build(args, variant: str) -> nn.Module:
             depth=depth,
             norm_eval=False,
             frozen_stages=-1,
+            zero_init_residual=args.zero_init_residual,
         )
         if variant != 'plain':
-            att = dict(ATT[args.attention])
-            if args.inplace:
-                att['inplace'] = True
+            att = attention_cfg(args, variant)
             if args.attention == 'bam':
                 if args.path != 'attn_resnet':
                     cfg['type'] = 'AttnResNet'
@@ -147,7 +163,7 @@ def build(args, variant: str) -> nn.Module:
             elif args.path == 'attn_resnet':
                 cfg['attention'] = att
             else:
-                cfg['plugins'] = [dict(cfg=att, stages=(True,) * 4, position='after_conv3')]
+                cfg['plugins'] = [dict(cfg=att, stages=(True,) * 4, position=args.position)]
         model = MODELS.build(cfg)
     if variant == 'reference':
         model = to_reference(model)
@@ -314,9 +330,21 @@ def main() -> None:
     )
     parser.add_argument(
         '--inplace',
-        action='store_true',
-        help='inplace=True for the attention (in-place products in inference; AttnResNet sets it by default)',
+        choices=['default', 'true', 'false', 'both'],
+        default='default',
+        help="the attention's inplace (default: the module's; in mmdet's ResNet and AttnResNet that is True); "
+        'both: time inplace=False (attn) and inplace=True (attn_inplace)',
     )
+    parser.add_argument(
+        '--position',
+        choices=['after_conv3', 'after_conv1'],
+        default='after_conv3',
+        help='plugin position: after the last BN (paper) or after the first ReLU',
+    )
+    parser.add_argument(
+        '--zero-init-residual', action='store_true', help="mmdet's zero init of each block's last BN (see above)"
+    )
+    parser.add_argument('--backend', choices=['auto', 'torch', 'cpu', 'triton'], help='CBAM_DET_BACKEND for the run')
     parser.add_argument(
         '--malloc',
         choices=['default', 'tuned'],
@@ -346,6 +374,8 @@ def main() -> None:
         )  # glibc reads these at start-up only
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.backend:
+        os.environ['CBAM_DET_BACKEND'] = args.backend  # read at every call; children inherit it
     if args.memory_child:
         print(json.dumps({'bytes': memory_child(args, args.memory_child)}))
         return
@@ -353,9 +383,13 @@ def main() -> None:
         print(json.dumps(time_child(args, args.time_child)))
         return
 
-    variants = ['plain', 'attn'] + (['reference'] if args.reference else [])
+    variants = ['plain', 'attn'] + (['attn_inplace'] if args.inplace == 'both' else [])
+    variants += ['reference'] if args.reference else []
     times = (time_isolated if args.isolate else time_variants)(args, variants)
-    spec = args.config or f'{args.backbone} {args.attention}{" inplace" if args.inplace else ""} ({args.path})'
+    spec = args.config or (
+        f'{args.backbone} {args.attention} inplace={args.inplace} ({args.path}, {args.position}, '
+        f'zero_init_residual={args.zero_init_residual}, backend={os.environ.get("CBAM_DET_BACKEND", "auto")})'
+    )
     result = dict(
         spec=spec,
         shape=list(args.shape),

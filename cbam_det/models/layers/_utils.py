@@ -12,7 +12,6 @@ __all__ = [
     'check_choice',
     'check_odd_kernel',
     'check_input',
-    'exporting',
     'set_check_finite',
     'safe_batch_norm',
     'check_not_frozen',
@@ -61,12 +60,6 @@ def check_odd_kernel(owner: str, name: str, value: int) -> None:
 
 _FLOAT_DTYPES = 'float16, bfloat16, float32 or float64'
 _check_finite = {'on': os.environ.get('CBAM_DET_CHECK_FINITE', '0') == '1'}
-
-
-def exporting() -> bool:
-    """Whether a trace or an ONNX export is recording the forward: then the modules take their
-    plain PyTorch path (the compiled kernels and custom autograd functions cannot be exported)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def set_check_finite(enabled: bool) -> bool:

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.registry import MODELS
 
-from ._fused_gate import bam_gate, fused_available, pointwise_conv
+from ... import kernels
 from ._utils import check_choice, check_input, check_not_frozen, hidden_channels, safe_batch_norm
 from .base import AttentionModule
 
@@ -73,13 +73,8 @@ class BAMSpatialGate(nn.Module):
             return self.final(h).float()
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.reduce(x)``; on float32 CPU maps with at most 512 channels (BAM after
-        ResNet stages 1 and 2) the compiled 1×1 conv, which is faster there than PyTorch's;
-        with more channels PyTorch's is the faster one (measurements: docs/performance.md)."""
-        w = self.reduce.weight
-        if x.shape[1] <= 512 and w.dtype == torch.float32 and fused_available(x):
-            return pointwise_conv(x, w, self.reduce.bias)
-        return self.reduce(x)
+        """``self.reduce(x)`` (the ``cpu`` backend has a faster 1×1 conv for few channels)."""
+        return kernels.pointwise_conv(x, self.reduce)
 
 
 @MODELS.register_module()
@@ -104,8 +99,8 @@ class BAM(AttentionModule):
             between ResNet stages, where nothing else reads the stage output). Training is
             unaffected.
 
-    With ``combine`` 'sum' or 'product', float32 contiguous CPU input uses a fused kernel
-    for F ⊗ (1 + M(F)): M(F) is computed on the fly (forward and backward), never stored.
+    With ``combine`` 'sum' or 'product', the ``cpu`` and ``triton`` backends compute
+    F ⊗ (1 + M(F)) in one pass: M(F) is formed on the fly (forward and backward), never stored.
     """
 
     _abbr_ = 'bam'
@@ -159,7 +154,10 @@ class BAM(AttentionModule):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """M(F) of shape (N, C, H, W), float32."""
-        c, s = self.channel_att(x), self.spatial_att(x)
+        return self.combined(self.channel_att(x), self.spatial_att(x))
+
+    def combined(self, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """M from the branch logits c (N, C, 1, 1) and s (N, 1, H, W) by the ``combine`` rule."""
         if self.combine == 'sum':
             return torch.sigmoid(c + s)
         if self.combine == 'max':
@@ -171,10 +169,18 @@ class BAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('BAM', x, self.in_channels, self.training)
         check_not_frozen(self, 'BAM')
-        if self.combine in ('sum', 'product') and fused_available(x):
-            c, s = self.channel_att(x), self.spatial_att(x)
-            return bam_gate(x, c, s, self.combine == 'product', self.residual, self.inplace)
-        m = self.attention(x).to(x.dtype)
+        c, s = self.channel_att(x), self.spatial_att(x)  # eq. 3, 4
+        return kernels.bam_refine(self, x, c, s)  # eq. 1, 2 on the selected backend
+
+    @property
+    def kernel_variant(self) -> Optional[str]:
+        """``'bam'`` for the ``combine`` rules the kernels cover ('sum', 'product'), else None."""
+        return 'bam' if self.combine in ('sum', 'product') else None
+
+    def refine(self, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Eq. 1-2 in plain PyTorch from the branch logits: F + F ⊗ M(F) (or F ⊗ M(F));
+        with ``inplace`` and no autograd, written into ``x``."""
+        m = self.combined(c, s).to(x.dtype)
         if self.inplace and not torch.is_grad_enabled():
             return x.mul_(m.add_(1) if self.residual else m)
         return x + x * m if self.residual else x * m

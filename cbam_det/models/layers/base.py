@@ -6,7 +6,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import nn
 
-from ._fused_gate import fused_available, gated_attention
+from ... import kernels
 from ._utils import check_choice, check_input, check_not_frozen
 
 __all__ = ['AttentionModule', 'INIT_MODES']
@@ -56,18 +56,19 @@ class AttentionModule(BaseModule):
     def forward_with_bn(self, z: torch.Tensor, bn: nn.Module) -> torch.Tensor:
         """``self(bn(z))``: the module applied to the output of the BatchNorm ``bn``.
 
-        CBAM (the paper's configuration) and SE compute it in one fused autograd function
-        on float32 CPU tensors (``_fused_gate``): the BN output is never stored, so the
-        pair costs no more activation memory than the BN alone. Otherwise it is literally
-        ``self(bn(z))``. With the module's ``inplace`` (no autograd) the result is written
-        into ``z``: callers pass a ``z`` that nothing else reads (a block's last conv output).
+        CBAM (the paper's configuration) and SE on the ``cpu`` and ``triton`` backends
+        compute it in one fused autograd function (``cbam_det.kernels.fused``): the BN output
+        is never stored, so the pair costs no more activation memory than the BN alone. On
+        ``torch`` it is ``self(bn(z))``. With the module's ``inplace`` (no autograd) the result
+        is written into ``z``: callers pass a ``z`` that nothing else reads (a block's last
+        conv output).
         """
-        if self.fusable_with_bn and fused_available(z, bn):
-            owner = type(self).__name__
-            check_input(owner, z, self.in_channels, self.training)
-            check_not_frozen(self, owner)
-            return gated_attention(self, z, bn=bn, inplace=getattr(self, 'inplace', False))
-        return self(bn(z))
+        if not self.fusable_with_bn:
+            return self(bn(z))
+        owner = type(self).__name__
+        check_input(owner, z, self.in_channels, self.training)
+        check_not_frozen(self, owner)
+        return kernels.attend(self, z, bn=bn)
 
     def _init_special(self) -> None:
         """Module-specific part of the initialisation (after the common one)."""

@@ -21,17 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.registry import MODELS
 
-from ._fast_cbam import ApplyGates, ChannelPool, GatedChannelPool
-from ._fused_gate import fused_available, gated_attention, spatial_conv
-from ._utils import (
-    check_choice,
-    check_input,
-    check_not_frozen,
-    check_odd_kernel,
-    exporting,
-    hidden_channels,
-    safe_batch_norm,
-)
+from ... import kernels
+from ._utils import check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels, safe_batch_norm
 from .base import AttentionModule
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -114,11 +105,8 @@ class SpatialGate(nn.Module):
             return safe_batch_norm(self.bn, self._conv(desc), update_stats).float()
 
     def _conv(self, desc: torch.Tensor) -> torch.Tensor:
-        """``self.conv(desc)``; on float32 CPU maps the compiled one-output-channel kernel
-        (a generic convolution is 2-10× slower on this shape, mostly in backward)."""
-        if fused_available(desc):
-            return spatial_conv(desc, self.conv.weight)
-        return self.conv(desc)
+        """``self.conv(desc)`` (the ``cpu`` backend has a kernel for one output channel)."""
+        return kernels.spatial_conv(desc, self.conv)
 
 
 @MODELS.register_module()
@@ -215,12 +203,12 @@ class CBAM(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('CBAM', x, self.in_channels, self.training)
         check_not_frozen(self, 'CBAM')
-        return x + self._attend(x) if self.residual else self._attend(x)
+        y = kernels.attend(self, x)  # eq. 1 on the selected backend (cbam_det.kernels)
+        return x + y if self.residual else y
 
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. 1: F'' = M_s(F') ⊗ F' with F' = M_c(F) ⊗ F (or the configured arrangement)."""
-        if self._fast and not exporting():
-            return self._forward_fast(x)
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 as written, F'' = M_s(F') ⊗ F' with F' = M_c(F) ⊗ F (or the configured
+        arrangement), in plain PyTorch: what every backend computes."""
         if self.arrangement == 'parallel':
             gate = torch.sigmoid(self.channel_gate(x) + self.spatial_gate(x))
             return x * gate.to(x.dtype)
@@ -233,36 +221,21 @@ class CBAM(AttentionModule):
         return x
 
     @property
-    def fusable_with_bn(self) -> bool:  # type: ignore[override]
-        return self._fast and not self.residual
-
-    @property
-    def _fast(self) -> bool:
-        """The paper's module (and the official variant) has a memory-lean autograd path."""
-        return (
+    def kernel_variant(self) -> Optional[str]:
+        """``'cbam'`` for the configurations the kernels cover (the paper's module and the
+        official [max; mean] variant), else None (the ``torch`` backend runs :meth:`reference`)."""
+        covered = (
             self.arrangement == 'channel_first'
             and self.channel_gate is not None
             and self.channel_gate.pool == 'avg_max'
             and self.spatial_gate is not None
             and self.spatial_gate.pool in ('avg_max', 'max_avg')
         )
+        return 'cbam' if covered else None
 
-    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """Same result as the generic path; keeps only ``x`` for backward (fused kernels) or
-        ``x`` and the gates (the PyTorch functions).
-
-        float32 contiguous CPU input: the compiled fused kernels (``_fused_gate``);
-        otherwise memory-lean autograd functions built from PyTorch ops (``_fast_cbam``).
-        """
-        if fused_available(x):
-            return gated_attention(self, x, inplace=self.inplace)
-        if self.inplace and not torch.is_grad_enabled():
-            g_c = torch.sigmoid(self.channel_gate(x)).to(x.dtype)
-            x = x.mul_(g_c)
-            return x.mul_(torch.sigmoid(self.spatial_gate(x)).to(x.dtype))
-        g_c = torch.sigmoid(self.channel_gate.logits(*ChannelPool.apply(x))).to(x.dtype)
-        g_s = torch.sigmoid(self.spatial_gate.logits(*GatedChannelPool.apply(x, g_c))).to(x.dtype)
-        return ApplyGates.apply(x, g_c, g_s)
+    @property
+    def fusable_with_bn(self) -> bool:  # type: ignore[override]
+        return self.kernel_variant is not None and not self.residual
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, arrangement={self.arrangement!r}'

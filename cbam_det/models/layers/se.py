@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
-from ._fused_gate import fused_available, gated_attention
+from ... import kernels
 from ._utils import check_input, check_not_frozen
 from .base import AttentionModule
 from .cbam import ChannelGate
@@ -39,6 +39,7 @@ class SE(AttentionModule):
 
     _abbr_ = 'se'
     fusable_with_bn = True
+    kernel_variant = 'se'
 
     def __init__(
         self,
@@ -65,9 +66,8 @@ class SE(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('SE', x, self.in_channels, self.training)
         check_not_frozen(self, 'SE')
-        if fused_available(x):  # compiled kernels: one pass per full-size step, lean backward
-            return gated_attention(self, x, inplace=self.inplace)
-        gate = torch.sigmoid(self.channel_gate(x)).to(x.dtype)
-        if self.inplace and not torch.is_grad_enabled():
-            return x.mul_(gate)
-        return x * gate
+        return kernels.attend(self, x)  # F ⊗ σ(MLP(AvgPool(F))) on the selected backend
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """F' = F ⊗ σ(W2 δ(W1 AvgPool(F))) in plain PyTorch: what every backend computes."""
+        return x * torch.sigmoid(self.channel_gate(x)).to(x.dtype)

@@ -1,4 +1,5 @@
-"""Memory-lean autograd for CBAM's full-size operations (CBAM paper, eq. 1-3).
+"""The ``torch`` backend: CBAM (CBAM paper, eq. 1-3) and SE from PyTorch operations, with
+memory-lean autograd for CBAM's full-size operations.
 
 The small parts of CBAM (the shared MLP on (N, C) descriptors, the 7×7 conv and BN on
 (N, 1, H, W) maps) stay ordinary autograd. The full-size (N, C, H, W) parts are three
@@ -10,13 +11,40 @@ in backward instead of keeping it:
 - :class:`ApplyGates`: (``x``, ``g_c``, ``g_s``) → ``x ⊗ g_c ⊗ g_s``.
 
 Max-pooling gradients follow torch's ``amax``: shared evenly between tied maxima.
+:func:`attend` runs a module on this backend.
 """
 
 from typing import Tuple
 
 import torch
+from torch import nn
 
-__all__ = ['ChannelPool', 'GatedChannelPool', 'ApplyGates']
+__all__ = ['ChannelPool', 'GatedChannelPool', 'ApplyGates', 'attend']
+
+
+def attend(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """CBAM's or SE's gated output with PyTorch operations.
+
+    The paper's CBAM (``kernel_variant == 'cbam'``) keeps only ``x`` and the gates for
+    backward; SE multiplies by its gate; other CBAM variants run their own equations
+    (``module.reference``). With the module's ``inplace`` and no autograd, the gates are
+    multiplied into ``x`` itself.
+    """
+    variant = getattr(module, 'kernel_variant', None)
+    inplace = getattr(module, 'inplace', False) and not torch.is_grad_enabled()
+    if variant is None:
+        return module.reference(x)
+    cg = module.channel_gate
+    if variant == 'se':
+        g_c = torch.sigmoid(cg(x)).to(x.dtype)
+        return x.mul_(g_c) if inplace else x * g_c
+    sg = module.spatial_gate
+    if inplace:
+        x = x.mul_(torch.sigmoid(cg(x)).to(x.dtype))
+        return x.mul_(torch.sigmoid(sg(x)).to(x.dtype))
+    g_c = torch.sigmoid(cg.logits(*ChannelPool.apply(x))).to(x.dtype)
+    g_s = torch.sigmoid(sg.logits(*GatedChannelPool.apply(x, g_c))).to(x.dtype)
+    return ApplyGates.apply(x, g_c, g_s)
 
 
 def _pool_grad(

@@ -1,15 +1,17 @@
-"""CBAM's memory-lean autograd path against its generic path (same module, same weights)."""
+"""The ``torch`` backend (CBAM's memory-lean autograd functions) against the module's
+equations as written (``CBAM.reference``), same weights."""
 
 import pytest
 import torch
 
-from cbam_det import CBAM
+from cbam_det import CBAM, kernels
 
 
-def run(m: CBAM, x: torch.Tensor, fast: bool, monkeypatch):
-    monkeypatch.setattr(CBAM, '_fast', property(lambda self: fast))
+def run(m: CBAM, x: torch.Tensor, fast: bool, monkeypatch=None):
+    """``fast``: the module on the ``torch`` backend; otherwise its plain eq. 1-3."""
     x = x.detach().clone().requires_grad_()
-    y = m(x)
+    with kernels.use_backend('torch'):
+        y = m(x) if fast else m.reference(x)
     w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.dtype)
     params = [x] + list(m.parameters())
     grads = torch.autograd.grad((y.float() * w.float()).sum(), params)
@@ -69,10 +71,11 @@ def test_fast_path_under_bf16_autocast(monkeypatch):
         torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-2)
 
 
-def test_fast_path_is_used_for_the_paper_module_only():
-    assert CBAM(32)._fast and CBAM(32, spatial_pool='max_avg')._fast
-    assert not CBAM(32, arrangement='parallel')._fast and not CBAM(32, channel_pool='avg')._fast
-    assert not CBAM(32, spatial_pool='conv1x1')._fast and not CBAM(32, spatial_pool=None)._fast
+def test_kernels_cover_the_paper_module_only():
+    assert CBAM(32).kernel_variant == CBAM(32, spatial_pool='max_avg').kernel_variant == 'cbam'
+    for kw in (dict(arrangement='parallel'), dict(channel_pool='avg'), dict(spatial_pool='conv1x1')):
+        assert CBAM(32, **kw).kernel_variant is None, kw
+    assert CBAM(32, spatial_pool=None).kernel_variant is None
 
 
 @pytest.mark.parametrize('shape', [(2, 32, 9, 13), (1, 32, 1, 1)], ids=str)

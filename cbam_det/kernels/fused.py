@@ -1,10 +1,11 @@
-"""Fused gating on the compiled CPU kernels: CBAM (Woo et al., ECCV 2018, eq. 1-3) and SE
+"""Fused gating on the CPU (C++) or Triton kernels: CBAM (Woo et al., ECCV 2018, eq. 1-3) and SE
 (Hu et al., CVPR 2018), optionally fused with the BatchNorm that precedes them, and BAM's
 refinement F ⊗ (1 + M(F)) (Park et al., BMVC 2018, eq. 1-2).
 
     x = BN(z) (or x = z),  y = x ⊗ σ(MLP(pool_hw(x))) ⊗ σ(BN(f([pool_c(x ⊗ g_c)])))
 
-One autograd function does every full-size step in C++ (``cbam_det/ops/csrc``): forward
+One autograd function does every full-size step in the kernels of a backend (``ext``: the
+compiled ``cbam_det/ops`` module or :mod:`.triton_gate`, same functions): forward
 reads the input three times and writes the output once; between forward and backward it
 keeps only the input z (and references). With a BatchNorm, z is the BN's input, which a
 plain block keeps for the BN's backward anyway, and x = a[c]·z + b[c] is recomputed on the
@@ -13,9 +14,8 @@ same by reading z off the BN's autograd node (:func:`_bn_source`). The small ste
 MLP, k×k conv, the gate's own BN, sigmoids) run on (N, C) and (N, 1, H, W) tensors; backward
 recomputes them (and the pools) and differentiates them with ``torch.autograd.grad``.
 
-Used for float32 contiguous CPU tensors when the kernels compiled, outside
-``torch.compile``; everything else takes the PyTorch path of the modules, which computes
-the same values.
+Called by :mod:`.dispatch` for the ``cpu`` and ``triton`` backends; the ``torch`` backend
+computes the same values with PyTorch operations.
 """
 
 from typing import List, NamedTuple, Optional, Tuple
@@ -24,28 +24,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ...ops import gate_ext
-from ._utils import exporting
+from ..ops import gate_ext
 
-__all__ = ['fused_available', 'gated_attention', 'bam_gate', 'spatial_conv', 'pointwise_conv']
-
-
-def fused_available(x: torch.Tensor, bn: Optional[nn.Module] = None) -> bool:
-    """Whether :func:`gated_attention` can run on ``x`` (and fuse ``bn``, if given)."""
-    if (
-        x.device.type != 'cpu'
-        or x.dtype != torch.float32
-        or x.dim() != 4
-        or not x.is_contiguous()
-        or torch.compiler.is_compiling()
-        or exporting()
-    ):
-        return False
-    if torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu') != torch.float32:
-        return False  # lower-precision autocast: the PyTorch path keeps its dtype rules
-    if bn is not None and type(bn) is not nn.BatchNorm2d:  # SyncBN, frozen BN...: not fused
-        return False
-    return gate_ext() is not None
+__all__ = ['gated_attention', 'bam_gate', 'spatial_conv', 'pointwise_conv', 'bn_node_readable']
 
 
 class _BNState(NamedTuple):
@@ -207,7 +188,8 @@ def _grads(outputs: torch.Tensor, inputs: List[torch.Tensor], grad_out: torch.Te
 
 
 class _GatedAttention(torch.autograd.Function):
-    """(z, out, module, bn, reuse_input, *params) → y; ``params`` are the module's and the
+    """(z, out, module, bn, reuse_input, ext, *params) → y; ``ext``: the kernels (CPU or
+    Triton); ``params`` are the module's and the
     BN's parameters. ``bn``: None, a BatchNorm2d to fold in (its statistics computed and
     updated here), or the :class:`_BNState` of a BatchNorm that already ran (see
     :func:`_bn_source`). ``out``: a tensor to write y into (marked dirty). ``reuse_input``
@@ -220,25 +202,26 @@ class _GatedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, out: Optional[torch.Tensor], module: nn.Module, bn, reuse_input: bool, *params):
-        ext = gate_ext()
+    def forward(
+        ctx, z: torch.Tensor, out: Optional[torch.Tensor], module: nn.Module, bn, reuse_input: bool, ext, *params
+    ):
         bn, s = _forward_gates(module, ext, z, bn)
         if out is not None:
             ctx.mark_dirty(out)
         y = ext.apply_gates(z, s.a, s.b, s.channel_gate_flat, s.spatial_gate_flat, out)
         ctx.save_for_backward(z)
-        ctx.module, ctx.bn, ctx.params, ctx.reuse_input = module, bn, params, reuse_input
+        ctx.module, ctx.bn, ctx.params, ctx.reuse_input, ctx.ext = module, bn, params, reuse_input, ext
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
-        ext = gate_ext()
+        ext = ctx.ext
         (z,), bn = ctx.saved_tensors, ctx.bn
         s = _small_forward(ctx.module, ext, z, bn, grad=True, update_stats=False)
         a, b, gc, gs = s.a, s.b, s.channel_gate_flat, s.spatial_gate_flat
         n, c, h, w = z.shape
-        dy = dy.contiguous()
+        dy = _layout_of(dy, z)
         cg, sg, use_max = _gates(ctx.module)
         param_grads = {}
         dgc, dgs, cnt = ext.gate_grads(dy, z, a, b, gc, gs, s.spatial_max_flat)
@@ -268,7 +251,13 @@ class _GatedAttention(torch.autograd.Function):
         )
         if bn is not None:
             dx = _bn_backward(ext, bn, s.invstd, a, z, dx, s1, s2, param_grads)
-        return (dx, None, None, None, None) + tuple(param_grads.get(p) for p in ctx.params)
+        return (dx, None, None, None, None, None) + tuple(param_grads.get(p) for p in ctx.params)
+
+
+def _layout_of(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``z``'s memory layout (NCHW or channels-last), which the kernels read it with."""
+    fmt = torch.channels_last if not z.is_contiguous() else torch.contiguous_format
+    return t.contiguous(memory_format=fmt)
 
 
 def _bn_backward(
@@ -381,7 +370,8 @@ def _probe_bn_node(fields: Tuple[str, ...]) -> bool:
 
 def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
     """(z, BN state) when ``x`` = BN(z) is the untouched output of an affine BatchNorm with a
-    trainable bias on float32 CPU tensors, read from x's autograd node; else None.
+    trainable bias (PyTorch's native BatchNorm: CPU, or CUDA without cuDNN), read from x's
+    autograd node; else None.
 
     That node keeps z (the BN's input) for its own backward anyway, so a gate on x can take
     z, γ and β as its inputs instead: it recomputes x = a·z + b in its kernels and applies
@@ -410,7 +400,7 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
     if weight is None or bias is None:
         return None
     z = node._saved_input
-    if z.shape != x.shape or z.dtype != torch.float32 or not z.is_contiguous():
+    if z.shape != x.shape or z.dtype != x.dtype or z.stride() != x.stride():
         return None
     if node._saved_training:
         state = _BNState(
@@ -438,11 +428,11 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
 
 
 def gated_attention(
-    module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNorm2d] = None, inplace: bool = False
+    ext, module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNorm2d] = None, inplace: bool = False
 ) -> torch.Tensor:
-    """CBAM / SE ``module`` applied to ``z`` (or to ``bn(z)``) with the fused kernels.
+    """CBAM / SE ``module`` applied to ``z`` (or to ``bn(z)``) with the fused kernels ``ext``.
 
-    Call only where :func:`fused_available` is true. ``inplace`` (the caller does not read
+    Call where :func:`cbam_det.kernels.select_backend` chose ``ext``'s backend. ``inplace`` (the caller does not read
     ``z`` afterwards): the result is written into ``z`` without autograd, and in training
     when z is a BatchNorm output (:func:`_bn_source`); otherwise training's backward writes
     the input gradient over the saved ``z``.
@@ -453,13 +443,12 @@ def gated_attention(
         if src is not None:
             z_bn, state = src
             return _GatedAttention.apply(
-                z_bn, z.detach() if inplace else None, module, state, False, *params, state.weight, state.bias
+                z_bn, z.detach() if inplace else None, module, state, False, ext, *params, state.weight, state.bias
             )
-        return _GatedAttention.apply(z, None, module, bn, inplace and bn is None, *params)
-    ext = gate_ext()
+        return _GatedAttention.apply(z, None, module, bn, inplace and bn is None, ext, *params)
     with torch.no_grad():
         out = z if inplace else None
-        args = _infer_args(module, bn)
+        args = _infer_args(module, bn) if hasattr(ext, 'gated_infer') else None
         if args is not None:  # the whole module in one compiled call
             return ext.gated_infer(z, *args, out)
         _, s = _forward_gates(module, ext, z, bn)
@@ -512,31 +501,31 @@ class _BAMGate(torch.autograd.Function):
     """BAM eq. 1-2: (x, Mc, Ms) → x ⊗ (r + σ(Mc + Ms)) (or σ(Mc·Ms)); saves x and the small maps."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool):
+    def forward(ctx, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool, ext):
         ctx.save_for_backward(x, c, s)
-        ctx.flags = (product, residual)
-        return gate_ext().bam_apply(x, c, s, product, residual, None)
+        ctx.flags, ctx.ext = (product, residual), ext
+        return ext.bam_apply(x, c, s, product, residual, None)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         x, c, s = ctx.saved_tensors
-        dx, dc, ds = gate_ext().bam_grads(dy.contiguous(), x, c, s, *ctx.flags)
-        return dx, dc, ds, None, None
+        dx, dc, ds = ctx.ext.bam_grads(_layout_of(dy, x), x, c, s, *ctx.flags)
+        return dx, dc, ds, None, None, None
 
 
 def bam_gate(
-    x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool, inplace: bool = False
+    ext, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool, inplace: bool = False
 ) -> torch.Tensor:
     """BAM's refinement ``x ⊗ (r + σ(c + s))`` (``product``: σ(c·s)), r = 1 if ``residual``,
     with c (N, C, 1, 1) and s (N, 1, H, W) float32 logits, in one pass over x (the full-size
-    M(F) is never stored). Call only where :func:`fused_available` is true. ``inplace`` (no
-    autograd) writes the result into ``x``."""
+    M(F) is never stored) with the kernels ``ext``. ``inplace`` (no autograd) writes the
+    result into ``x``."""
     n, ch, h, w = x.shape
     c2, s2 = c.reshape(n, ch).float().contiguous(), s.reshape(n, h * w).float().contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or s.requires_grad):
-        return _BAMGate.apply(x, c2, s2, product, residual)
-    return gate_ext().bam_apply(x, c2, s2, product, residual, x if inplace else None)
+        return _BAMGate.apply(x, c2, s2, product, residual, ext)
+    return ext.bam_apply(x, c2, s2, product, residual, x if inplace else None)
 
 
 class _SpatialConv(torch.autograd.Function):
@@ -558,7 +547,7 @@ class _SpatialConv(torch.autograd.Function):
 
 def spatial_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.conv2d(x, weight, padding=k // 2)`` for a (1, Cin, k, k) float32 ``weight`` with
-    the compiled kernels. Call only where :func:`fused_available` is true for ``x``."""
+    the compiled CPU kernels (float32 CPU tensors)."""
     return _SpatialConv.apply(x, weight)
 
 
@@ -588,5 +577,5 @@ class _PointwiseConv(torch.autograd.Function):
 
 def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``F.conv2d(x, weight, bias)`` for a (O, C, 1, 1) float32 ``weight``, forward on the
-    compiled kernels. Call only where :func:`fused_available` is true for ``x``."""
+    compiled CPU kernels (float32 CPU tensors)."""
     return _PointwiseConv.apply(x, weight, bias)

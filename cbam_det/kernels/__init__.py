@@ -1,0 +1,33 @@
+"""Acceleration of the attention modules, in one place: backends ``torch``, ``cpu`` (compiled
+C++), ``triton`` (GPU), chosen per call by :func:`select_backend` (``auto``) or by the switch
+``CBAM_DET_BACKEND`` / :func:`set_backend` / :func:`use_backend`. See :mod:`.dispatch`."""
+
+from .dispatch import (
+    BACKENDS,
+    BackendUnavailable,
+    attend,
+    bam_refine,
+    exporting,
+    get_backend,
+    pointwise_conv,
+    probe_triton,
+    select_backend,
+    set_backend,
+    spatial_conv,
+    use_backend,
+)
+
+__all__ = [
+    'BACKENDS',
+    'BackendUnavailable',
+    'attend',
+    'bam_refine',
+    'exporting',
+    'get_backend',
+    'pointwise_conv',
+    'probe_triton',
+    'select_backend',
+    'set_backend',
+    'spatial_conv',
+    'use_backend',
+]

@@ -1,0 +1,257 @@
+"""The backend switch of cbam_det.kernels, and the Triton kernels against the ``torch`` backend.
+
+The Triton tests run on CUDA tensors when a GPU is there and Triton's interpreter is off
+(``TRITON_INTERPRET=0``), else on CPU tensors in the interpreter (tests/conftest.py turns it
+on): forward and every gradient, odd shapes, ties, train and eval BatchNorm statistics.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from cbam_det import BAM, CBAM, SE, kernels
+from cbam_det.kernels import triton_gate
+
+from .helpers import REPO
+
+no_ext = pytest.mark.skipif(os.environ.get('CBAM_DET_NO_EXT') == '1', reason='CBAM_DET_NO_EXT=1: no C++ kernels')
+DEVICE = 'cpu' if triton_gate.INTERPRETED or not torch.cuda.is_available() else 'cuda'
+needs_triton = pytest.mark.skipif(
+    DEVICE == 'cpu' and not triton_gate.INTERPRETED, reason='no GPU and Triton interpreter off'
+)
+
+
+# ---------------------------------------------------------------- the switch
+
+
+def test_switch_precedence_and_restoring(monkeypatch):
+    monkeypatch.delenv('CBAM_DET_BACKEND', raising=False)
+    assert kernels.get_backend() == 'auto'
+    monkeypatch.setenv('CBAM_DET_BACKEND', 'torch')
+    assert kernels.get_backend() == 'torch'
+    with kernels.use_backend('cpu'):
+        assert kernels.get_backend() == 'cpu'
+        with kernels.use_backend('auto'):
+            assert kernels.get_backend() == 'auto'
+        assert kernels.get_backend() == 'cpu'
+    assert kernels.get_backend() == 'torch'
+    assert kernels.set_backend('triton') is None
+    assert kernels.set_backend(None) == 'triton'
+    assert kernels.get_backend() == 'torch'
+
+
+def test_unknown_backend_names_the_switch_and_the_choices(monkeypatch):
+    monkeypatch.setenv('CBAM_DET_BACKEND', 'cuda')
+    with pytest.raises(ValueError, match=r"CBAM_DET_BACKEND='cuda'.*'auto', 'torch', 'cpu', 'triton'"):
+        CBAM(8, 2)(torch.randn(1, 8, 4, 4))
+    with pytest.raises(ValueError, match=r"backend='fast'"):
+        kernels.set_backend('fast')
+
+
+@no_ext
+def test_auto_picks_cpu_for_float32_nchw_and_torch_otherwise(monkeypatch):
+    x = torch.randn(2, 16, 5, 7)
+    m = CBAM(16, 4)
+    assert kernels.select_backend(x, m) == 'cpu'
+    assert kernels.select_backend(x, CBAM(16, 4, arrangement='parallel')) == 'torch'  # no kernel for it
+    assert kernels.select_backend(x.to(memory_format=torch.channels_last), m) == 'torch'
+    assert kernels.select_backend(x.double(), m) == 'torch'
+    assert kernels.select_backend(x[:, :, :, :4], m) == 'torch'  # not contiguous
+    assert kernels.select_backend(x.bfloat16(), m) == 'torch'  # CPU tensor: triton only when asked
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert kernels.select_backend(x, m) == 'torch'
+    assert kernels.select_backend(x, m, nn.SyncBatchNorm(16)) == 'torch'
+    seen = []
+    torch.jit.trace(lambda t: seen.append(kernels.select_backend(t, m)) or t * 2, x, check_trace=False)
+    assert seen == ['torch']  # while tracing
+    monkeypatch.setenv('CBAM_DET_NO_EXT', '1')
+    assert kernels.select_backend(x, m) == 'torch'
+
+
+@no_ext
+def test_explicit_cpu_raises_where_it_cannot_run(monkeypatch):
+    x = torch.randn(2, 16, 5, 7)
+    with kernels.use_backend('cpu'):
+        assert kernels.select_backend(x, CBAM(16, 4)) == 'cpu'
+        cases = [
+            (x.double(), CBAM(16, 4), 'float32'),
+            (x.to(memory_format=torch.channels_last), CBAM(16, 4), 'contiguous NCHW'),
+            (x, CBAM(16, 4, arrangement='parallel'), 'ablation variant'),
+            (x, BAM(16, 4, combine='max'), 'ablation variant'),
+        ]
+        for t, m, why in cases:
+            with pytest.raises(kernels.BackendUnavailable, match=f"backend 'cpu'.*{why}"):
+                m(t)
+        with pytest.raises(kernels.BackendUnavailable, match='trace or ONNX export'):
+            torch.jit.trace(CBAM(16, 4).eval(), x)
+        monkeypatch.setenv('CBAM_DET_NO_EXT', '1')  # as without a compiler
+        with pytest.raises(kernels.BackendUnavailable, match='not compiled'):
+            CBAM(16, 4)(x)
+
+
+def test_explicit_triton_without_gpu_or_interpreter_raises():
+    """A fresh interpreter without TRITON_INTERPRET and without a GPU: the request raises."""
+    code = (
+        'import torch; from cbam_det import CBAM, kernels\n'
+        'assert not torch.cuda.is_available()\n'
+        'try:\n    CBAM(8, 2)(torch.randn(1, 8, 4, 4))\n'
+        'except kernels.BackendUnavailable as e:\n    print("RAISED", e)\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env.update(CBAM_DET_BACKEND='triton', CUDA_VISIBLE_DEVICES='')
+    out = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "RAISED cbam_det backend 'triton'" in out.stdout and 'TRITON_INTERPRET=1' in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------- Triton against torch
+
+
+def randomised(m: nn.Module, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+        for b in m.modules():
+            if isinstance(b, nn.BatchNorm2d) and b.track_running_stats:
+                b.running_mean.normal_(0, 0.3)
+                b.running_var.uniform_(0.5, 2)
+    return m
+
+
+def run(backend: str, m: nn.Module, x: torch.Tensor, bn=None):
+    """Output, input gradient and parameter gradients of one weighted-sum step."""
+    x = x.detach().clone().requires_grad_()
+    params = [p for p in list(m.parameters()) + (list(bn.parameters()) if bn is not None else []) if p.requires_grad]
+    with kernels.use_backend(backend):
+        y = m.forward_with_bn(x, bn) if bn is not None else m(x)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.device)
+        grads = torch.autograd.grad((y.float() * w).sum(), [x] + params)
+    return [y.detach().float()] + [g.float() for g in grads]
+
+
+def assert_matches(got, want, rtol):
+    """Relative to each tensor's scale (biases right before a training BN have a true gradient
+    of 0 and are judged against the largest gradient)."""
+    scale = max(float(g.abs().max()) for g in want[1:])
+    for i, (a, b) in enumerate(zip(got, want)):
+        err, ref = float((a - b).abs().max()), float(b.abs().max())
+        bound = rtol * ref + (1e-6 * scale if i else 1e-7)
+        assert err <= bound, f'tensor {i}: max difference {err:.3e}, allowed {bound:.3e} (scale {ref:.3e})'
+
+
+def check(make, x, bn_make=None, rtol=1e-4, train=True):
+    m = randomised(make()).to(DEVICE).train(train)
+    bn = randomised(bn_make()).to(DEVICE).train(train) if bn_make else None
+    m2, bn2 = copy.deepcopy(m), copy.deepcopy(bn)
+    x = x.to(DEVICE)
+    got = run('triton', m, x, bn)
+    want = run('torch', m2, x, bn2)
+    assert_matches(got, want, rtol)
+    for b1, b2 in zip(m.buffers(), m2.buffers()):  # BN running statistics moved alike
+        torch.testing.assert_close(b1.float(), b2.float(), rtol=1e-4, atol=1e-5)
+
+
+MODULES = {
+    'cbam': lambda c: CBAM(c, 4),
+    'cbam_official': lambda c: CBAM(c, 4, spatial_pool='max_avg'),
+    'se': lambda c: SE(c, 4),
+    'bam_sum': lambda c: BAM(c, 4, 1),
+    'bam_product_plain': lambda c: BAM(c, 4, 1, combine='product', residual=False),
+}
+SHAPES = [(2, 48, 13, 21), (1, 48, 13, 21), (2, 48, 1, 1)]
+
+
+@needs_triton
+@pytest.mark.parametrize('kind', list(MODULES))
+@pytest.mark.parametrize('shape', SHAPES, ids=lambda s: 'x'.join(map(str, s)))
+def test_triton_equals_torch(kind, shape):
+    if kind.startswith('bam') and shape[0] * shape[2] * shape[3] == 1:
+        pytest.skip("BAM's BatchNorms need more than one value per channel in training")
+    check(lambda: MODULES[kind](shape[1]), torch.randn(shape))
+
+
+@needs_triton
+@pytest.mark.parametrize('kind', ['cbam', 'se', 'bam_sum'])
+def test_triton_eval_and_channels_last(kind):
+    x = torch.randn(2, 48, 13, 21)
+    check(lambda: MODULES[kind](48), x, train=False)
+    check(lambda: MODULES[kind](48), x.to(memory_format=torch.channels_last))
+
+
+@needs_triton
+def test_triton_ties_share_the_max_gradient_like_torch():
+    """Integer-valued input with zeros: many tied maxima over H×W and over C."""
+    x = torch.randint(0, 3, (2, 16, 5, 6)).float()
+    x[:, :, :2] = 0
+    check(lambda: CBAM(16, 4), x)
+
+
+@needs_triton
+@pytest.mark.parametrize('kind', ['cbam', 'se'])
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_triton_bn_fused_and_after_bn(kind, train):
+    """The BN-fused block (forward_with_bn) and a plugin fed by a BatchNorm's output."""
+    z = torch.randn(2, 48, 7, 9) * 2 + 1
+    check(lambda: MODULES[kind](48), z, bn_make=lambda: nn.BatchNorm2d(48), train=train)
+
+    class AfterBN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn, self.att = nn.BatchNorm2d(48), MODULES[kind](48)
+
+        def forward(self, t):
+            return self.att(self.bn(t))
+
+    check(AfterBN, z, train=train)
+
+
+@needs_triton
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=str)
+def test_triton_low_precision(dtype):
+    """bf16/fp16 activations, float32 accumulation: as close to the float32 result as the
+    torch backend in that dtype is."""
+    x = torch.randn(2, 48, 13, 21)
+    ref = run('torch', randomised(CBAM(48, 4)).to(DEVICE), x.to(DEVICE))
+    for backend in ('triton', 'torch'):
+        got = run(backend, randomised(CBAM(48, 4)).to(DEVICE), x.to(DEVICE, dtype))
+        err = max(float((a - b).abs().max()) / float(b.abs().max()) for a, b in zip(got[:2], ref[:2]))
+        if backend == 'triton':
+            triton_err = err
+    assert triton_err <= max(2 * err, 2e-2), (triton_err, err)
+
+
+@needs_triton
+def test_inplace_inference_on_triton_writes_into_the_input():
+    m = randomised(CBAM(48, 4, inplace=True)).to(DEVICE).eval()
+    x = torch.randn(2, 48, 13, 21, device=DEVICE)
+    with torch.no_grad(), kernels.use_backend('torch'):
+        want = m(x.clone())
+    y = x.clone()
+    with torch.no_grad(), kernels.use_backend('triton'):
+        got = m(y)
+    assert got.data_ptr() == y.data_ptr()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+def test_probe_reports_a_failing_kernel_and_warns_once(monkeypatch):
+    assert kernels.probe_triton(DEVICE, torch.float32, force=True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('simulated compile failure')
+
+    monkeypatch.setattr(triton_gate, 'spatial_pool', broken)
+    with pytest.warns(UserWarning, match='failed their self-check.*simulated compile failure'):
+        assert not kernels.probe_triton(DEVICE, torch.float32, force=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert not kernels.probe_triton(DEVICE, torch.float32)  # cached: no second warning
+    monkeypatch.undo()
+    assert kernels.probe_triton(DEVICE, torch.float32, force=True)
