@@ -15,9 +15,11 @@ import pytest  # noqa: E402
 @pytest.fixture(autouse=True, scope='session')
 def _mmdet_scope():
     """Build with mmdet's registries, as a runner with default_scope='mmdet' does."""
-    from mmdet.utils import register_all_modules
-
     import cbam_det  # noqa: F401  (only registration)
+
+    if cbam_det.LAYERS_ONLY:  # CBAM_DET_LAYERS_ONLY=1 (the GPU check): no mmdet models to register
+        return
+    from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)
 

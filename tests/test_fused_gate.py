@@ -409,8 +409,9 @@ def test_kernels_refuse_bad_tensors():
 
 @pytest.mark.parametrize('att', ['CBAM', 'SE'])
 def test_inplace_plugin_trains_exactly_like_the_default(att):
-    """inplace=True in mmdet's ResNet: inference writes into the BN output and backward writes
-    dx over the saved input; a training step must not change."""
+    """inplace=True (mmdet's ResNet default for cbam_det plugins) against inplace=False:
+    inference writes into the BN output and backward writes dx over the saved input; a
+    training step must not change."""
     torch.manual_seed(0)
     cfg = dict(
         type='ResNet',
@@ -501,3 +502,25 @@ def test_pointwise_conv_refuses_bad_weights():
         ext.pointwise_conv(torch.randn(2, 4, 3, 3), torch.randn(3, 5), None)
     with pytest.raises(RuntimeError, match=r'weight \(O, C\)'):
         ext.pointwise_conv_input_grad(torch.randn(2, 3, 3, 3), torch.randn(4, 5))
+
+
+def test_mmdet_resnet_plugins_are_inplace_unless_told():
+    """Plugins of mmdet's ResNet get inplace=True unless their config sets it; others untouched."""
+
+    def build(cfg):
+        return MODELS.build(
+            dict(
+                type='ResNet',
+                depth=50,
+                base_channels=16,
+                plugins=[dict(cfg=cfg, stages=(True,) * 4, position='after_conv3')],
+            )
+        )
+
+    def flags(model):
+        return {m.inplace for m in model.modules() if isinstance(m, (CBAM, SE))}
+
+    assert flags(build(dict(type='CBAM'))) == {True}
+    assert flags(build(dict(type='SE', inplace=False))) == {False}
+    ctx = build(dict(type='ContextBlock', ratio=1 / 4))  # mmcv's plugin: no inplace argument, built as before
+    assert any(type(m).__name__ == 'ContextBlock' for m in ctx.modules())

@@ -20,6 +20,7 @@ the variants alternating inside every repeat; peak memory of a training step fro
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -120,15 +121,15 @@ def timm_cbam() -> Optional[Callable[[int], nn.Module]]:
 
 
 def variants() -> Dict[str, tuple]:
-    """name → (model factory, backend for the run)."""
+    """name → (model factory, backend: None = the run's (``--backend``, else CBAM_DET_BACKEND))."""
     out = {
-        'plain': (lambda: ResNet50(), 'auto'),
-        'cbam_eager': (lambda: ResNet50(EagerCBAM), 'auto'),
-        'cbam_plugin': (lambda: ResNet50(lambda c: CBAM(c, inplace=True)), 'auto'),
-        'cbam_fused': (lambda: ResNet50(lambda c: CBAM(c, inplace=True), fuse=True), 'auto'),
+        'plain': (lambda: ResNet50(), None),
+        'cbam_eager': (lambda: ResNet50(EagerCBAM), None),
+        'cbam_plugin': (lambda: ResNet50(lambda c: CBAM(c, inplace=True)), None),
+        'cbam_fused': (lambda: ResNet50(lambda c: CBAM(c, inplace=True), fuse=True), None),
         'cbam_torch': (lambda: ResNet50(lambda c: CBAM(c, inplace=True)), 'torch'),
-        'se_plugin': (lambda: ResNet50(lambda c: SE(c, inplace=True)), 'auto'),
-        'bam3': (lambda: ResNet50(bam=lambda c: BAM(c, inplace=True)), 'auto'),
+        'se_plugin': (lambda: ResNet50(lambda c: SE(c, inplace=True)), None),
+        'bam3': (lambda: ResNet50(bam=lambda c: BAM(c, inplace=True)), None),
     }
     timm = timm_cbam()
     if timm is not None:
@@ -142,18 +143,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_fns(model: nn.Module, x: torch.Tensor, amp: Optional[torch.dtype], backend: str):
+def step_fns(model: nn.Module, x: torch.Tensor, amp: Optional[torch.dtype], backend: Optional[str]):
     ctx = lambda: torch.autocast(x.device.type, dtype=amp, enabled=amp is not None)  # noqa: E731
+    chosen = lambda: kernels.use_backend(backend) if backend else contextlib.nullcontext()  # noqa: E731
 
     def infer():
         model.eval()
-        with torch.no_grad(), ctx(), kernels.use_backend(backend):
+        with torch.no_grad(), ctx(), chosen():
             model(x)
 
     def train():
         model.train()
         model.zero_grad(set_to_none=True)
-        with ctx(), kernels.use_backend(backend):
+        with ctx(), chosen():
             loss = sum(o.float().sum() for o in model(x))
         loss.backward()
 
@@ -216,7 +218,7 @@ def environment(device: torch.device) -> dict:
         torch=torch.__version__,
         cuda=torch.version.cuda,
         device=str(device),
-        backend_env=os.environ.get('CBAM_DET_BACKEND', 'auto'),
+        backend_env=os.environ.get('CBAM_DET_BACKEND', None),
     )
     try:
         import triton
@@ -242,7 +244,7 @@ def table(res: dict) -> str:
     e = res['environment']
     lines = [
         f'{e.get("gpu", e["device"])}, driver {e.get("driver")}, torch {e["torch"]}, CUDA {e["cuda"]}, '
-        f'triton {e["triton"]}, {e["date"]}; input {"x".join(map(str, res["shape"]))}, '
+        f'triton {e["triton"]}, backend {e["backend"]}, {e["date"]}; input {"x".join(map(str, res["shape"]))}, '
         f'{res["repeats"]} repeats (median)',
         '',
         '| dtype | variant | inference ms | × | train step ms | × | train peak MiB | × |',
@@ -267,8 +269,11 @@ def main() -> None:
     parser.add_argument('--variants', nargs='+', default=list(variants()), help='subset of the variants')
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--backend', choices=kernels.BACKENDS, help='backend of the cbam_det variants')
     parser.add_argument('--out-dir', required=True)
     args = parser.parse_args()
+    if args.backend:
+        kernels.set_backend(args.backend)
     unknown = sorted(set(args.variants) - set(variants()))
     if unknown:
         parser.error(f'--variants: unknown {unknown}; allowed: {", ".join(variants())}')

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU check of cbam_det's Triton backend, in one call on a machine with one GPU, Python
+# 3.12, torch and triton preinstalled, no OpenMMLab packages and no internet:
+#
+#   bash tools/analysis/gpu_check.sh [OUT_DIR]            # default work_dirs/gpu_check
+#   bash tools/analysis/gpu_check.sh --dry-run [OUT_DIR]  # the same steps on the CPU
+#
+# 1. installs requirements/gpu_check.txt from wheelhouse/gpu (made beforehand by
+#    tools/analysis/gpu_wheelhouse.sh; ~6 MB, carried with the tree) into OUT_DIR/site,
+#    unless mmengine and mmdet import already; cbam_det runs with CBAM_DET_LAYERS_ONLY=1
+#    (attention layers and kernels: no mmcv needed);
+# 2. the GPU test subset: tests/test_backends.py with TRITON_INTERPRET=0 (the Triton kernels
+#    compiled, on CUDA tensors, against the torch backend);
+# 3. tools/analysis/gpu_bench.py at 2x3x800x1344, float32 and bf16 autocast: plain
+#    ResNet-50, the eager reference CBAM, timm's CbamModule, ours as plugin and fused (CBAM
+#    in all 16 blocks), SE, BAM x3; writes OUT_DIR/gpu_bench.{json,md}.
+# Logs go to OUT_DIR/*.log; each step has a time limit, the whole within 8 minutes.
+#
+# --dry-run: the test subset in Triton's interpreter on CPU tensors, and the benchmark on
+# the CPU at 1x3x32x32 with every cbam_det variant on the triton backend (interpreted); the
+# wheelhouse is checked for completeness for Python 3.12 (installed into a scratch folder).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+OUT=${1:-work_dirs/gpu_check}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+start=$(date +%s)
+say() { echo "[gpu_check $(( $(date +%s) - start ))s] $*"; }
+
+# 1. dependencies of the layers
+if [ -d wheelhouse/gpu ]; then
+    if [ "$DRY" = 1 ]; then  # prove the wheelhouse is complete for the GPU machine's Python
+        rm -rf "$OUT/site312"
+        "$PY" -m pip install -q --no-index --find-links wheelhouse/gpu --no-deps --only-binary=:all: \
+            --python-version 3.12 --implementation cp --target "$OUT/site312" -r requirements/gpu_check.txt
+        say "wheelhouse/gpu installs for Python 3.12: $(ls "$OUT/site312" | grep -c dist-info) packages"
+    elif ! "$PY" -c 'import mmengine, mmdet, pytest' 2>/dev/null; then
+        "$PY" -m pip install -q --no-index --find-links wheelhouse/gpu --no-deps --target "$OUT/site" \
+            -r requirements/gpu_check.txt
+        export PYTHONPATH="$OUT/site${PYTHONPATH:+:$PYTHONPATH}"
+        say "installed requirements/gpu_check.txt into $OUT/site"
+    fi
+elif ! "$PY" -c 'import mmengine, mmdet, pytest' 2>/dev/null; then
+    echo "gpu_check: mmengine/mmdet/pytest missing and no wheelhouse/gpu (run tools/analysis/gpu_wheelhouse.sh)" >&2
+    exit 2
+fi
+export CBAM_DET_LAYERS_ONLY=1 CBAM_DET_NO_EXT=1  # no mmcv; the C++ CPU kernels are not under test here
+"$PY" - <<'EOF'
+import sys, torch, cbam_det
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name(0))
+assert 'mmcv' not in sys.modules, 'layers-only import pulled in mmcv'
+EOF
+
+# 2. the GPU test subset
+if [ "$DRY" = 1 ]; then export TRITON_INTERPRET=1; else export TRITON_INTERPRET=0; fi
+say "tests/test_backends.py (TRITON_INTERPRET=$TRITON_INTERPRET)"
+rc_tests=0
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py -o addopts="" -m "not slow" \
+    > "$OUT/tests.log" 2>&1 || rc_tests=$?
+tail -3 "$OUT/tests.log"
+
+# 3. the benchmark
+say "benchmark"
+rc_bench=0
+if [ "$DRY" = 1 ]; then
+    timeout 420 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 1 3 32 32 --repeats 1 --warmup 0 \
+        --backend triton --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
+else
+    timeout 300 "$PY" tools/analysis/gpu_bench.py --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
+fi
+tail -25 "$OUT/bench.log"
+say "done: tests rc=$rc_tests, benchmark rc=$rc_bench; results in $OUT"
+exit $(( rc_tests || rc_bench ))
