@@ -2,6 +2,7 @@
 #   make demo        set up, generate demo data, train + test the CBAM Faster R-CNN on CPU, print COCO mAP
 #   make test        set up, run the default (fast) test suite
 #   make demo-voc    the same for the VOC pipeline: SSD + StairNet + CBAM, VOC2007 mAP
+#   make demo-compare  train the CBAM demo and its baseline, print both mAPs, draw them side by side
 #   make test-slow   the slow tests too (multi-process CPU training, longer runs)
 # STACK=onedl (default: maintained OneDL line, torch 2.13) or STACK=upstream (mmdet 3.3.0, torch 2.5.1);
 # each stack gets its own virtual environment, .venv/$(STACK) unless VENV says otherwise.
@@ -10,7 +11,7 @@ VENV ?= $(CURDIR)/.venv/$(STACK)
 PY := $(VENV)/bin/python
 export STACK VENV
 
-.PHONY: setup test test-slow demo demo-voc clean-demo
+.PHONY: setup test test-slow demo demo-voc demo-compare clean-demo
 setup:
 	bash tools/setup_env.sh
 
@@ -26,5 +27,8 @@ demo: setup
 demo-voc: setup
 	PY=$(PY) CONFIG=configs/demo/stairnet_r18w16-cbam_demo_voc.py WORK=work_dirs/demo_voc bash tools/run_demo.sh
 
+demo-compare: setup
+	PY=$(PY) bash tools/run_demo_compare.sh
+
 clean-demo:
-	rm -rf data/demo work_dirs/demo
+	rm -rf data/demo work_dirs/demo work_dirs/demo_baseline work_dirs/demo_compare

@@ -2,6 +2,8 @@
 # CPU demo: generate the synthetic data if missing, train a demo config with tools/train.py,
 # evaluate it with tools/test.py, print its mAP@0.5 (COCO bbox metric, or VOC metric for
 # CONFIG=configs/demo/stairnet_r18w16-cbam_demo_voc.py). Fails if mAP@0.5 < MIN_MAP50 (0.5).
+# Then (VIS=1, default) draws detections, Grad-CAM and the applied attention for four
+# validation images with tools/analysis/vis_attention.py into $WORK/vis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/${STACK:-onedl}/bin/python}
@@ -33,3 +35,8 @@ print(f"\nDEMO RESULT  {text}   (train {t_train} s, train+test {t_all} s)")
 if map50 < min_map50:
     sys.exit(f'demo: mAP@0.5 {map50:.3f} is below the target {min_map50}')
 PYEOF
+if [[ "${VIS:-1}" == 1 ]]; then
+    "$PY" tools/analysis/vis_attention.py "$CONFIG" "$CKPT" data/demo/VOCdevkit/VOC2007/JPEGImages/val_0000{0,1,2,3}.jpg \
+        --out-dir "$WORK/vis" > "$WORK/vis.log"
+    echo "DEMO FIGURES (detections, Grad-CAM, attention per stage): $(tr '\n' ' ' < "$WORK/vis.log")"
+fi

@@ -16,6 +16,7 @@ from .dispatch import (
     spatial_conv,
     use_backend,
 )
+from .record import record_attention
 
 __all__ = [
     'BACKENDS',
@@ -26,6 +27,7 @@ __all__ = [
     'get_backend',
     'pointwise_conv',
     'probe_triton',
+    'record_attention',
     'select_backend',
     'set_backend',
     'spatial_conv',

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from . import fused, lean
+from .record import note
 
 __all__ = [
     'BACKENDS',
@@ -199,6 +200,7 @@ def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = No
 def bam_refine(module: nn.Module, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """BAM's refinement of ``x`` from its branch logits c (N, C, 1, 1) and s (N, 1, H, W)."""
     name = select_backend(x, module)
+    note(module, bam_channel=c, bam_spatial=s)
     if name == 'torch':
         return module.refine(x, c, s)
     product = module.combine == 'product'

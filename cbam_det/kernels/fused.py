@@ -25,6 +25,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..ops import gate_ext
+from .record import note, recording
 
 __all__ = ['gated_attention', 'bam_gate', 'spatial_conv', 'pointwise_conv', 'bn_node_readable']
 
@@ -206,6 +207,7 @@ class _GatedAttention(torch.autograd.Function):
         ctx, z: torch.Tensor, out: Optional[torch.Tensor], module: nn.Module, bn, reuse_input: bool, ext, *params
     ):
         bn, s = _forward_gates(module, ext, z, bn)
+        note(module, channel=s.channel_gate, spatial=s.spatial_gate)
         if out is not None:
             ctx.mark_dirty(out)
         y = ext.apply_gates(z, s.a, s.b, s.channel_gate_flat, s.spatial_gate_flat, out)
@@ -448,10 +450,11 @@ def gated_attention(
         return _GatedAttention.apply(z, None, module, bn, inplace and bn is None, ext, *params)
     with torch.no_grad():
         out = z if inplace else None
-        args = _infer_args(module, bn) if hasattr(ext, 'gated_infer') else None
+        args = _infer_args(module, bn) if hasattr(ext, 'gated_infer') and not recording() else None
         if args is not None:  # the whole module in one compiled call
             return ext.gated_infer(z, *args, out)
         _, s = _forward_gates(module, ext, z, bn)
+        note(module, channel=s.channel_gate, spatial=s.spatial_gate)
         return ext.apply_gates(z, s.a, s.b, s.channel_gate_flat, s.spatial_gate_flat, out)
 
 

@@ -19,6 +19,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from .record import note
+
 __all__ = ['ChannelPool', 'GatedChannelPool', 'ApplyGates', 'attend']
 
 
@@ -36,15 +38,21 @@ def attend(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module.reference(x)
     cg = module.channel_gate
     if variant == 'se':
-        g_c = torch.sigmoid(cg(x)).to(x.dtype)
+        g_c = torch.sigmoid(cg(x))
+        note(module, channel=g_c)
+        g_c = g_c.to(x.dtype)
         return x.mul_(g_c) if inplace else x * g_c
     sg = module.spatial_gate
     if inplace:
-        x = x.mul_(torch.sigmoid(cg(x)).to(x.dtype))
-        return x.mul_(torch.sigmoid(sg(x)).to(x.dtype))
-    g_c = torch.sigmoid(cg.logits(*ChannelPool.apply(x))).to(x.dtype)
-    g_s = torch.sigmoid(sg.logits(*GatedChannelPool.apply(x, g_c))).to(x.dtype)
-    return ApplyGates.apply(x, g_c, g_s)
+        g_c = torch.sigmoid(cg(x))
+        x = x.mul_(g_c.to(x.dtype))
+        g_s = torch.sigmoid(sg(x))
+        note(module, channel=g_c, spatial=g_s)
+        return x.mul_(g_s.to(x.dtype))
+    g_c = torch.sigmoid(cg.logits(*ChannelPool.apply(x)))
+    g_s = torch.sigmoid(sg.logits(*GatedChannelPool.apply(x, g_c.to(x.dtype))))
+    note(module, channel=g_c, spatial=g_s)
+    return ApplyGates.apply(x, g_c.to(x.dtype), g_s.to(x.dtype))
 
 
 def _pool_grad(

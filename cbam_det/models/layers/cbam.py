@@ -209,15 +209,17 @@ class CBAM(AttentionModule):
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 1 as written, F'' = M_s(F') ⊗ F' with F' = M_c(F) ⊗ F (or the configured
         arrangement), in plain PyTorch: what every backend computes."""
-        if self.arrangement == 'parallel':
+        if self.arrangement == 'parallel':  # one full-size gate: nothing separable to record
             gate = torch.sigmoid(self.channel_gate(x) + self.spatial_gate(x))
             return x * gate.to(x.dtype)
-        gates = (self.channel_gate, self.spatial_gate)
-        if self.arrangement == 'spatial_first':
-            gates = gates[::-1]
-        for gate in gates:
+        applied = {}
+        for name, gate in (('channel', self.channel_gate), ('spatial', self.spatial_gate))[
+            :: -1 if self.arrangement == 'spatial_first' else 1
+        ]:
             if gate is not None:
-                x = x * torch.sigmoid(gate(x)).to(x.dtype)
+                applied[name] = torch.sigmoid(gate(x))
+                x = x * applied[name].to(x.dtype)
+        kernels.record.note(self, **applied)
         return x
 
     @property
