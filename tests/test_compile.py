@@ -38,3 +38,24 @@ def test_compiled_cbam_resnet_matches_eager():
     with torch.no_grad():
         for a, b in zip(compiled(x), eager(x)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_explicit_kernel_backend_under_compile_is_a_graph_break_that_runs():
+    """CBAM_DET_BACKEND=cpu inside torch.compile: the kernels run eagerly (torch.compiler.disable)
+    and give eager's output and gradients."""
+    from cbam_det import CBAM, kernels
+
+    torch.manual_seed(0)
+    m = CBAM(32, 4)
+    torch.nn.init.constant_(m.spatial_gate.bn.weight, 0.7)
+    x = torch.randn(2, 32, 12, 14)
+    with kernels.use_backend('cpu'):
+        xe = x.clone().requires_grad_()
+        ye = m(xe)
+        ye.square().sum().backward()
+        xc = x.clone().requires_grad_()
+        yc = torch.compile(copy.deepcopy(m))(xc)
+        yc.square().sum().backward()
+    torch.testing.assert_close(yc, ye, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-4, atol=1e-6)

@@ -38,5 +38,5 @@ PYEOF
 if [[ "${VIS:-1}" == 1 ]]; then
     "$PY" tools/analysis/vis_attention.py "$CONFIG" "$CKPT" data/demo/VOCdevkit/VOC2007/JPEGImages/val_0000{0,1,2,3}.jpg \
         --out-dir "$WORK/vis" > "$WORK/vis.log"
-    echo "DEMO FIGURES (detections, Grad-CAM, attention per stage): $(tr '\n' ' ' < "$WORK/vis.log")"
+    echo "DEMO FIGURES (detections, Grad-CAM, attention per stage): $(grep '\.png$' "$WORK/vis.log" | tr '\n' ' ')"
 fi

@@ -31,4 +31,4 @@ print(f'\nHigher mAP@[.5:.95] on the demo data: {best[0]} ({abs(rows[0][2] - row
       f'synthetic shapes, 800 iterations from random init, one seed: this says the pipeline works, not which '
       f'model is better; the papers\' COCO/VOC configs answer that.')
 PYEOF
-echo "SIDE-BY-SIDE FIGURES: $(tr '\n' ' ' < "$OUT.log")"
+echo "SIDE-BY-SIDE FIGURES: $(grep '\.png$' "$OUT.log" | tr '\n' ' ')"

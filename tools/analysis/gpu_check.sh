@@ -17,7 +17,7 @@
 # Logs go to OUT_DIR/*.log; each step has a time limit, the whole within 8 minutes.
 #
 # --dry-run: the test subset in Triton's interpreter on CPU tensors, and the benchmark on
-# the CPU at 1x3x32x32 with every cbam_det variant on the triton backend (interpreted); the
+# the CPU at 2x3x32x32 with every cbam_det variant on the triton backend (interpreted); the
 # wheelhouse is checked for completeness for Python 3.12 (installed into a scratch folder).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -66,7 +66,7 @@ tail -3 "$OUT/tests.log"
 say "benchmark"
 rc_bench=0
 if [ "$DRY" = 1 ]; then
-    timeout 420 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 1 3 32 32 --repeats 1 --warmup 0 \
+    timeout 420 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 2 3 32 32 --repeats 1 --warmup 0 \
         --backend triton --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
 else
     timeout 300 "$PY" tools/analysis/gpu_bench.py --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?

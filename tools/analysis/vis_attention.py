@@ -24,6 +24,7 @@ import copy
 import os
 import os.path as osp
 import sys
+import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -250,7 +251,9 @@ def draw_detections(model: nn.Module, img_rgb: np.ndarray, result, score_thr: fl
     return vis.get_image()
 
 
-def figure(rows: List[Tuple[str, dict]], img_bgr: np.ndarray, method: str, score_thr: float, path: str) -> None:
+def figure(
+    rows: List[Tuple[str, dict]], img_bgr: np.ndarray, method: str, score_thr: float, path: str, dpi: int = 72
+) -> None:
     import matplotlib
 
     matplotlib.use('Agg')
@@ -266,7 +269,7 @@ def figure(rows: List[Tuple[str, dict]], img_bgr: np.ndarray, method: str, score
         pad = tuple(r['inputs'].shape[-2:])
         ax = axes[row, 0]
         ax.imshow(draw_detections(r['model'], img_rgb, r['result'], score_thr))
-        ax.set_title(f'{title}\ndetections ≥ {score_thr}', fontsize=7)
+        ax.set_title(f'{textwrap.shorten(title, 34)}\ndetections ≥ {score_thr}', fontsize=6)
         ax = axes[row, 1]
         ax.imshow(img_rgb)
         if r['cam'] is not None:
@@ -290,7 +293,7 @@ def figure(rows: List[Tuple[str, dict]], img_bgr: np.ndarray, method: str, score
                 ax.text(0.5, 0.5, 'channel attention only', ha='center', va='center', fontsize=7)
             ax.set_title(f'{p["stage"]} {p["kind"]} {p["what"]}\n{p["top"]}', fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
@@ -301,7 +304,7 @@ def run(args) -> List[str]:
     images = [read_image(p) for p in args.images]  # every path checked before any model work
     models = [
         (
-            'attention: ' + osp.basename(args.config),
+            osp.splitext(osp.basename(args.config))[0],
             load_detector(args.config, args.checkpoint, args.device, args.unsafe_load),
         )
     ]
@@ -313,7 +316,7 @@ def run(args) -> List[str]:
     if args.baseline:
         models.append(
             (
-                'baseline: ' + osp.basename(args.baseline[0]),
+                'baseline: ' + osp.splitext(osp.basename(args.baseline[0]))[0],
                 load_detector(*args.baseline, args.device, args.unsafe_load),
             )
         )
@@ -332,7 +335,7 @@ def run(args) -> List[str]:
             r['model'] = model
             rows.append((title, r))
         out = osp.join(args.out_dir, osp.splitext(osp.basename(path))[0] + '.png')
-        figure(rows, img, args.method, args.score_thr, out)
+        figure(rows, img, args.method, args.score_thr, out, args.dpi)
         written.append(out)
         print(out, flush=True)
     return written
@@ -349,6 +352,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--method', default='gradcam', help=f'one of {", ".join(METHODS)}')
     parser.add_argument('--score-thr', type=float, default=0.3)
     parser.add_argument('--no-attention-panels', action='store_true', help='detections and CAM only')
+    parser.add_argument('--dpi', type=int, default=72, help='resolution of the PNG (72: ~2.3 inch panels)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--unsafe-load', action='store_true', help='unpickle checkpoints fully (trusted files only)')
     return parser.parse_args(argv)
