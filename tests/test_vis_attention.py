@@ -156,3 +156,20 @@ def test_bad_input_is_refused_with_a_clear_error(demo_models, demo_images, tmp_p
     with pytest.raises(ValueError, match="--target-layers 'backbone.layer9' is not a module"):
         V.run(V.parse_args([cbam_cfg, cbam_ckpt, demo_images[0], *out, '--target-layers', 'backbone.layer9']))
     assert not list(tmp_path.glob('*.png'))  # nothing written for refused input
+
+
+def test_baseline_row_explains_the_same_detection(demo_models, demo_images):
+    """Fig. 5: both rows' maps are for the attention model's top detection (same box, class)."""
+    cbam, base = V.load_detector(*demo_models['cbam']), V.load_detector(*demo_models['baseline'])
+    img = V.read_image(demo_images[0])
+    first = V.analyse(cbam, img, ['backbone.layer4'], 'gradcam', 0.0)
+    second = V.analyse(base, img, ['backbone.layer4'], 'gradcam', 0.0, target=first['chosen'])
+    assert second['chosen']['box'] == first['chosen']['box']
+    assert second['chosen']['label'] == first['chosen']['label']
+    k = second['chosen']['index']
+    if k is None:  # the baseline does not detect it: no map, said in the title
+        assert second['cam'] is None
+    else:
+        inst = second['result'].pred_instances
+        assert int(inst.labels[k]) == first['chosen']['label']
+        assert second['chosen']['score'] == pytest.approx(float(inst.scores[k]))

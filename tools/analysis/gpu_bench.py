@@ -71,20 +71,24 @@ class Bottleneck(nn.Module):
 class ResNet50(nn.Module):
     """ResNet-50 returning the four stage outputs (as a detector's backbone does)."""
 
+    #: base width of the stem and the first stage (64: ResNet-50; the dry run uses a slimmer one)
+    base = 64
+
     def __init__(self, att=None, fuse: bool = False, bam=None) -> None:
         super().__init__()
+        b = self.base
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            nn.Conv2d(3, b, 7, 2, 3, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
         )
-        stages, cin = [], 64
-        for i, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+        stages, cin = [], b
+        for i, (width, blocks) in enumerate(((b, 3), (2 * b, 4), (4 * b, 6), (8 * b, 3))):
             layers = []
-            for b in range(blocks):
-                layers.append(Bottleneck(cin, width, 2 if b == 0 and i > 0 else 1, att, fuse))
+            for j in range(blocks):
+                layers.append(Bottleneck(cin, width, 2 if j == 0 and i > 0 else 1, att, fuse))
                 cin = width * 4
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
-        self.bams = nn.ModuleList(bam(c) for c in (256, 512, 1024)) if bam else None
+        self.bams = nn.ModuleList(bam(c) for c in (4 * b, 8 * b, 16 * b)) if bam else None
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         x, outs = self.stem(x), []
@@ -245,6 +249,7 @@ def table(res: dict) -> str:
     lines = [
         f'{e.get("gpu", e["device"])}, driver {e.get("driver")}, torch {e["torch"]}, CUDA {e["cuda"]}, '
         f'triton {e["triton"]}, backend {e["backend"]}, {e["date"]}; input {"x".join(map(str, res["shape"]))}, '
+        f'ResNet-50 base width {res["base_width"]}, '
         f'{res["repeats"]} repeats (median)',
         '',
         '| dtype | variant | inference ms | × | train step ms | × | train peak MiB | × |',
@@ -269,18 +274,26 @@ def main() -> None:
     parser.add_argument('--variants', nargs='+', default=list(variants()), help='subset of the variants')
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--base-width', type=int, default=64, help='ResNet-50 width (64); smaller for dry runs')
     parser.add_argument('--backend', choices=kernels.BACKENDS, help='backend of the cbam_det variants')
     parser.add_argument('--out-dir', required=True)
     args = parser.parse_args()
     if args.backend:
         kernels.set_backend(args.backend)
+    ResNet50.base = args.base_width
     unknown = sorted(set(args.variants) - set(variants()))
     if unknown:
         parser.error(f'--variants: unknown {unknown}; allowed: {", ".join(variants())}')
     if 'plain' not in args.variants:
         args.variants = ['plain'] + args.variants
     device = torch.device(args.device)
-    res = dict(environment=environment(device), shape=list(args.shape), repeats=args.repeats, results={})
+    res = dict(
+        environment=environment(device),
+        shape=list(args.shape),
+        base_width=args.base_width,
+        repeats=args.repeats,
+        results={},
+    )
     for dtype in args.dtypes:
         amp = None if dtype == 'float32' else torch.bfloat16
         res['results'][dtype] = measure(args, device, amp)

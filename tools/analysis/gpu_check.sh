@@ -17,7 +17,7 @@
 # Logs go to OUT_DIR/*.log; each step has a time limit, the whole within 8 minutes.
 #
 # --dry-run: the test subset in Triton's interpreter on CPU tensors, and the benchmark on
-# the CPU at 2x3x32x32 with every cbam_det variant on the triton backend (interpreted); the
+# the CPU at 2x3x32x32 (ResNet-50 at width 8) with every cbam_det variant on the triton backend (interpreted); the
 # wheelhouse is checked for completeness for Python 3.12 (installed into a scratch folder).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,7 +58,7 @@ EOF
 if [ "$DRY" = 1 ]; then export TRITON_INTERPRET=1; else export TRITON_INTERPRET=0; fi
 say "tests/test_backends.py (TRITON_INTERPRET=$TRITON_INTERPRET)"
 rc_tests=0
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py -o addopts="" -m "not slow" \
+timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py -o addopts="" -m "not slow" \
     > "$OUT/tests.log" 2>&1 || rc_tests=$?
 tail -3 "$OUT/tests.log"
 
@@ -66,10 +66,10 @@ tail -3 "$OUT/tests.log"
 say "benchmark"
 rc_bench=0
 if [ "$DRY" = 1 ]; then
-    timeout 420 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 2 3 32 32 --repeats 1 --warmup 0 \
+    timeout 420 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 2 3 32 32 --base-width 8 --repeats 1 --warmup 0 \
         --backend triton --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
 else
-    timeout 300 "$PY" tools/analysis/gpu_bench.py --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
+    timeout 260 "$PY" tools/analysis/gpu_bench.py --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
 fi
 tail -25 "$OUT/bench.log"
 say "done: tests rc=$rc_tests, benchmark rc=$rc_bench; results in $OUT"

@@ -211,22 +211,46 @@ def class_activation(
     return heat[0]
 
 
-def analyse(model: nn.Module, img_bgr: np.ndarray, layers: Sequence[str], method: str, score_thr: float) -> dict:
-    """Everything one row of the figure shows."""
+def analyse(
+    model: nn.Module,
+    img_bgr: np.ndarray,
+    layers: Sequence[str],
+    method: str,
+    score_thr: float,
+    target: Optional[dict] = None,
+) -> dict:
+    """Everything one row of the figure shows. The CAM explains this model's highest-scoring
+    detection, or ``target`` (another row's ``chosen``: the same box and class, Fig. 5's
+    like-for-like comparison), with the score of this model's matching detection."""
     inputs, samples = preprocess(model, img_bgr)
     with torch.no_grad(), record_attention() as gates:
         result = model.predict(inputs, copy.deepcopy(samples), rescale=True)[0]
     inst = result.pred_instances
-    keep = inst.scores >= score_thr
     out = dict(result=result, panels=recorded_panels(model, gates), cam=None, chosen=None, inputs=inputs)
-    if keep.any():
+    if target is None and bool((inst.scores >= score_thr).any()):
         k = int(inst.scores.argmax())
-        with torch.no_grad():  # the same detection in the network input frame (the CAM's frame)
-            raw = model.predict(inputs, copy.deepcopy(samples), rescale=False)[0].pred_instances
-        box, label = raw.bboxes[k], int(raw.labels[k])
-        out['chosen'] = dict(index=k, label=label, score=float(inst.scores[k]), box=inst.bboxes[k].tolist())
-        out['cam'] = class_activation(model, inputs, samples, box, label, layers, method)
+        target = dict(index=k, label=int(inst.labels[k]), score=float(inst.scores[k]), box=inst.bboxes[k].tolist())
+    if target is not None:
+        sx, sy = samples[0].metainfo['scale_factor'][:2]  # original image → network input frame
+        box = torch.tensor(target['box']) * torch.tensor([sx, sy, sx, sy])
+        match = _matching(inst, torch.tensor(target['box']), target['label'])
+        score = float(inst.scores[match]) if match is not None else 0.0
+        out['chosen'] = dict(target, index=match, score=score)
+        if match is not None:  # no matching detection: nothing for the map to explain
+            out['cam'] = class_activation(model, inputs, samples, box, target['label'], layers, method)
     return out
+
+
+def _matching(inst, box: torch.Tensor, label: int) -> Optional[int]:
+    """Index of the detection of class ``label`` overlapping ``box`` most (IoU > 0.5), or None."""
+    import torchvision
+
+    same = (inst.labels == label).nonzero()[:, 0]
+    if len(same) == 0:
+        return None
+    ious = torchvision.ops.box_iou(box[None], inst.bboxes[same].float())[0]
+    best = int(ious.argmax())
+    return int(same[best]) if float(ious[best]) > 0.5 else None
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -269,7 +293,7 @@ def figure(
         pad = tuple(r['inputs'].shape[-2:])
         ax = axes[row, 0]
         ax.imshow(draw_detections(r['model'], img_rgb, r['result'], score_thr))
-        ax.set_title(f'{textwrap.shorten(title, 34)}\ndetections ≥ {score_thr}', fontsize=6)
+        ax.set_title(f'{textwrap.fill(title, 36, break_on_hyphens=False)}\ndetections ≥ {score_thr}', fontsize=6)
         ax = axes[row, 1]
         ax.imshow(img_rgb)
         if r['cam'] is not None:
@@ -279,7 +303,10 @@ def figure(
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color='white', lw=1))
             name = r['model'].dataset_meta.get('classes', ())
             label = name[c['label']] if c['label'] < len(name) else c['label']
-            ax.set_title(f'{method}: {label} {c["score"]:.2f}', fontsize=7)
+            score = f'{c["score"]:.2f}' if c['index'] is not None else 'not detected'
+            ax.set_title(f'{method}: {label} {score}', fontsize=7)
+        elif r['chosen'] is not None:
+            ax.set_title(f'{method}: the box is not detected', fontsize=7)
         else:
             ax.set_title(f'{method}: no detection ≥ {score_thr}', fontsize=7)
         if not r['panels']:
@@ -326,10 +353,11 @@ def run(args) -> List[str]:
     os.makedirs(args.out_dir, exist_ok=True)
     written = []
     for path, img in zip(args.images, images):
-        rows = []
-        for title, model in models:
+        rows, target = [], None
+        for title, model in models:  # the baseline explains the attention model's detection
             layers = args.target_layers or [default_target_layer(model)]
-            r = analyse(model, img, layers, args.method, args.score_thr)
+            r = analyse(model, img, layers, args.method, args.score_thr, target)
+            target = target or r['chosen']
             if args.no_attention_panels:
                 r['panels'] = []
             r['model'] = model
