@@ -137,7 +137,7 @@ def variants() -> Dict[str, tuple]:
     }
     timm = timm_cbam()
     if timm is not None:
-        out['cbam_timm'] = (lambda: ResNet50(timm), 'auto')
+        out['cbam_timm'] = (lambda: ResNet50(timm), None)
     return out
 
 
@@ -222,7 +222,8 @@ def environment(device: torch.device) -> dict:
         torch=torch.__version__,
         cuda=torch.version.cuda,
         device=str(device),
-        backend_env=os.environ.get('CBAM_DET_BACKEND', None),
+        backend=kernels.get_backend(),
+        mmcv_imported='mmcv' in sys.modules,
     )
     try:
         import triton
