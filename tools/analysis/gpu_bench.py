@@ -118,8 +118,8 @@ class EagerCBAM(nn.Module):
 
 def timm_cbam() -> Optional[Callable[[int], nn.Module]]:
     try:
-        from timm.layers import CbamModule
-    except ImportError:
+        from timm.layers.cbam import CbamModule
+    except ImportError:  # no timm: the variant is left out (the JSON records timm=None)
         return None
     return lambda c: CbamModule(c)
 
@@ -226,6 +226,12 @@ def environment(device: torch.device) -> dict:
         mmcv_imported='mmcv' in sys.modules,
     )
     try:
+        import timm
+
+        env['timm'] = timm.__version__
+    except ImportError:
+        env['timm'] = None
+    try:
         import triton
 
         env['triton'] = triton.__version__
@@ -249,7 +255,8 @@ def table(res: dict) -> str:
     e = res['environment']
     lines = [
         f'{e.get("gpu", e["device"])}, driver {e.get("driver")}, torch {e["torch"]}, CUDA {e["cuda"]}, '
-        f'triton {e["triton"]}, backend {e["backend"]}, {e["date"]}; input {"x".join(map(str, res["shape"]))}, '
+        f'triton {e["triton"]}, timm {e["timm"]}, backend {e["backend"]}, {e["date"]}; '
+        f'input {"x".join(map(str, res["shape"]))}, '
         f'ResNet-50 base width {res["base_width"]}, '
         f'{res["repeats"]} repeats (median)',
         '',
