@@ -131,8 +131,9 @@ def test_side_by_side_files(demo_models, demo_images, tmp_path):
     [
         ('configs/faster_rcnn/faster-rcnn_r50-cbam_c4_1x_coco.py', ''),
         ('configs/demo/stairnet_r18w16-cbam_demo_voc.py', ''),
+        ('configs/yolox/yolox_s-cbam_8xb8-300e_coco.py', ''),
     ],
-    ids=['faster-rcnn-c4', 'ssd-stairnet'],
+    ids=['faster-rcnn-c4', 'ssd-stairnet', 'yolox-attention-inserted'],
 )
 def test_other_detectors(config, extra, demo_images, tmp_path):
     cfg = small_config(tmp_path, osp.join(REPO, config), extra) if 'demo' not in config else osp.join(REPO, config)

@@ -183,10 +183,11 @@ def get_layer(model: nn.Module, path: str) -> nn.Module:
 
 
 def default_target_layer(model: nn.Module) -> str:
-    """The backbone's last stage (``layerN`` / ``res_layerN``), else the backbone."""
+    """The backbone's last numbered stage (ResNet ``layer4``, CSPDarknet ``stage4``, ...), else
+    its last child module."""
     names = [n for n, _ in model.backbone.named_children()]
-    stages = [n for n in names if n.rstrip('0123456789') in ('layer', 'res_layer') and n[-1].isdigit()]
-    return f'backbone.{stages[-1]}' if stages else 'backbone'
+    stages = [n for n in names if n[-1].isdigit() and not n.startswith(('bam', 'attention'))]
+    return f'backbone.{(stages or names)[-1]}'
 
 
 def class_activation(
@@ -270,7 +271,14 @@ def draw_detections(model: nn.Module, img_rgb: np.ndarray, result, score_thr: fl
     from mmdet.visualization import DetLocalVisualizer
 
     vis = DetLocalVisualizer.get_instance(f'cbam_det_vis_attention_{id(model)}')
-    vis.dataset_meta = model.dataset_meta
+    meta = dict(model.dataset_meta)
+    classes = list(meta.get('classes') or ())
+    labels = result.pred_instances.labels
+    top = int(labels.max()) + 1 if len(labels) else 0
+    meta['classes'] = tuple(classes + [f'class {i}' for i in range(len(classes), top)])  # names the meta lacks
+    if len(meta.get('palette') or ()) < top:  # too short a palette: the visualizer's own colours
+        meta.pop('palette', None)
+    vis.dataset_meta = meta
     vis.add_datasample('det', img_rgb, result, draw_gt=False, pred_score_thr=score_thr, show=False)
     return vis.get_image()
 
