@@ -27,10 +27,10 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 """
 
 
-def small_config(tmp_path, base: str, extra: str = '') -> str:
-    """``base`` with a 128-pixel test pipeline (and ``extra`` lines)."""
+def small_config(tmp_path, base: str) -> str:
+    """``base`` with a 128-pixel test pipeline."""
     path = tmp_path / ('small_' + osp.basename(base))
-    path.write_text(f'_base_ = {base!r}\n{SMALL_PIPELINE}\n{extra}\n')
+    path.write_text(f'_base_ = {base!r}\n{SMALL_PIPELINE}\n')
     return str(path)
 
 
@@ -127,16 +127,16 @@ def test_side_by_side_files(demo_models, demo_images, tmp_path):
 
 
 @pytest.mark.parametrize(
-    'config,extra',
+    'config',
     [
-        ('configs/faster_rcnn/faster-rcnn_r50-cbam_c4_1x_coco.py', ''),
-        ('configs/demo/stairnet_r18w16-cbam_demo_voc.py', ''),
-        ('configs/yolox/yolox_s-cbam_8xb8-300e_coco.py', ''),
+        'configs/faster_rcnn/faster-rcnn_r50-cbam_c4_1x_coco.py',
+        'configs/demo/stairnet_r18w16-cbam_demo_voc.py',
+        'configs/yolox/yolox_s-cbam_8xb8-300e_coco.py',
     ],
     ids=['faster-rcnn-c4', 'ssd-stairnet', 'yolox-attention-inserted'],
 )
-def test_other_detectors(config, extra, demo_images, tmp_path):
-    cfg = small_config(tmp_path, osp.join(REPO, config), extra) if 'demo' not in config else osp.join(REPO, config)
+def test_other_detectors(config, demo_images, tmp_path):
+    cfg = small_config(tmp_path, osp.join(REPO, config)) if 'demo' not in config else osp.join(REPO, config)
     ckpt = save_random_checkpoint(cfg, tmp_path / 'm.pth')
     (path,) = V.run(V.parse_args([cfg, ckpt, demo_images[0], '--out-dir', str(tmp_path), '--score-thr', '0']))
     assert osp.getsize(path) > 10_000

@@ -47,6 +47,11 @@ class _BNState(NamedTuple):
     batch_stats: bool  # the statistics are the batch's (their gradient flows back to z)
     from_moments: bool  # x's channel pooling comes from channel_moments (the fused block)
 
+    @classmethod
+    def running(cls, weight, bias, mean: torch.Tensor, var: torch.Tensor, eps: float) -> '_BNState':
+        """A BatchNorm that normalises with its running statistics (eval mode)."""
+        return cls(weight, bias, mean, None, var, eps, batch_stats=False, from_moments=False)
+
     def affine(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(invstd, a, b)."""
         invstd = self.invstd if self.invstd is not None else torch.rsqrt(self.var + self.eps)
@@ -416,16 +421,7 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
             from_moments=False,
         )
     else:
-        state = _BNState(
-            weight=weight,
-            bias=bias,
-            mean=node._saved_running_mean,
-            invstd=None,
-            var=node._saved_running_var,
-            eps=node._saved_eps,
-            batch_stats=False,
-            from_moments=False,
-        )
+        state = _BNState.running(weight, bias, node._saved_running_mean, node._saved_running_var, node._saved_eps)
     return z, state
 
 
@@ -469,17 +465,7 @@ def _infer_args(module: nn.Module, bn: Optional[nn.BatchNorm2d]) -> Optional[tup
         if bn.training or not bn.track_running_stats:
             return None
         weight, bias = (bn.weight, bn.bias) if bn.affine else (None, None)
-        running = _BNState(
-            weight=weight,
-            bias=bias,
-            mean=bn.running_mean,
-            invstd=None,
-            var=bn.running_var,
-            eps=bn.eps,
-            batch_stats=False,
-            from_moments=False,
-        )
-        _, a, b = running.affine()
+        _, a, b = _BNState.running(weight, bias, bn.running_mean, bn.running_var, bn.eps).affine()
     spatial = (None,) * 5 + (0.0, True)
     if sg is not None:
         sbn = sg.bn
