@@ -212,19 +212,33 @@ def test_mmdet_resnet_keeps_attention_trainable_under_frozen_stages_and_norm_eva
     assert r.layer1[0].conv1.weight.grad is None
 
 
-def test_mmdet_resnet_allow_frozen_freezes_and_manual_freezing_is_refused():
+def test_mmdet_resnet_allow_frozen_freezes_and_manual_freezing_is_the_owners_choice():
     """allow_frozen=True leaves the attention to mmdet (frozen with its stage, BNs in eval);
-    attention frozen by hand without allow_frozen still refuses a training step."""
-    r = _mmdet_resnet(allow_frozen=True, frozen_stages=1, norm_eval=True).train()
+    attention frozen by hand after the build stays frozen: a training step runs and gives it
+    no gradient (tests/test_freezing.py covers teachers, EMA copies and fine-tuning)."""
+    r = _mmdet_resnet(allow_frozen=True, frozen_stages=1, norm_eval=True)
+    r.train()
     assert not any(p.requires_grad for p in r.layer1[0].cbam.parameters())
     assert not r.layer2[0].cbam.spatial_gate.bn.training
     r(torch.randn(2, 3, 32, 32))
-    r = _mmdet_resnet().train()
+    r = _mmdet_resnet()
+    r.train()
     r.layer1.eval().requires_grad_(False)
+    out = r(torch.randn(2, 3, 32, 32, requires_grad=True))
+    sum(o.sum() for o in out).backward()
+    assert r.layer1[0].cbam.channel_gate.fc2.weight.grad is None
+    assert r.layer2[0].cbam.channel_gate.fc2.weight.grad is not None
+
+
+def test_attention_frozen_outside_a_deciding_backbone_is_refused():
+    """A CBAM that no backbone decided about, frozen in eval mode, refuses a training step:
+    it would stay at its initialisation (mmdet's frozen_stages in a backbone cbam_det does not wrap)."""
+    m = CBAM(16)
+    m.eval().requires_grad_(False)
     with pytest.raises(RuntimeError, match='frozen_stages covers its stage'):
-        r(torch.randn(2, 3, 32, 32))
+        m(torch.randn(2, 16, 8, 8, requires_grad=True))
     with torch.no_grad():  # inference is fine
-        r(torch.randn(2, 3, 32, 32))
+        m(torch.randn(2, 16, 8, 8))
 
 
 def test_zero_init_residual_for_basic_blocks():

@@ -38,6 +38,7 @@ from ._placement import (
     block_attention_modules,
     inplace_by_default,
     mark_frozen_attention,
+    with_allow_frozen,
 )
 
 __all__ = ['PluginBasicBlock', 'AttnBottleneck', 'AttnResNeXtBottleneck', 'AttnResNet', 'AttnResNeXt']
@@ -183,6 +184,7 @@ class _AttentionMixin:
         num_stages: int,
     ) -> Optional[list]:
         self.freeze_attention = freeze_attention
+        plugins = [dict(p, cfg=with_allow_frozen(p.get('cfg'), freeze_attention)) for p in plugins or []] or plugins
         if attention is None:
             return plugins
         if len(attention_stages) != num_stages:
@@ -190,6 +192,7 @@ class _AttentionMixin:
                 f'attention_stages must have num_stages={num_stages} entries, got {tuple(attention_stages)}'
             )
         position = attention_position(self.arch_settings[depth][0])
+        attention = with_allow_frozen(attention, freeze_attention)
         return list(plugins or []) + [dict(cfg=attention, stages=tuple(attention_stages), position=position)]
 
     def _build_bam(self, bam: Optional[dict], bam_stages: Sequence[bool]) -> None:
@@ -231,6 +234,12 @@ class _AttentionMixin:
 
     # frozen_stages / norm_eval leave attention with allow_frozen=False (freeze_attention=False)
     # trainable: mmdet's ResNet._freeze_stages / train are wrapped for that (mmdet_resnet.py)
+
+    def train(self, mode: bool = True):
+        """mmdet's ``ResNet.train`` (freezing as in mmdet_resnet.py), returning the module as
+        ``nn.Module.train`` does (mmdet's returns None)."""
+        super().train(mode)
+        return self
 
 
 @MODELS.register_module()

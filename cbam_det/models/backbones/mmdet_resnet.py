@@ -5,12 +5,21 @@ Every stock mmdet config has ``frozen_stages=1, norm_eval=True``. Adding
 ``plugins=[dict(cfg=dict(type='CBAM'), ..., position='after_conv3')]`` to it would freeze the
 new, randomly initialised attention of stage 1 forever and freeze the BatchNorm statistics of
 all of it. Importing cbam_det wraps ``ResNet._freeze_stages`` and ``ResNet.train`` (and so
-every subclass: ResNeXt, ResNetV1d, Res2Net, ...): after mmdet freezes, each cbam_det
-attention module with ``allow_frozen=False`` (the default) gets its parameters back to
-``requires_grad=True``, its mode back to the model's, and its BatchNorms back to training.
-``_freeze_stages`` runs in ``__init__``, so this is decided at build time and DDP sees the
-attention as trainable. One log line per backbone says so. ``allow_frozen=True`` on the
-module leaves it to mmdet (frozen with its stage), for pretrained attention weights.
+every subclass: ResNeXt, ResNetV1d, Res2Net, ...):
+
+- at build time (mmdet's ``__init__`` calls ``_freeze_stages``), each cbam_det attention
+  module with ``allow_frozen=False`` (the default) that mmdet froze gets its parameters back
+  to ``requires_grad=True``; one log line per backbone says how many, and the
+  ``frozen_stages``. DDP sees the attention as trainable;
+- afterwards ``train()`` / ``eval()`` (mmdet's ``train`` calls ``_freeze_stages`` every time)
+  leave every attention parameter's ``requires_grad`` as it was: a model frozen later by
+  anyone (a semi-supervised teacher, an EMA copy, a backbone frozen for fine-tuning) stays
+  frozen, one unfrozen stays unfrozen. Attention that trains at that moment is put in the
+  model's mode (mmdet puts frozen stages in eval) and, under ``norm_eval``, its BatchNorms
+  keep training. ``train`` returns what mmdet's returns.
+
+``allow_frozen=True`` on the module leaves it to mmdet (frozen with its stage), for
+pretrained attention weights.
 
 ``ResNet.make_stage_plugins`` is wrapped too: a cbam_det plugin whose config does not set
 ``inplace`` gets ``inplace=True``. In every plugin position of mmdet's bottleneck (after
@@ -25,16 +34,16 @@ from mmdet.models.backbones.resnet import ResNet
 from mmengine.logging import print_log
 from torch import nn
 
-from ._placement import inplace_by_default, keep_attention_norms_training, keep_attention_trainable
+from ._placement import decide_trainable, decided, inplace_by_default, keep_attention_norms_training, trains
 
-__all__ = ['patch_mmdet_resnet', 'trainable_attention']
+__all__ = ['patch_mmdet_resnet', 'attention_modules']
 
 
-def trainable_attention(backbone: nn.Module) -> List[nn.Module]:
-    """cbam_det attention modules in ``backbone`` that must stay trainable (``allow_frozen=False``)."""
+def attention_modules(backbone: nn.Module) -> List[nn.Module]:
+    """The cbam_det attention modules in ``backbone``."""
     from ..layers.base import AttentionModule
 
-    return [m for m in backbone.modules() if isinstance(m, AttentionModule) and not m.allow_frozen]
+    return [m for m in backbone.modules() if isinstance(m, AttentionModule)]
 
 
 def _is_cbam_det(cfg) -> bool:
@@ -69,26 +78,29 @@ def patch_mmdet_resnet() -> bool:
         return stage_plugins
 
     def _freeze_stages(self) -> None:
+        atts = attention_modules(self)
+        kept = {p: p.requires_grad for m in atts if decided(m) for p in m.parameters()}
         freeze(self)
-        atts = trainable_attention(self)
-        if not atts:
-            return
-        frozen = [m for m in atts if not all(p.requires_grad for p in m.parameters())]
-        keep_attention_trainable(atts, self.training)
-        if frozen and not getattr(self, '_cbam_det_logged', False):
-            self._cbam_det_logged = True
+        for p, flag in kept.items():  # after build time, a freeze or unfreeze is the model owner's
+            p.requires_grad = flag
+        undone = decide_trainable(atts, self.training)
+        for m in atts:
+            if trains(m):  # mmdet put its frozen stages in eval mode
+                m.train(self.training)
+        if undone:
             print_log(
-                f'cbam_det: {len(frozen)} attention modules inside frozen stages '
-                f'(frozen_stages={self.frozen_stages}) kept trainable, and every attention BatchNorm '
-                f'keeps training under norm_eval; allow_frozen=True on the module freezes it with its stage',
+                f'cbam_det: {len(undone)} attention modules inside frozen stages '
+                f'(frozen_stages={self.frozen_stages}) made trainable at build time, and the BatchNorms of '
+                f'trainable attention keep training under norm_eval; allow_frozen=True on the module '
+                f'freezes it with its stage',
                 logger='current',
             )
 
     def _train(self, mode: bool = True):
-        train(self, mode)
+        out = train(self, mode)
         if mode and getattr(self, 'norm_eval', False):
-            keep_attention_norms_training(trainable_attention(self))
-        return self
+            keep_attention_norms_training(attention_modules(self))
+        return out
 
     ResNet._freeze_stages, ResNet.train, ResNet.make_stage_plugins = _freeze_stages, _train, make_stage_plugins
     ResNet._cbam_det_patched = True

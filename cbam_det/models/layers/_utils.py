@@ -1,7 +1,8 @@
 """Shared argument checks and numerics for the attention layers (CBAM, SE, BAM)."""
 
+import contextlib
 import os
-from typing import Iterable, Optional
+from typing import ContextManager, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -15,6 +16,7 @@ __all__ = [
     'set_check_finite',
     'safe_batch_norm',
     'check_not_frozen',
+    'autocast_off',
 ]
 
 
@@ -60,6 +62,14 @@ def check_odd_kernel(owner: str, name: str, value: int) -> None:
 
 _FLOAT_DTYPES = 'float16, bfloat16, float32 or float64'
 _check_finite = {'on': os.environ.get('CBAM_DET_CHECK_FINITE', '0') == '1'}
+
+
+def autocast_off(device: torch.device) -> ContextManager:
+    """Autocast switched off for ``device`` (the gates' small layers run in their own dtype);
+    nothing to switch for ``meta`` tensors (shape-only runs, as the kernel census makes)."""
+    if device.type == 'meta':
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 def set_check_finite(enabled: bool) -> bool:
@@ -114,20 +124,28 @@ def check_not_frozen(module: nn.Module, owner: str) -> None:
       so their statistics never move from the initial 0 / 1.
     Checked only while gradients are enabled (a training step); ``allow_frozen=True`` on the
     module (or cbam_det's ``AttnResNet(freeze_attention=True)``) accepts both on purpose,
-    e.g. for converted official weights.
+    e.g. for converted official weights. Inside a backbone that decided at build time whether
+    the attention trains (mmdet's ResNet family with cbam_det imported, cbam_det's backbones),
+    a module frozen afterwards is its owner's choice (a teacher, an EMA copy, fine-tuning) and
+    passes; so does any module without a trainable parameter as far as its BatchNorms go.
     """
     if getattr(module, 'allow_frozen', False) or not torch.is_grad_enabled():
         return
     params = list(module.parameters())
-    if not module.training and params and not any(p.requires_grad for p in params):
+    trainable = any(p.requires_grad for p in params)
+    if not trainable and getattr(module, '_cbam_det_decided', False):
+        return
+    if not module.training and params and not trainable:
         raise RuntimeError(
             f"{owner} is frozen (eval mode, requires_grad=False) during a training step: mmdet's "
             f'frozen_stages covers its stage, so it would stay at its initialisation forever. '
             f'Use frozen_stages=-1 (or below this stage), backbone type="AttnResNet" (keeps attention '
             f'trainable), or allow_frozen=True if its weights are pretrained.'
         )
-    if module.training and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training for m in module.modules()
+    if (
+        (trainable or not params)
+        and module.training
+        and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training for m in module.modules())
     ):
         raise RuntimeError(
             f"{owner}'s BatchNorm is in eval mode while it trains (mmdet's norm_eval=True): its "
