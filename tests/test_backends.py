@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cbam_det import BAM, CBAM, SE, kernels
-from cbam_det.kernels import triton_gate
+from cbam_det.kernels import census, triton_gate
 
 from .helpers import REPO
 
@@ -25,6 +25,17 @@ DEVICE = 'cpu' if triton_gate.INTERPRETED or not torch.cuda.is_available() else 
 needs_triton = pytest.mark.skipif(
     DEVICE == 'cpu' and not triton_gate.INTERPRETED, reason='no GPU and Triton interpreter off'
 )
+
+
+_launched: list = []
+
+
+@pytest.fixture(autouse=True)
+def _record_launches():
+    """Every Triton launch of this module's tests, for the ahead-of-time compile test at the end."""
+    with census.recording(execute=True, read_bn_nodes=True) as launches:
+        yield
+    _launched.extend(launches)
 
 
 # ---------------------------------------------------------------- the switch
@@ -213,6 +224,52 @@ def test_triton_bn_fused_and_after_bn(kind, train):
 
 
 @needs_triton
+@pytest.mark.parametrize('kind', ['cbam', 'se'])
+@pytest.mark.parametrize('case', ['zero_gamma', 'frozen_bn', 'norm_eval', 'input_frozen'])
+def test_triton_bn_cases_detectors_meet(kind, case):
+    """mmdet's zero_init_residual (γ = 0: x constant, every pixel ties for the channel max),
+    a frozen BN (eval, no trainable γ/β), norm_eval (eval statistics, trainable γ/β), and an
+    input that needs no gradient (frozen layers before): the folded BN backward in each."""
+    z = torch.randn(2, 48, 7, 9) * 2 + 1
+    train = case in ('zero_gamma', 'input_frozen')
+
+    def bn_make():
+        bn = nn.BatchNorm2d(48)
+        if case == 'frozen_bn':
+            bn.requires_grad_(False)
+        return bn
+
+    m = randomised(MODULES[kind](48)).to(DEVICE).train(train)
+    bn = randomised(bn_make()).to(DEVICE).train(train)
+    if case == 'zero_gamma':
+        with torch.no_grad():
+            bn.weight.zero_()
+    m2, bn2 = copy.deepcopy(m), copy.deepcopy(bn)
+    x = z.to(DEVICE).requires_grad_(case != 'input_frozen')
+    outs = []
+    for backend, mm, bb in (('triton', m, bn), ('torch', m2, bn2)):
+        params = [p for p in list(mm.parameters()) + list(bb.parameters()) if p.requires_grad]
+        xi = x.detach().clone().requires_grad_(x.requires_grad)
+        with kernels.use_backend(backend):
+            y = mm.forward_with_bn(xi, bb)
+            w = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.device)
+            grads = torch.autograd.grad((y.float() * w).sum(), ([xi] if xi.requires_grad else []) + params)
+        outs.append([y.detach().float()] + [g.float() for g in grads])
+    assert_matches(*outs, rtol=1e-4)
+    if case == 'zero_gamma':  # γ's gradient is what lets it leave 0: it must be there, and right
+        assert float(outs[0][-2].abs().max()) > 0
+
+
+@needs_triton
+def test_triton_is_deterministic():
+    """The same inputs give the same bits: split reductions add their partials in a fixed order."""
+    x = torch.randn(2, 48, 13, 21)
+    first = run('triton', randomised(CBAM(48, 4)).to(DEVICE), x.to(DEVICE))
+    again = run('triton', randomised(CBAM(48, 4)).to(DEVICE), x.to(DEVICE))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@needs_triton
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=str)
 def test_triton_low_precision(dtype):
     """bf16/fp16 activations, float32 accumulation: as close to the float32 result as the
@@ -255,3 +312,27 @@ def test_probe_reports_a_failing_kernel_and_warns_once(monkeypatch):
         assert not kernels.probe_triton(DEVICE, torch.float32)  # cached: no second warning
     monkeypatch.undo()
     assert kernels.probe_triton(DEVICE, torch.float32, force=True)
+
+
+# ---------------------------------------------------------------- ahead of time, for real GPUs (last: it
+# compiles what the tests above launched)
+
+
+@pytest.mark.parametrize('arch', census.ARCHS, ids=lambda a: f'sm_{a}')
+def test_every_launched_specialization_compiles_within_128_registers_without_spills(arch):
+    """Triton's compiler and ptxas for sm_80/90/100/120 on this machine, no GPU: registers per
+    thread and stack (spills) of every kernel specialization this module's tests launched."""
+    specs = census.unique_specs(_launched)
+    if not specs:
+        pytest.skip('no Triton launch recorded: run the whole module')
+    results = census.compile_specs(specs, archs=[arch], jobs=2)
+    skipped = {r['skipped'] for r in results if 'skipped' in r}
+    if skipped:
+        assert all('skipped' in r for r in results), skipped  # a target is supported or not, never in part
+        pytest.skip(sorted(skipped)[0])
+    assert len(results) == len(specs)
+    most = max(results, key=lambda r: r['registers'])
+    print(f'sm_{arch}: {len(results)} specializations, at most {most["registers"]} registers ({most["kernel"]})')
+    over = [(r['kernel'], r['registers'], r['stack'], r['local']) for r in results
+            if r['registers'] > census.REGISTER_LIMIT or r['stack'] or r['local']]  # fmt: skip
+    assert not over, over

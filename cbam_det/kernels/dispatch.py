@@ -136,7 +136,8 @@ def _triton_problem(x: torch.Tensor, module, bn) -> Optional[str]:
         return f'triton cannot be imported ({e})'
     if x.device.type == 'cpu' and not triton_gate.INTERPRETED:
         return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing cbam_det"
-    if x.device.type not in ('cuda', 'cpu'):
+    census = x.device.type == 'meta' and triton_gate._hook[0] is not None  # a census walking shapes only
+    if x.device.type not in ('cuda', 'cpu') and not census:
         return f'the tensor is on {x.device}; the Triton kernels run on CUDA'
     if x.dtype not in _KERNEL_DTYPES or x.dim() != 4:
         return f'a 4-d float32/float16/bfloat16 tensor is needed, got {x.dtype} of {x.dim()} dims'
@@ -194,7 +195,10 @@ def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = No
     name = select_backend(x, module, bn)
     if name == 'torch':
         return lean.attend(module, x if bn is None else bn(x))
-    return _eager(fused.gated_attention)(_ext(name), module, x, bn, getattr(module, 'inplace', False))
+    function = None
+    if name == 'triton':
+        from .triton_attend import GatedAttention as function
+    return _eager(fused.gated_attention)(_ext(name), module, x, bn, getattr(module, 'inplace', False), function)
 
 
 def bam_refine(module: nn.Module, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

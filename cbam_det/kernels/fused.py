@@ -27,7 +27,19 @@ from torch.autograd.function import once_differentiable
 from ..ops import gate_ext
 from .record import note, recording
 
-__all__ = ['gated_attention', 'bam_gate', 'spatial_conv', 'pointwise_conv', 'bn_node_readable']
+__all__ = [
+    'gated_attention',
+    'gated_forward',
+    'bam_gate',
+    'spatial_conv',
+    'pointwise_conv',
+    'bn_node_readable',
+    'settings',
+]
+
+#: ``read_bn_nodes``: a plugin after a BatchNorm may read the BN's autograd node (:func:`_bn_source`);
+#: :mod:`.census` turns it off to record what a GPU with cuDNN's BatchNorm runs
+settings = {'read_bn_nodes': True}
 
 
 class _BNState(NamedTuple):
@@ -108,14 +120,22 @@ def _bn_state(bn: nn.BatchNorm2d, z: torch.Tensor, ext) -> Tuple[_BNState, tuple
 
 
 def _channel_pools(ext, z: torch.Tensor, bn: Optional[_BNState], a, b, moments: Optional[tuple]) -> tuple:
-    """(mean, max) over H×W of x, (N, C) each. For the fused block from the moments of z:
-    z ↦ a·z + b is monotone, so the max is a·max(z) + b (a ≥ 0) or a·min(z) + b, rounded
-    as the kernels round x."""
+    """(mean, max) over H×W of x, (N, C) each, and Σ_hw (z − μ) with the BN's mean μ where the
+    kernels keep it for backward (``ext.CENTERED_SUMS``; else None). For the fused block from the
+    moments of z: z ↦ a·z + b is monotone, so the max is a·max(z) + b (a ≥ 0) or a·min(z) + b,
+    rounded as the kernels round x."""
+    centered = bn is not None and getattr(ext, 'CENTERED_SUMS', False)
     if bn is None or not bn.from_moments:
-        return tuple(ext.channel_pool(z, a, b))
+        if centered:
+            return tuple(ext.channel_pool(z, a, b, bn.mean))
+        return tuple(ext.channel_pool(z, a, b)) + (None,)
     shift, s1, _, zmax, zmin = moments if moments is not None else _moments(ext, z)
-    row_mean = shift.double() + s1 / (z.shape[2] * z.shape[3])
-    return (a.double() * row_mean + b.double()).float(), torch.where(a >= 0, a * zmax + b, a * zmin + b)
+    hw = z.shape[2] * z.shape[3]
+    row_mean = shift.double() + s1 / hw
+    extreme = getattr(ext, 'affine_extreme', None)  # the Triton kernels: x rounded as they round it
+    mx = extreme(zmax, zmin, a, b) if extreme is not None else torch.where(a >= 0, a * zmax + b, a * zmin + b)
+    zsum = s1 - hw * (bn.mean.double() - shift.double()) if centered else None
+    return (a.double() * row_mean + b.double()).float(), mx, zsum
 
 
 class _SmallForward(NamedTuple):
@@ -134,6 +154,7 @@ class _SmallForward(NamedTuple):
     spatial_max_flat: Optional[torch.Tensor]  # (N, H·W) the kernels' max, for the tie masks in backward
     spatial_gate: Optional[torch.Tensor]  # (N, 1, H, W) σ(BN(conv(...))), with its graph when grad
     spatial_gate_flat: Optional[torch.Tensor]  # (N, H·W) detached, contiguous
+    centered_sum: Optional[torch.Tensor] = None  # (N, C) float64 Σ_hw (z − μ) of a folded BN (ext.CENTERED_SUMS)
 
 
 def _small_forward(
@@ -151,7 +172,7 @@ def _small_forward(
     n, c, h, w = z.shape
     cg, sg, use_max = _gates(module)
     invstd, a, b = bn.affine() if bn is not None else (None, None, None)
-    avg, mx = _channel_pools(ext, z, bn, a, b, moments)
+    avg, mx, centered_sum = _channel_pools(ext, z, bn, a, b, moments)
     with torch.set_grad_enabled(grad):
         channel_avg, channel_max = avg.requires_grad_(grad), (mx.requires_grad_(grad) if use_max else None)
         channel_gate = torch.sigmoid(cg.logits(channel_avg, channel_max))
@@ -177,16 +198,34 @@ def _small_forward(
         spatial_max_flat=spatial_max_flat,
         spatial_gate=spatial_gate,
         spatial_gate_flat=spatial_gate_flat,
+        centered_sum=centered_sum,
     )
 
 
-def _forward_gates(module: nn.Module, ext, z: torch.Tensor, bn) -> Tuple[Optional[_BNState], _SmallForward]:
-    """Forward's gates (no autograd; the BNs update their running statistics). ``bn``: None,
-    a BatchNorm2d to fold in, or a :class:`_BNState`; returned as a state."""
+def _forward_gates(
+    module: nn.Module, ext, z: torch.Tensor, bn, grad: bool = False
+) -> Tuple[Optional[_BNState], _SmallForward]:
+    """Forward's gates (the BNs update their running statistics; ``grad``: with the small
+    graphs for a backward that keeps them). ``bn``: None, a BatchNorm2d to fold in, or a
+    :class:`_BNState`; returned as a state."""
     moments = None
     if isinstance(bn, nn.Module):
         bn, moments = _bn_state(bn, z, ext)
-    return bn, _small_forward(module, ext, z, bn, grad=False, update_stats=True, moments=moments)
+    return bn, _small_forward(module, ext, z, bn, grad=grad, update_stats=True, moments=moments)
+
+
+def gated_forward(ctx, module: nn.Module, ext, z: torch.Tensor, bn, out: Optional[torch.Tensor], grad: bool) -> tuple:
+    """The forward of a gated-attention autograd function: the gates (with their small graphs when
+    ``grad``), the recorded attention, y = x·g_c·g_s into ``out`` (marked dirty) or a new tensor,
+    and z saved for backward. Returns (BN state, :class:`_SmallForward`, y)."""
+    with torch.set_grad_enabled(grad):
+        bn, s = _forward_gates(module, ext, z, bn, grad=grad)
+    note(module, channel=s.channel_gate, spatial=s.spatial_gate)
+    if out is not None:
+        ctx.mark_dirty(out)
+    y = ext.apply_gates(z, s.a, s.b, s.channel_gate_flat, s.spatial_gate_flat, out)
+    ctx.save_for_backward(z)
+    return bn, s, y
 
 
 def _grads(outputs: torch.Tensor, inputs: List[torch.Tensor], grad_out: torch.Tensor) -> List[Optional[torch.Tensor]]:
@@ -211,12 +250,7 @@ class _GatedAttention(torch.autograd.Function):
     def forward(
         ctx, z: torch.Tensor, out: Optional[torch.Tensor], module: nn.Module, bn, reuse_input: bool, ext, *params
     ):
-        bn, s = _forward_gates(module, ext, z, bn)
-        note(module, channel=s.channel_gate, spatial=s.spatial_gate)
-        if out is not None:
-            ctx.mark_dirty(out)
-        y = ext.apply_gates(z, s.a, s.b, s.channel_gate_flat, s.spatial_gate_flat, out)
-        ctx.save_for_backward(z)
+        bn, _, y = gated_forward(ctx, module, ext, z, bn, out, grad=False)
         ctx.module, ctx.bn, ctx.params, ctx.reuse_input, ctx.ext = module, bn, params, reuse_input, ext
         return y
 
@@ -394,7 +428,8 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
     """
     node = x.grad_fn
     if (
-        type(node).__name__ != 'NativeBatchNormBackward0'
+        not settings['read_bn_nodes']
+        or type(node).__name__ != 'NativeBatchNormBackward0'
         or x._version != 0
         or x._backward_hooks
         or x.retains_grad
@@ -426,24 +461,31 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
 
 
 def gated_attention(
-    ext, module: nn.Module, z: torch.Tensor, bn: Optional[nn.BatchNorm2d] = None, inplace: bool = False
+    ext,
+    module: nn.Module,
+    z: torch.Tensor,
+    bn: Optional[nn.BatchNorm2d] = None,
+    inplace: bool = False,
+    function: Optional[type] = None,
 ) -> torch.Tensor:
     """CBAM / SE ``module`` applied to ``z`` (or to ``bn(z)``) with the fused kernels ``ext``.
 
     Call where :func:`cbam_det.kernels.select_backend` chose ``ext``'s backend. ``inplace`` (the caller does not read
     ``z`` afterwards): the result is written into ``z`` without autograd, and in training
     when z is a BatchNorm output (:func:`_bn_source`); otherwise training's backward writes
-    the input gradient over the saved ``z``.
+    the input gradient over the saved ``z``. ``function``: the autograd function of training
+    (default :class:`_GatedAttention`; the Triton backend's keeps its gates, :mod:`.triton_attend`).
     """
+    function = function or _GatedAttention
     params = list(module.parameters()) + (list(bn.parameters()) if bn is not None else [])
     if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in params)):
         src = _bn_source(z) if bn is None and z.requires_grad else None
         if src is not None:
             z_bn, state = src
-            return _GatedAttention.apply(
+            return function.apply(
                 z_bn, z.detach() if inplace else None, module, state, False, ext, *params, state.weight, state.bias
             )
-        return _GatedAttention.apply(z, None, module, bn, inplace and bn is None, ext, *params)
+        return function.apply(z, None, module, bn, inplace and bn is None, ext, *params)
     with torch.no_grad():
         out = z if inplace else None
         args = _infer_args(module, bn) if hasattr(ext, 'gated_infer') and not recording() else None

@@ -30,11 +30,16 @@ def attend(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     The paper's CBAM (``kernel_variant == 'cbam'``) keeps only ``x`` and the gates for
     backward; SE multiplies by its gate; other CBAM variants run their own equations
     (``module.reference``). With the module's ``inplace`` and no autograd, the gates are
-    multiplied into ``x`` itself.
+    multiplied into ``x`` itself. Without autograd, and while tracing or exporting, CBAM runs
+    its equations as plain operations: a trace then holds no Python autograd function
+    (``prim::PythonOp``), which the ONNX exporter would have to inline, and which beside
+    mmdeploy's own marks (autograd functions with a symbolic) broke its export
+    ("Dangling node reference"; mmdeploy#2102, YOLOX + CBAM).
     """
     variant = getattr(module, 'kernel_variant', None)
+    grad = torch.is_grad_enabled() and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
     inplace = getattr(module, 'inplace', False) and not torch.is_grad_enabled()
-    if variant is None:
+    if variant is None or (variant == 'cbam' and not grad and not inplace):
         return module.reference(x)
     cg = module.channel_gate
     if variant == 'se':

@@ -1,24 +1,33 @@
 """Triton kernels for gated attention: CBAM (Woo et al., ECCV 2018, eq. 1-3), SE (Hu et al.,
 CVPR 2018) and BAM's gate (Park et al., BMVC 2018, eq. 1-2: y = x ⊗ (r + σ(Mc + Ms))).
 
-The same operations as the compiled CPU kernels (``cbam_det/ops/csrc/gate_cpu.cpp``), with
-the same signatures, so that :mod:`cbam_det.kernels.fused` runs on either: every full-size
-(N, C, H, W) step is one pass over memory, and ``x = a[c]·z + b[c]`` is the input itself
-(a, b None) or a BatchNorm's output recomputed from its input z (the BN-fused block).
+Every kernel makes one pass over its full-size (N, C, H, W) operands; ``x = a[c]·z + b[c]`` is
+the input itself (a, b None) or a BatchNorm's output recomputed from its input z. A training
+step of CBAM reads or writes the full-size tensors 10 times (forward: channel pool, spatial
+pool, apply = 4; backward: gate gradients = 2, spatial-pool gradient = 1, input gradient = 3,
+the BatchNorm's backward folded into it), SE 7 times (3 + 2 + 2); :mod:`.triton_attend` is
+the autograd that drives them.
+
+Launches fill the GPU: a reduction with few outputs per program is split over pixel blocks
+(or channel blocks) until the grid has at least ``4 ×`` the device's SMs, where the tensor has
+that many tiles; the partial results are added in a fixed order by a second stage (a PyTorch
+sum over the split axis): deterministic, no atomics. Tiles are up to 1024 elements, 64 along the
+contiguous axis (H×W for NCHW, C for channels-last), at 4 warps (8 elements per thread and
+tensor; 8 warps for the two kernels that also form a folded BN's sums), which keeps every kernel
+under 128 registers per thread with triton 3.1 to 3.7 (the compile test checks).
 
 - full-size tensors: float32, float16 or bfloat16, NCHW or channels-last (any layout whose
   H and W merge into one index; others are made contiguous), any C, H, W;
-- small tensors (gates, pooled maps, their gradients): float32, contiguous;
-- arithmetic in float32; max-pool gradients shared evenly between tied maxima, as
-  ``torch.amax`` does; per-(n, c) sums over pixel blocks are written as partial sums and
-  added in a fixed order (deterministic, no atomics).
+- small tensors (gates, pooled maps, their gradients, partials): float32, contiguous;
+- arithmetic in float32; max-pool gradients shared evenly between tied maxima, as ``amax``.
 
 On CUDA tensors the kernels are compiled by Triton; on CPU tensors they run in Triton's
 interpreter (``TRITON_INTERPRET=1`` set before triton is imported), which is how CI tests them.
+Every launch goes through :func:`_launch`, where :mod:`.census` can record it.
 """
 
 import os
-from typing import List, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -27,110 +36,331 @@ import triton.language as tl
 __all__ = [
     'channel_pool',
     'channel_moments',
+    'affine_extreme',
     'spatial_pool',
     'apply_gates',
     'gate_grads',
+    'se_grads',
     'spatial_pool_grad',
     'input_grad',
-    'affine_combine_',
     'bam_apply',
     'bam_grads',
+    'sm_count',
     'INTERPRETED',
+    'DEFAULT_SMS',
 ]
 
 #: the kernels were defined under Triton's interpreter (they then run on CPU tensors)
 INTERPRETED = os.environ.get('TRITON_INTERPRET', '0') == '1'
+#: the pools also give Σ_hw (z − μ) of a folded BN, kept for backward (:mod:`.fused` asks)
+CENTERED_SUMS = True
+#: streaming multiprocessors assumed where there is no CUDA device (an H200)
+DEFAULT_SMS = 132
+WAVES = 4  # split reductions until the grid has WAVES × SMs programs (where the tensor allows)
+TILE = 1024  # elements per tile
+WARPS = 4
 
-_BC = 32  # channels per tile
-_BHW = 64  # pixels per tile
 
-
-@triton.jit
-def _load_x(z_ptr, off, mask, a_ptr, b_ptr, c, cmask, HAS_AFFINE: tl.constexpr):
-    """x = a[c]·z + b[c] (or z) as float32, for a [channels, pixels] tile."""
-    x = tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    if HAS_AFFINE:
-        a = tl.load(a_ptr + c, mask=cmask, other=0.0)
-        b = tl.load(b_ptr + c, mask=cmask, other=0.0)
-        x = x * a[:, None] + b[:, None]
-    return x
+# ---------------------------------------------------------------- shared pieces
 
 
 @triton.jit
 def _sigmoid(t):
-    e = tl.exp(-tl.abs(t))
-    return tl.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    """1 / (1 + e^−t): exact limits in float32 (e^−t = inf gives 0), one exp and one division."""
+    return 1.0 / (1.0 + tl.exp(-t))
+
+
+@triton.jit
+def _per_c(ptr, c, cmask):
+    """A per-channel float32 vector as a [BC, 1] column."""
+    return tl.load(ptr + c, mask=cmask, other=0.0)[:, None]
+
+
+@triton.jit
+def _per_hw(ptr, hw, hmask):
+    """A per-pixel float32 vector as a [1, BHW] row."""
+    return tl.load(ptr + hw, mask=hmask, other=0.0)[None, :]
+
+
+@triton.jit
+def _hw_tile(h0, hi, c, cmask, sc, shw, BHW: tl.constexpr):
+    """Pixels h0 .. h0 + BHW (below hi) of the channels c: (hw, hmask, tile mask, offsets in the image)."""
+    hw = h0 + tl.arange(0, BHW)
+    hmask = hw < hi
+    return hw, hmask, cmask[:, None] & hmask[None, :], c[:, None] * sc + hw[None, :] * shw
+
+
+@triton.jit
+def _c_tile(c0, hi, hw, hmask, sc, shw, BC: tl.constexpr):
+    """Channels c0 .. c0 + BC (below hi) of the pixels hw: (c, cmask, tile mask, offsets in the image)."""
+    c = c0 + tl.arange(0, BC)
+    cmask = c < hi
+    return c, cmask, cmask[:, None] & hmask[None, :], c[:, None] * sc + hw[None, :] * shw
+
+
+# ---------------------------------------------------------------- reductions over H×W (per n, c)
+# grid (splits, channel blocks, N); program s reduces pixels [s·L, (s+1)·L) of BC channels and
+# writes its partial at [n, s, c] of an (N, S, C) buffer.
 
 
 @triton.jit
 def _channel_pool_kernel(
-    z_ptr, a_ptr, b_ptr, avg_ptr, max_ptr, C, HW, sn, sc, shw,
-    HAS_AFFINE: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+    z_ptr, a_ptr, b_ptr, mu_ptr, sum_ptr, max_ptr, zsum_ptr, C, HW, L, sn, sc, shw,
+    HAS_AFFINE: tl.constexpr, CENTERED: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
-    n, cb = tl.program_id(0), tl.program_id(1)
+    """Σ and max over pixels of x (CENTERED: also Σ (z − μ), for a folded BN's backward)."""
+    s, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BC + tl.arange(0, BC)
     cmask = c < C
-    acc = tl.zeros([BC], dtype=tl.float32)
-    mx = tl.full([BC], float('-inf'), dtype=tl.float32)
-    for h0 in range(0, HW, BHW):
-        hw = h0 + tl.arange(0, BHW)
-        mask = cmask[:, None] & (hw < HW)[None, :]
-        x = _load_x(z_ptr, n * sn + c[:, None] * sc + hw[None, :] * shw, mask, a_ptr, b_ptr, c, cmask, HAS_AFFINE)
-        acc += tl.sum(tl.where(mask, x, 0.0), 1)
-        mx = tl.maximum(mx, tl.max(tl.where(mask, x, float('-inf')), 1))
-    tl.store(avg_ptr + n * C + c, acc / HW, mask=cmask)
-    tl.store(max_ptr + n * C + c, mx, mask=cmask)
+    zb = z_ptr + n.to(tl.int64) * sn
+    if HAS_AFFINE:
+        a, b = _per_c(a_ptr, c, cmask), _per_c(b_ptr, c, cmask)
+    if CENTERED:
+        mu = _per_c(mu_ptr, c, cmask)
+    acc = tl.zeros([BC, BHW], dtype=tl.float32)
+    mx = tl.full([BC, BHW], float('-inf'), dtype=tl.float32)
+    zs = tl.zeros([BC, BHW], dtype=tl.float32)
+    lo = s * L
+    hi = tl.minimum(lo + L, HW)
+    for h0 in range(lo, hi, BHW):
+        hw, hmask, mask, off = _hw_tile(h0, hi, c, cmask, sc, shw, BHW)
+        z = tl.load(zb + off, mask=mask, other=0.0).to(tl.float32)
+        x = z * a + b if HAS_AFFINE else z
+        acc += tl.where(mask, x, 0.0)
+        mx = tl.maximum(mx, tl.where(mask, x, float('-inf')))
+        if CENTERED:
+            zs += tl.where(mask, z - mu, 0.0)
+    out = (n * tl.num_programs(0) + s) * C + c
+    tl.store(sum_ptr + out, tl.sum(acc, 1), mask=cmask)
+    tl.store(max_ptr + out, tl.max(mx, 1), mask=cmask)
+    if CENTERED:
+        tl.store(zsum_ptr + out, tl.sum(zs, 1), mask=cmask)
 
 
 @triton.jit
 def _channel_moments_kernel(
-    z_ptr, shift_ptr, s1_ptr, s2_ptr, zmax_ptr, zmin_ptr, C, HW, sn, sc, shw,
+    z_ptr, shift_ptr, s1_ptr, s2_ptr, zmax_ptr, zmin_ptr, C, HW, L, sn, sc, shw,
     BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
-    n, cb = tl.program_id(0), tl.program_id(1)
+    """Σ(z − k), Σ(z − k)², max z, min z over pixels (k: a per-channel shift)."""
+    s, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BC + tl.arange(0, BC)
     cmask = c < C
-    k = tl.load(shift_ptr + c, mask=cmask, other=0.0).to(tl.float32)
-    s1 = tl.zeros([BC], dtype=tl.float32)
-    s2 = tl.zeros([BC], dtype=tl.float32)
-    mx = tl.full([BC], float('-inf'), dtype=tl.float32)
-    mn = tl.full([BC], float('inf'), dtype=tl.float32)
-    for h0 in range(0, HW, BHW):
-        hw = h0 + tl.arange(0, BHW)
-        mask = cmask[:, None] & (hw < HW)[None, :]
-        z = tl.load(z_ptr + n * sn + c[:, None] * sc + hw[None, :] * shw, mask=mask, other=0.0).to(tl.float32)
-        d = tl.where(mask, z - k[:, None], 0.0)
-        s1 += tl.sum(d, 1)
-        s2 += tl.sum(d * d, 1)
-        mx = tl.maximum(mx, tl.max(tl.where(mask, z, float('-inf')), 1))
-        mn = tl.minimum(mn, tl.min(tl.where(mask, z, float('inf')), 1))
-    tl.store(s1_ptr + n * C + c, s1, mask=cmask)
-    tl.store(s2_ptr + n * C + c, s2, mask=cmask)
-    tl.store(zmax_ptr + n * C + c, mx, mask=cmask)
-    tl.store(zmin_ptr + n * C + c, mn, mask=cmask)
+    zb = z_ptr + n.to(tl.int64) * sn
+    k = _per_c(shift_ptr, c, cmask)
+    s1 = tl.zeros([BC, BHW], dtype=tl.float32)
+    s2 = tl.zeros([BC, BHW], dtype=tl.float32)
+    mx = tl.full([BC, BHW], float('-inf'), dtype=tl.float32)
+    mn = tl.full([BC, BHW], float('inf'), dtype=tl.float32)
+    lo = s * L
+    hi = tl.minimum(lo + L, HW)
+    for h0 in range(lo, hi, BHW):
+        hw, hmask, mask, off = _hw_tile(h0, hi, c, cmask, sc, shw, BHW)
+        z = tl.load(zb + off, mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, z - k, 0.0)
+        s1 += d
+        s2 += d * d
+        mx = tl.maximum(mx, tl.where(mask, z, float('-inf')))
+        mn = tl.minimum(mn, tl.where(mask, z, float('inf')))
+    out = (n * tl.num_programs(0) + s) * C + c
+    tl.store(s1_ptr + out, tl.sum(s1, 1), mask=cmask)
+    tl.store(s2_ptr + out, tl.sum(s2, 1), mask=cmask)
+    tl.store(zmax_ptr + out, tl.max(mx, 1), mask=cmask)
+    tl.store(zmin_ptr + out, tl.min(mn, 1), mask=cmask)
+
+
+@triton.jit
+def _se_grads_kernel(
+    dy_ptr, z_ptr, a_ptr, b_ptr, mu_ptr, o1_ptr, o2_ptr, C, HW, L, sn, sc, shw,
+    HAS_AFFINE: tl.constexpr, BN_SUMS: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+):  # fmt: skip
+    """SE's gate gradient Σ dy·x; with BN_SUMS instead Σ dy and Σ dy·(z − μ)."""
+    s, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = cb * BC + tl.arange(0, BC)
+    cmask = c < C
+    base = n.to(tl.int64) * sn
+    if HAS_AFFINE:
+        a, b = _per_c(a_ptr, c, cmask), _per_c(b_ptr, c, cmask)
+    if BN_SUMS:
+        mu = _per_c(mu_ptr, c, cmask)
+    t1 = tl.zeros([BC, BHW], dtype=tl.float32)
+    t2 = tl.zeros([BC, BHW], dtype=tl.float32)
+    lo = s * L
+    hi = tl.minimum(lo + L, HW)
+    for h0 in range(lo, hi, BHW):
+        hw, hmask, mask, off = _hw_tile(h0, hi, c, cmask, sc, shw, BHW)
+        off += base
+        z = tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        if BN_SUMS:
+            t1 += dy
+            t2 += dy * tl.where(mask, z - mu, 0.0)
+        else:
+            x = z * a + b if HAS_AFFINE else z
+            t1 += dy * x
+    out = (n * tl.num_programs(0) + s) * C + c
+    tl.store(o1_ptr + out, tl.sum(t1, 1), mask=cmask)
+    if BN_SUMS:
+        tl.store(o2_ptr + out, tl.sum(t2, 1), mask=cmask)
+
+
+@triton.jit
+def _spatial_pool_grad_kernel(
+    z_ptr, a_ptr, b_ptr, gc_ptr, smax_ptr, wa_ptr, wm_ptr, cmax_ptr, mu_ptr,
+    o1_ptr, o2_ptr, o3_ptr, o4_ptr, C, HW, L, sn, sc, shw,
+    HAS_AFFINE: tl.constexpr, BN_SUMS: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+):  # fmt: skip
+    """g_c's gradient through the spatial pooling, Σ x·w with w = w_avg + [x·g_c = s_max]·w_max,
+    and the ties of the channel max, Σ [x = c_max]. With BN_SUMS instead of Σ x·w: Σ w,
+    Σ w·(z − μ), the ties and Σ [x = c_max]·(z − μ) (the BN backward's sums)."""
+    s, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = cb * BC + tl.arange(0, BC)
+    cmask = c < C
+    zb = z_ptr + n.to(tl.int64) * sn
+    if HAS_AFFINE:
+        a, b = _per_c(a_ptr, c, cmask), _per_c(b_ptr, c, cmask)
+    g = _per_c(gc_ptr + n * C, c, cmask)
+    cm = _per_c(cmax_ptr + n * C, c, cmask)
+    if BN_SUMS:
+        mu = _per_c(mu_ptr, c, cmask)
+    t1 = tl.zeros([BC, BHW], dtype=tl.float32)
+    t2 = tl.zeros([BC, BHW], dtype=tl.float32)
+    ties = tl.zeros([BC, BHW], dtype=tl.float32)
+    t4 = tl.zeros([BC, BHW], dtype=tl.float32)
+    lo = s * L
+    hi = tl.minimum(lo + L, HW)
+    for h0 in range(lo, hi, BHW):
+        hw, hmask, mask, off = _hw_tile(h0, hi, c, cmask, sc, shw, BHW)
+        z = tl.load(zb + off, mask=mask, other=0.0).to(tl.float32)
+        x = z * a + b if HAS_AFFINE else z
+        m = _per_hw(smax_ptr + n * HW, hw, hmask)
+        w = _per_hw(wa_ptr + n * HW, hw, hmask) + tl.where(x * g == m, _per_hw(wm_ptr + n * HW, hw, hmask), 0.0)
+        w = tl.where(mask, w, 0.0)
+        tie = mask & (x == cm)
+        ties += tl.where(tie, 1.0, 0.0)
+        if BN_SUMS:
+            zc = z - mu
+            t1 += w
+            t2 += w * zc
+            t4 += tl.where(tie, zc, 0.0)
+        else:
+            t1 += x * w
+    out = (n * tl.num_programs(0) + s) * C + c
+    tl.store(o1_ptr + out, tl.sum(t1, 1), mask=cmask)
+    tl.store(o3_ptr + out, tl.sum(ties, 1), mask=cmask)
+    if BN_SUMS:
+        tl.store(o2_ptr + out, tl.sum(t2, 1), mask=cmask)
+        tl.store(o4_ptr + out, tl.sum(t4, 1), mask=cmask)
+
+
+# ---------------------------------------------------------------- reductions over C (per n, pixel)
+# grid (pixel blocks, splits, N); program s reduces channels [s·L, (s+1)·L) of BHW pixels and
+# writes its partial at [n, s, hw] of an (N, S, HW) buffer.
 
 
 @triton.jit
 def _spatial_pool_kernel(
-    z_ptr, a_ptr, b_ptr, gc_ptr, avg_ptr, max_ptr, C, HW, sn, sc, shw,
+    z_ptr, a_ptr, b_ptr, gc_ptr, sum_ptr, max_ptr, C, HW, L, sn, sc, shw,
     HAS_AFFINE: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
-    n, hb = tl.program_id(0), tl.program_id(1)
+    """Σ and max over channels of x·g_c."""
+    hb, s, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     hw = hb * BHW + tl.arange(0, BHW)
     hmask = hw < HW
-    acc = tl.zeros([BHW], dtype=tl.float32)
-    mx = tl.full([BHW], float('-inf'), dtype=tl.float32)
-    for c0 in range(0, C, BC):
-        c = c0 + tl.arange(0, BC)
-        cmask = c < C
-        mask = cmask[:, None] & hmask[None, :]
-        x = _load_x(z_ptr, n * sn + c[:, None] * sc + hw[None, :] * shw, mask, a_ptr, b_ptr, c, cmask, HAS_AFFINE)
-        g = tl.load(gc_ptr + n * C + c, mask=cmask, other=0.0)
-        xg = x * g[:, None]
-        acc += tl.sum(tl.where(mask, xg, 0.0), 0)
-        mx = tl.maximum(mx, tl.max(tl.where(mask, xg, float('-inf')), 0))
-    tl.store(avg_ptr + n * HW + hw, acc / C, mask=hmask)
-    tl.store(max_ptr + n * HW + hw, mx, mask=hmask)
+    zb = z_ptr + n.to(tl.int64) * sn
+    acc = tl.zeros([BC, BHW], dtype=tl.float32)
+    mx = tl.full([BC, BHW], float('-inf'), dtype=tl.float32)
+    lo = s * L
+    hi = tl.minimum(lo + L, C)
+    for c0 in range(lo, hi, BC):
+        c, cmask, mask, off = _c_tile(c0, hi, hw, hmask, sc, shw, BC)
+        x = tl.load(zb + off, mask=mask, other=0.0).to(tl.float32)
+        if HAS_AFFINE:
+            x = x * _per_c(a_ptr, c, cmask) + _per_c(b_ptr, c, cmask)
+        xg = x * _per_c(gc_ptr + n * C, c, cmask)
+        acc += tl.where(mask, xg, 0.0)
+        mx = tl.maximum(mx, tl.where(mask, xg, float('-inf')))
+    out = (n * tl.num_programs(1) + s) * HW + hw
+    tl.store(sum_ptr + out, tl.sum(acc, 0), mask=hmask)
+    tl.store(max_ptr + out, tl.max(mx, 0), mask=hmask)
+
+
+@triton.jit
+def _gate_grads_kernel(
+    dy_ptr, z_ptr, a_ptr, b_ptr, gc_ptr, gs_ptr, smax_ptr, mu_ptr, p1_ptr, p2_ptr, dgs_ptr, cnt_ptr,
+    C, HW, L, NB, sn, sc, shw,
+    HAS_AFFINE: tl.constexpr, BN_SUMS: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+):  # fmt: skip
+    """CBAM's gate gradients in one pass over (dy, x), u = dy·g_s:
+    per pixel block and channel Σ u·x (with BN_SUMS instead Σ u and Σ u·(z − μ)) into an
+    (N, NB, C) buffer; per pixel Σ_c dy·x·g_c and Σ_c [x·g_c = s_max] (the spatial max's ties)."""
+    hb, s, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    hw = hb * BHW + tl.arange(0, BHW)
+    hmask = hw < HW
+    base = n.to(tl.int64) * sn
+    gs = _per_hw(gs_ptr + n * HW, hw, hmask)
+    m = _per_hw(smax_ptr + n * HW, hw, hmask)
+    ds = tl.zeros([BC, BHW], dtype=tl.float32)
+    cnt = tl.zeros([BC, BHW], dtype=tl.float32)
+    lo = s * L
+    hi = tl.minimum(lo + L, C)
+    part = (n * NB + hb) * C
+    for c0 in range(lo, hi, BC):
+        c, cmask, mask, off = _c_tile(c0, hi, hw, hmask, sc, shw, BC)
+        off += base
+        z = tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        x = z * _per_c(a_ptr, c, cmask) + _per_c(b_ptr, c, cmask) if HAS_AFFINE else z
+        g = _per_c(gc_ptr + n * C, c, cmask)
+        u = dy * gs
+        if BN_SUMS:
+            zc = tl.where(mask, z - _per_c(mu_ptr, c, cmask), 0.0)
+            tl.store(p1_ptr + part + c, tl.sum(u, 1), mask=cmask)
+            tl.store(p2_ptr + part + c, tl.sum(u * zc, 1), mask=cmask)
+        else:
+            tl.store(p1_ptr + part + c, tl.sum(u * x, 1), mask=cmask)
+        ds += dy * x * g
+        cnt += tl.where(mask & (x * g == m), 1.0, 0.0)
+    out = (n * tl.num_programs(1) + s) * HW + hw
+    tl.store(dgs_ptr + out, tl.sum(ds, 0), mask=hmask)
+    tl.store(cnt_ptr + out, tl.sum(cnt, 0), mask=hmask)
+
+
+@triton.jit
+def _bam_grads_kernel(
+    dy_ptr, x_ptr, c_ptr, s_ptr, dx_ptr, part_ptr, ds_ptr, C, HW, L, NB, sn, sc, shw,
+    PRODUCT: tl.constexpr, RESIDUAL: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+):  # fmt: skip
+    """BAM backward in one pass: dx, per pixel block and channel Σ g·∂t/∂c, per pixel Σ_c g·∂t/∂s."""
+    hb, sp, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    hw = hb * BHW + tl.arange(0, BHW)
+    hmask = hw < HW
+    base = n.to(tl.int64) * sn
+    sv = _per_hw(s_ptr + n * HW, hw, hmask)
+    acc = tl.zeros([BC, BHW], dtype=tl.float32)
+    lo = sp * L
+    hi = tl.minimum(lo + L, C)
+    part = (n * NB + hb) * C
+    for c0 in range(lo, hi, BC):
+        c, cmask, mask, off = _c_tile(c0, hi, hw, hmask, sc, shw, BC)
+        off += base
+        x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        cv = _per_c(c_ptr + n * C, c, cmask)
+        m = _sigmoid(cv * sv if PRODUCT else cv + sv)
+        tl.store(dx_ptr + off, (dy * (m + 1.0) if RESIDUAL else dy * m).to(dx_ptr.dtype.element_ty), mask=mask)
+        gt = tl.where(mask, dy * x * m * (1.0 - m), 0.0)
+        if PRODUCT:
+            tl.store(part_ptr + part + c, tl.sum(gt * sv, 1), mask=cmask)
+            acc += gt * cv
+        else:
+            tl.store(part_ptr + part + c, tl.sum(gt, 1), mask=cmask)
+            acc += gt
+    tl.store(ds_ptr + (n * tl.num_programs(1) + sp) * HW + hw, tl.sum(acc, 0), mask=hmask)
+
+
+# ---------------------------------------------------------------- elementwise
+# grid (pixel blocks, channel blocks, N), one [BC, BHW] tile per program.
 
 
 @triton.jit
@@ -138,151 +368,55 @@ def _apply_gates_kernel(
     z_ptr, a_ptr, b_ptr, gc_ptr, gs_ptr, out_ptr, C, HW, sn, sc, shw, on, oc, ohw,
     HAS_AFFINE: tl.constexpr, HAS_GS: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
-    n, cb, hb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """y = x·g_c (·g_s)."""
+    hb, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BC + tl.arange(0, BC)
     hw = hb * BHW + tl.arange(0, BHW)
     cmask, hmask = c < C, hw < HW
     mask = cmask[:, None] & hmask[None, :]
-    x = _load_x(z_ptr, n * sn + c[:, None] * sc + hw[None, :] * shw, mask, a_ptr, b_ptr, c, cmask, HAS_AFFINE)
-    y = x * tl.load(gc_ptr + n * C + c, mask=cmask, other=0.0)[:, None]
+    x = tl.load(z_ptr + n.to(tl.int64) * sn + c[:, None] * sc + hw[None, :] * shw, mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    if HAS_AFFINE:
+        x = x * _per_c(a_ptr, c, cmask) + _per_c(b_ptr, c, cmask)
+    y = x * _per_c(gc_ptr + n * C, c, cmask)
     if HAS_GS:
-        y = y * tl.load(gs_ptr + n * HW + hw, mask=hmask, other=0.0)[None, :]
-    tl.store(out_ptr + n * on + c[:, None] * oc + hw[None, :] * ohw, y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _gate_grads_kernel(
-    dy_ptr, z_ptr, a_ptr, b_ptr, gc_ptr, gs_ptr, smax_ptr, part_ptr, dgs_ptr, cnt_ptr, C, HW, NB, sn, sc, shw,
-    HAS_AFFINE: tl.constexpr, HAS_GS: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
-):  # fmt: skip
-    n, hb = tl.program_id(0), tl.program_id(1)
-    hw = hb * BHW + tl.arange(0, BHW)
-    hmask = hw < HW
-    ds = tl.zeros([BHW], dtype=tl.float32)
-    cnt = tl.zeros([BHW], dtype=tl.float32)
-    if HAS_GS:
-        s = tl.load(gs_ptr + n * HW + hw, mask=hmask, other=0.0)
-        m = tl.load(smax_ptr + n * HW + hw, mask=hmask, other=0.0)
-    for c0 in range(0, C, BC):
-        c = c0 + tl.arange(0, BC)
-        cmask = c < C
-        mask = cmask[:, None] & hmask[None, :]
-        off = n * sn + c[:, None] * sc + hw[None, :] * shw
-        x = _load_x(z_ptr, off, mask, a_ptr, b_ptr, c, cmask, HAS_AFFINE)
-        u = tl.where(mask, tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32) * x, 0.0)
-        if HAS_GS:
-            g = tl.load(gc_ptr + n * C + c, mask=cmask, other=0.0)
-            tl.store(part_ptr + (n * NB + hb) * C + c, tl.sum(u * s[None, :], 1), mask=cmask)
-            ds += tl.sum(u * g[:, None], 0)
-            cnt += tl.sum(tl.where(mask & (x * g[:, None] == m[None, :]), 1.0, 0.0), 0)
-        else:
-            tl.store(part_ptr + (n * NB + hb) * C + c, tl.sum(u, 1), mask=cmask)
-    if HAS_GS:
-        tl.store(dgs_ptr + n * HW + hw, ds, mask=hmask)
-        tl.store(cnt_ptr + n * HW + hw, cnt, mask=hmask)
-
-
-@triton.jit
-def _spatial_pool_grad_kernel(
-    z_ptr, a_ptr, b_ptr, gc_ptr, smax_ptr, wa_ptr, wm_ptr, out_ptr, C, HW, sn, sc, shw,
-    HAS_AFFINE: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
-):  # fmt: skip
-    n, cb = tl.program_id(0), tl.program_id(1)
-    c = cb * BC + tl.arange(0, BC)
-    cmask = c < C
-    g = tl.load(gc_ptr + n * C + c, mask=cmask, other=0.0)
-    acc = tl.zeros([BC], dtype=tl.float32)
-    for h0 in range(0, HW, BHW):
-        hw = h0 + tl.arange(0, BHW)
-        hmask = hw < HW
-        mask = cmask[:, None] & hmask[None, :]
-        x = _load_x(z_ptr, n * sn + c[:, None] * sc + hw[None, :] * shw, mask, a_ptr, b_ptr, c, cmask, HAS_AFFINE)
-        m = tl.load(smax_ptr + n * HW + hw, mask=hmask, other=0.0)
-        wa = tl.load(wa_ptr + n * HW + hw, mask=hmask, other=0.0)
-        wm = tl.load(wm_ptr + n * HW + hw, mask=hmask, other=0.0)
-        w = wa[None, :] + tl.where(x * g[:, None] == m[None, :], wm[None, :], 0.0)
-        acc += tl.sum(tl.where(mask, x * w, 0.0), 1)
-    tl.store(out_ptr + n * C + c, acc, mask=cmask)
+        y = y * _per_hw(gs_ptr + n * HW, hw, hmask)
+    out = out_ptr + n.to(tl.int64) * on + c[:, None] * oc + hw[None, :] * ohw
+    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _input_grad_kernel(
-    dy_ptr, z_ptr, a_ptr, b_ptr, gc_ptr, gs_ptr, smax_ptr, wa_ptr, wm_ptr, davg_ptr, cmax_ptr, dmax_ptr,
-    dx_ptr, s1_ptr, s2_ptr, C, HW, sn, sc, shw,
-    HAS_AFFINE: tl.constexpr, HAS_GS: tl.constexpr, SPATIAL: tl.constexpr, HAS_CMAX: tl.constexpr,
-    SUMS: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+    dy_ptr, z_ptr, a_ptr, b_ptr, gc_ptr, gs_ptr, smax_ptr, wa_ptr, wm_ptr, cmax_ptr,
+    k1_ptr, k2_ptr, k0_ptr, bz_ptr, dx_ptr, C, HW, sn, sc, shw,
+    HAS_AFFINE: tl.constexpr, CBAM: tl.constexpr, HAS_BZ: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
-    n, cb = tl.program_id(0), tl.program_id(1)
-    c = cb * BC + tl.arange(0, BC)
-    cmask = c < C
-    g = tl.load(gc_ptr + n * C + c, mask=cmask, other=0.0)
-    base = tl.load(davg_ptr + n * C + c, mask=cmask, other=0.0) / HW
-    cm = tl.zeros([BC], dtype=tl.float32)
-    cmg = tl.zeros([BC], dtype=tl.float32)
-    if HAS_CMAX:
-        # the channel max's gradient is shared between its ties: count them first, reading
-        # only the rows whose max has a gradient
-        cm = tl.load(cmax_ptr + n * C + c, mask=cmask, other=0.0)
-        dm = tl.load(dmax_ptr + n * C + c, mask=cmask, other=0.0)
-        live = cmask & (dm != 0.0)
-        ties = tl.zeros([BC], dtype=tl.float32)
-        for h0 in range(0, HW, BHW):
-            hw = h0 + tl.arange(0, BHW)
-            mask = live[:, None] & (hw < HW)[None, :]
-            x = _load_x(z_ptr, n * sn + c[:, None] * sc + hw[None, :] * shw, mask, a_ptr, b_ptr, c, cmask, HAS_AFFINE)
-            ties += tl.sum(tl.where(mask & (x == cm[:, None]), 1.0, 0.0), 1)
-        cmg = dm / tl.maximum(ties, 1.0)
-    t1 = tl.zeros([BC], dtype=tl.float32)
-    t2 = tl.zeros([BC], dtype=tl.float32)
-    for h0 in range(0, HW, BHW):
-        hw = h0 + tl.arange(0, BHW)
-        hmask = hw < HW
-        mask = cmask[:, None] & hmask[None, :]
-        off = n * sn + c[:, None] * sc + hw[None, :] * shw
-        z = tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        x = z
-        if HAS_AFFINE:
-            x = (
-                z * tl.load(a_ptr + c, mask=cmask, other=0.0)[:, None]
-                + tl.load(b_ptr + c, mask=cmask, other=0.0)[:, None]
-            )
-        t = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        if HAS_GS:
-            t = t * tl.load(gs_ptr + n * HW + hw, mask=hmask, other=0.0)[None, :]
-        v = t * g[:, None] + base[:, None]
-        if HAS_CMAX:
-            v += tl.where(x == cm[:, None], cmg[:, None], 0.0)
-        if SPATIAL:
-            m = tl.load(smax_ptr + n * HW + hw, mask=hmask, other=0.0)
-            wa = tl.load(wa_ptr + n * HW + hw, mask=hmask, other=0.0)
-            wm = tl.load(wm_ptr + n * HW + hw, mask=hmask, other=0.0)
-            v += g[:, None] * (wa[None, :] + tl.where(x * g[:, None] == m[None, :], wm[None, :], 0.0))
-        tl.store(dx_ptr + off, v.to(dx_ptr.dtype.element_ty), mask=mask)
-        if SUMS:
-            v = tl.where(mask, v, 0.0)
-            t1 += tl.sum(v, 1)
-            t2 += tl.sum(v * z, 1)
-    if SUMS:
-        tl.store(s1_ptr + n * C + c, t1, mask=cmask)
-        tl.store(s2_ptr + n * C + c, t2, mask=cmask)
-
-
-@triton.jit
-def _affine_combine_kernel(
-    t_ptr, z_ptr, A_ptr, B_ptr, D_ptr, C, HW, sn, sc, shw, BC: tl.constexpr, BHW: tl.constexpr
-):  # fmt: skip
-    n, cb, hb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """dz = K1·(dy·g_s + w) + [x = c_max]·K2 + K0 (+ Bz·z), w = w_avg + [x·g_c = s_max]·w_max:
+    CBAM's input gradient with the folded BN's backward (K*, Bz per (n, c) from the sums of the
+    earlier passes). SE: dz = K1·dy + K0 (+ Bz·z), z read only for Bz."""
+    hb, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BC + tl.arange(0, BC)
     hw = hb * BHW + tl.arange(0, BHW)
-    cmask = c < C
-    mask = cmask[:, None] & (hw < HW)[None, :]
-    off = n * sn + c[:, None] * sc + hw[None, :] * shw
-    t = tl.load(t_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    z = tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    A = tl.load(A_ptr + c, mask=cmask, other=0.0)[:, None]
-    B = tl.load(B_ptr + c, mask=cmask, other=0.0)[:, None]
-    D = tl.load(D_ptr + c, mask=cmask, other=0.0)[:, None]
-    tl.store(t_ptr + off, (A * t + B * z + D).to(t_ptr.dtype.element_ty), mask=mask)
+    cmask, hmask = c < C, hw < HW
+    mask = cmask[:, None] & hmask[None, :]
+    off = n.to(tl.int64) * sn + c[:, None] * sc + hw[None, :] * shw
+    dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    k1 = _per_c(k1_ptr + n * C, c, cmask)
+    v = _per_c(k0_ptr + n * C, c, cmask)
+    if CBAM or HAS_BZ:
+        z = tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if CBAM:
+        x = z * _per_c(a_ptr, c, cmask) + _per_c(b_ptr, c, cmask) if HAS_AFFINE else z
+        g = _per_c(gc_ptr + n * C, c, cmask)
+        m = _per_hw(smax_ptr + n * HW, hw, hmask)
+        w = _per_hw(wa_ptr + n * HW, hw, hmask) + tl.where(x * g == m, _per_hw(wm_ptr + n * HW, hw, hmask), 0.0)
+        v += k1 * (dy * _per_hw(gs_ptr + n * HW, hw, hmask) + w)
+        v += tl.where(x == _per_c(cmax_ptr + n * C, c, cmask), _per_c(k2_ptr + n * C, c, cmask), 0.0)
+    else:
+        v += k1 * dy
+    if HAS_BZ:
+        v += _per_c(bz_ptr, c, cmask) * z
+    tl.store(dx_ptr + off, v.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -290,53 +424,86 @@ def _bam_apply_kernel(
     x_ptr, c_ptr, s_ptr, out_ptr, C, HW, sn, sc, shw, on, oc, ohw,
     PRODUCT: tl.constexpr, RESIDUAL: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
-    n, cb, hb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """y = x ⊗ (r + σ(c + s)) (PRODUCT: σ(c·s))."""
+    hb, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BC + tl.arange(0, BC)
     hw = hb * BHW + tl.arange(0, BHW)
     cmask, hmask = c < C, hw < HW
     mask = cmask[:, None] & hmask[None, :]
-    x = tl.load(x_ptr + n * sn + c[:, None] * sc + hw[None, :] * shw, mask=mask, other=0.0).to(tl.float32)
-    cv = tl.load(c_ptr + n * C + c, mask=cmask, other=0.0)[:, None]
-    sv = tl.load(s_ptr + n * HW + hw, mask=hmask, other=0.0)[None, :]
+    x = tl.load(x_ptr + n.to(tl.int64) * sn + c[:, None] * sc + hw[None, :] * shw, mask=mask, other=0.0)
+    cv, sv = _per_c(c_ptr + n * C, c, cmask), _per_hw(s_ptr + n * HW, hw, hmask)
     m = _sigmoid(cv * sv if PRODUCT else cv + sv)
-    y = x * (m + 1.0) if RESIDUAL else x * m
-    tl.store(out_ptr + n * on + c[:, None] * oc + hw[None, :] * ohw, y.to(out_ptr.dtype.element_ty), mask=mask)
+    y = x.to(tl.float32) * (m + 1.0) if RESIDUAL else x.to(tl.float32) * m
+    out = out_ptr + n.to(tl.int64) * on + c[:, None] * oc + hw[None, :] * ohw
+    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _bam_grads_kernel(
-    dy_ptr, x_ptr, c_ptr, s_ptr, dx_ptr, part_ptr, ds_ptr, C, HW, NB, sn, sc, shw,
-    PRODUCT: tl.constexpr, RESIDUAL: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
-):  # fmt: skip
-    n, hb = tl.program_id(0), tl.program_id(1)
-    hw = hb * BHW + tl.arange(0, BHW)
-    hmask = hw < HW
-    sv = tl.load(s_ptr + n * HW + hw, mask=hmask, other=0.0)
-    acc_s = tl.zeros([BHW], dtype=tl.float32)
-    for c0 in range(0, C, BC):
-        c = c0 + tl.arange(0, BC)
-        cmask = c < C
-        mask = cmask[:, None] & hmask[None, :]
-        off = n * sn + c[:, None] * sc + hw[None, :] * shw
-        x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        cv = tl.load(c_ptr + n * C + c, mask=cmask, other=0.0)
-        m = _sigmoid(cv[:, None] * sv[None, :] if PRODUCT else cv[:, None] + sv[None, :])
-        dx = dy * (m + 1.0) if RESIDUAL else dy * m
-        tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        gt = tl.where(mask, dy * x * m * (1.0 - m), 0.0)
-        if PRODUCT:
-            tl.store(part_ptr + (n * NB + hb) * C + c, tl.sum(gt * sv[None, :], 1), mask=cmask)
-            acc_s += tl.sum(gt * cv[:, None], 0)
-        else:
-            tl.store(part_ptr + (n * NB + hb) * C + c, tl.sum(gt, 1), mask=cmask)
-            acc_s += tl.sum(gt, 0)
-    tl.store(ds_ptr + n * HW + hw, acc_s, mask=hmask)
+def _affine_extreme_kernel(zmax_ptr, zmin_ptr, a_ptr, b_ptr, out_ptr, C, NC, BLOCK: tl.constexpr):
+    """max over pixels of x = a·z + b from max z and min z, rounded as the other kernels round x."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < NC
+    c = i % C
+    a = tl.load(a_ptr + c, mask=mask, other=0.0)
+    b = tl.load(b_ptr + c, mask=mask, other=0.0)
+    z = tl.where(a >= 0, tl.load(zmax_ptr + i, mask=mask, other=0.0), tl.load(zmin_ptr + i, mask=mask, other=0.0))
+    tl.store(out_ptr + i, z * a + b, mask=mask)
 
 
-# ---------------------------------------------------------------- launchers (the CPU kernels' API)
+# ---------------------------------------------------------------- launch settings
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_sms: dict = {}
+#: set by :mod:`.census` while it records: hook(kernel, grid, args, meta, warps, run) decides
+#: whether (and how) ``run()`` launches the kernel
+_hook: List[Optional[Callable]] = [None]
+
+
+def sm_count(device: torch.device) -> int:
+    """The device's streaming multiprocessors (``DEFAULT_SMS`` where it is not a CUDA device)."""
+    if device.type != 'cuda':
+        return DEFAULT_SMS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _sms:
+        _sms[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _sms[index]
+
+
+class _Tiles(NamedTuple):
+    """Tile of a full-size tensor: BC channels × BHW pixels, the long side on the contiguous axis."""
+
+    bc: int
+    bhw: int
+
+
+def _tiles(strides: Tuple[int, int, int], c: int, hw: int) -> _Tiles:
+    """Up to 64 elements along the contiguous axis, the rest of TILE along the other, neither
+    longer than its (power-of-two rounded) extent."""
+    pow2 = triton.next_power_of_2
+    if strides[1] == 1:  # channels-last (or H = W = 1)
+        bc = min(64, pow2(c))
+        return _Tiles(bc, min(TILE // bc, pow2(hw)))
+    bhw = min(64, pow2(hw))
+    return _Tiles(min(TILE // bhw, pow2(c)), bhw)
+
+
+def _splits(tiles: int, rows: int, target: int) -> Tuple[int, int]:
+    """(S, tiles per split): a reduction over ``tiles`` tiles in each of ``rows`` independent
+    rows, cut into S splits so that rows × S reaches ``target`` programs where it can."""
+    want = max(1, min(tiles, triton.cdiv(target, max(rows, 1))))
+    per = triton.cdiv(tiles, want)
+    return triton.cdiv(tiles, per), per
+
+
+def _launch(kernel, grid: Tuple[int, ...], *args, warps: int = WARPS, **meta) -> None:
+    def run() -> None:
+        kernel[grid](*args, num_warps=warps, **meta)
+
+    hook = _hook[0]
+    if hook is None:
+        run()
+    else:
+        hook(kernel, grid, args, meta, warps, run)
 
 
 def _layout(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
@@ -371,41 +538,105 @@ def _f32(z: torch.Tensor, *shape: int) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float32, device=z.device)
 
 
-def _nb(hw: int) -> int:
-    return triton.cdiv(hw, _BHW)
+def _total(part: torch.Tensor, double: bool = False) -> torch.Tensor:
+    """The (N, S, ·) partials added over S in a fixed order (float64 with ``double``)."""
+    part = part.double() if double else part
+    return part[:, 0] if part.shape[1] == 1 else part.sum(1)
 
 
-def channel_pool(z: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> List[torch.Tensor]:
-    """(mean, max) over H×W of x: two (N, C) float32 tensors."""
+class _Plan(NamedTuple):
+    """A split reduction: its tiles, its grid, and the pixels (over H×W) or channels (over C) per split."""
+
+    tiles: _Tiles
+    grid: Tuple[int, int, int]
+    length: int
+
+
+def _plan(z: torch.Tensor, st, over_hw: bool) -> _Plan:
+    """Over H×W (per (n, c) outputs): grid (S, channel blocks, N); over C (per pixel outputs):
+    grid (pixel blocks, S, N); S from :func:`_splits` for ``WAVES`` × the device's SMs."""
+    n, c, hw = _dims(z)
+    t = _tiles(st, c, hw)
+    cb, nb = triton.cdiv(c, t.bc), triton.cdiv(hw, t.bhw)
+    target = WAVES * sm_count(z.device)
+    if over_hw:
+        s, per = _splits(nb, n * cb, target)
+        return _Plan(t, (s, cb, n), per * t.bhw)
+    s, per = _splits(cb, n * nb, target)
+    return _Plan(t, (nb, s, n), per * t.bc)
+
+
+def _tile_grid(z: torch.Tensor, st) -> Tuple[_Tiles, Tuple[int, int, int]]:
+    n, c, hw = _dims(z)
+    t = _tiles(st, c, hw)
+    return t, (triton.cdiv(hw, t.bhw), triton.cdiv(c, t.bc), n)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def channel_pool(z: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.Tensor], mu=None) -> List[torch.Tensor]:
+    """(mean, max) over H×W of x: two (N, C) float32 tensors; with ``mu`` (a folded BN's mean)
+    also Σ_hw (z − μ) (float64)."""
     z, st = _layout(z)
     n, c, hw = _dims(z)
-    avg, mx = _f32(z, n, c), _f32(z, n, c)
+    p = _plan(z, st, over_hw=True)
+    s = p.grid[0]
+    psum, pmax = _f32(z, n, s, c), _f32(z, n, s, c)
+    zsum = _f32(z, n, s, c) if mu is not None else None
     a, b = _small(a), _small(b)
-    _channel_pool_kernel[(n, triton.cdiv(c, _BC))](
-        z, a, b, avg, mx, c, hw, *st, HAS_AFFINE=a is not None, BC=_BC, BHW=_BHW
-    )
-    return [avg, mx]
+    _launch(
+        _channel_pool_kernel, p.grid, z, a, b, _small(mu), psum, pmax, zsum, c, hw, p.length, *st,
+        HAS_AFFINE=a is not None, CENTERED=mu is not None, BC=p.tiles.bc, BHW=p.tiles.bhw,
+    )  # fmt: skip
+    out = [_total(psum) / hw, pmax[:, 0] if s == 1 else pmax.amax(1)]
+    return out if mu is None else out + [_total(zsum, True)]
 
 
 def channel_moments(z: torch.Tensor, shift: torch.Tensor) -> List[torch.Tensor]:
-    """Per (n, c): Σ(z − k), Σ(z − k)² (returned as float64), max z, min z; k = ``shift``."""
+    """Per (n, c): Σ(z − k), Σ(z − k)² (float64), max z, min z; k = ``shift``."""
     z, st = _layout(z)
     n, c, hw = _dims(z)
-    out = [_f32(z, n, c) for _ in range(4)]
-    _channel_moments_kernel[(n, triton.cdiv(c, _BC))](z, _small(shift), *out, c, hw, *st, BC=_BC, BHW=_BHW)
-    return [out[0].double(), out[1].double(), out[2], out[3]]
+    p = _plan(z, st, over_hw=True)
+    s = p.grid[0]
+    out = [_f32(z, n, s, c) for _ in range(4)]
+    _launch(
+        _channel_moments_kernel, p.grid, z, _small(shift), *out, c, hw, p.length, *st, BC=p.tiles.bc, BHW=p.tiles.bhw
+    )
+    s1, s2, zmax, zmin = out
+    if s > 1:
+        zmax, zmin = zmax.amax(1), zmin.amin(1)
+    else:
+        zmax, zmin = zmax[:, 0], zmin[:, 0]
+    return [_total(s1, True), _total(s2, True), zmax, zmin]
+
+
+def affine_extreme(zmax: torch.Tensor, zmin: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, C) max over pixels of x = a·z + b from max z and min z, with the kernels' rounding of
+    x (so that the tie masks of later passes find it)."""
+    zmax, zmin = _small(zmax), _small(zmin)
+    out = torch.empty_like(zmax)
+    nc, block = zmax.numel(), 256
+    _launch(
+        _affine_extreme_kernel, (triton.cdiv(nc, block),), zmax, zmin, _small(a), _small(b), out, zmax.shape[1], nc,
+        BLOCK=block,
+    )  # fmt: skip
+    return out
 
 
 def spatial_pool(z: torch.Tensor, a, b, gc: torch.Tensor) -> List[torch.Tensor]:
     """(mean, max) over C of x·g_c: two (N, HW) float32 tensors."""
     z, st = _layout(z)
     n, c, hw = _dims(z)
-    avg, mx = _f32(z, n, hw), _f32(z, n, hw)
+    p = _plan(z, st, over_hw=False)
+    s = p.grid[1]
+    psum, pmax = _f32(z, n, s, hw), _f32(z, n, s, hw)
     a, b = _small(a), _small(b)
-    _spatial_pool_kernel[(n, _nb(hw))](
-        z, a, b, _small(gc), avg, mx, c, hw, *st, HAS_AFFINE=a is not None, BC=_BC, BHW=_BHW
-    )
-    return [avg, mx]
+    _launch(
+        _spatial_pool_kernel, p.grid, z, a, b, _small(gc), psum, pmax, c, hw, p.length, *st,
+        HAS_AFFINE=a is not None, BC=p.tiles.bc, BHW=p.tiles.bhw,
+    )  # fmt: skip
+    return [_total(psum) / c, pmax[:, 0] if s == 1 else pmax.amax(1)]
 
 
 def apply_gates(z: torch.Tensor, a, b, gc: torch.Tensor, gs: Optional[torch.Tensor], out=None) -> torch.Tensor:
@@ -414,78 +645,130 @@ def apply_gates(z: torch.Tensor, a, b, gc: torch.Tensor, gs: Optional[torch.Tens
     n, c, hw = _dims(z)
     y = torch.empty_like(z) if out is None else out
     _, ost = _layout(y)
+    t, grid = _tile_grid(z, st)
     a, b = _small(a), _small(b)
-    _apply_gates_kernel[(n, triton.cdiv(c, _BC), _nb(hw))](
-        z, a, b, _small(gc), _small(gs), y, c, hw, *st, *ost,
-        HAS_AFFINE=a is not None, HAS_GS=gs is not None, BC=_BC, BHW=_BHW,
+    _launch(
+        _apply_gates_kernel, grid, z, a, b, _small(gc), _small(gs), y, c, hw, *st, *ost,
+        HAS_AFFINE=a is not None, HAS_GS=gs is not None, BC=t.bc, BHW=t.bhw,
     )  # fmt: skip
     return y
 
 
-def gate_grads(dy: torch.Tensor, z: torch.Tensor, a, b, gc, gs=None, smax=None) -> List[Optional[torch.Tensor]]:
-    """dg_c = Σ_hw dy·x·g_s (N, C); with g_s also dg_s = Σ_c dy·x·g_c and the number of
-    channels where x·g_c equals the spatial max (N, HW each)."""
+def gate_grads(dy: torch.Tensor, z: torch.Tensor, a, b, gc, gs, smax, mu=None) -> List[torch.Tensor]:
+    """CBAM's gate gradients, one pass over (dy, x), u = dy·g_s: [Σ_hw u·x (N, C),
+    Σ_c dy·x·g_c (N, HW), Σ_c [x·g_c = s_max] (N, HW)]; with ``mu`` (a folded BN's mean) the
+    first is replaced by Σ_hw u and Σ_hw u·(z − μ) (float64)."""
     z, st = _layout(z)
     dy = _like(dy, z)
     n, c, hw = _dims(z)
-    nb = _nb(hw)
-    part = _f32(z, n, nb, c)
-    dgs = cnt = None
-    if gs is not None:
-        dgs, cnt = _f32(z, n, hw), _f32(z, n, hw)
+    p = _plan(z, st, over_hw=False)
+    nb, s = p.grid[0], p.grid[1]
+    p1 = _f32(z, n, nb, c)
+    p2 = _f32(z, n, nb, c) if mu is not None else None
+    dgs, cnt = _f32(z, n, s, hw), _f32(z, n, s, hw)
     a, b = _small(a), _small(b)
-    _gate_grads_kernel[(n, nb)](
-        dy, z, a, b, _small(gc), _small(gs), _small(smax), part, dgs, cnt, c, hw, nb, *st,
-        HAS_AFFINE=a is not None, HAS_GS=gs is not None, BC=_BC, BHW=_BHW,
+    _launch(
+        _gate_grads_kernel,
+        p.grid,
+        dy,
+        z,
+        a,
+        b,
+        _small(gc),
+        _small(gs),
+        _small(smax),
+        _small(mu),
+        p1,
+        p2,
+        dgs,
+        cnt,
+        c,
+        hw,
+        p.length,
+        nb,
+        *st,
+        warps=2 * WARPS if mu is not None else WARPS,
+        HAS_AFFINE=a is not None,
+        BN_SUMS=mu is not None,
+        BC=p.tiles.bc,
+        BHW=p.tiles.bhw,
+    )  # fmt: skip  (with BN_SUMS: 8 warps, for triton 3.1's register allocation)
+    sums = [_total(p1)] if mu is None else [_total(p1, True), _total(p2, True)]
+    return sums + [_total(dgs), _total(cnt)]
+
+
+def se_grads(dy: torch.Tensor, z: torch.Tensor, a, b, mu=None) -> List[torch.Tensor]:
+    """SE's gate gradient Σ_hw dy·x (N, C); with ``mu`` instead Σ dy and Σ dy·(z − μ)
+    (float64), from which the caller forms it and the folded BN's backward."""
+    z, st = _layout(z)
+    dy = _like(dy, z)
+    n, c, hw = _dims(z)
+    p = _plan(z, st, over_hw=True)
+    k = 2 if mu is not None else 1
+    out = [_f32(z, n, p.grid[0], c) for _ in range(k)] + [None] * (2 - k)
+    a, b = _small(a), _small(b)
+    _launch(
+        _se_grads_kernel, p.grid, dy, z, a, b, _small(mu), *out, c, hw, p.length, *st,
+        HAS_AFFINE=a is not None, BN_SUMS=mu is not None, BC=p.tiles.bc, BHW=p.tiles.bhw,
     )  # fmt: skip
-    return [part.sum(1), dgs, cnt]
+    return [_total(t, mu is not None) for t in out[:k]]
 
 
-def spatial_pool_grad(z, a, b, gc, smax, w_avg, w_max) -> torch.Tensor:
-    """Σ_hw x·(w_avg + [x·g_c == s_max]·w_max), (N, C): g_c's gradient through the spatial pooling."""
+def spatial_pool_grad(z, a, b, gc, smax, w_avg, w_max, cmax, mu=None) -> List[torch.Tensor]:
+    """[Σ_hw x·w (N, C), Σ_hw [x = c_max] (N, C)] with w = w_avg + [x·g_c = s_max]·w_max; with
+    ``mu`` [Σ w, Σ w·(z − μ), Σ [x = c_max], Σ [x = c_max]·(z − μ)] (float64 but the count)."""
     z, st = _layout(z)
     n, c, hw = _dims(z)
-    out = _f32(z, n, c)
+    p = _plan(z, st, over_hw=True)
+    k = 4 if mu is not None else 2
+    out = [_f32(z, n, p.grid[0], c) for _ in range(k)]
+    if mu is None:  # the kernel's outputs 1 and 3
+        out = [out[0], None, out[1], None]
     a, b = _small(a), _small(b)
-    _spatial_pool_grad_kernel[(n, triton.cdiv(c, _BC))](
-        z, a, b, _small(gc), _small(smax), _small(w_avg), _small(w_max), out, c, hw, *st,
-        HAS_AFFINE=a is not None, BC=_BC, BHW=_BHW,
-    )  # fmt: skip
-    return out
+    _launch(
+        _spatial_pool_grad_kernel,
+        p.grid,
+        z,
+        a,
+        b,
+        _small(gc),
+        _small(smax),
+        _small(w_avg),
+        _small(w_max),
+        _small(cmax),
+        _small(mu),
+        *out,
+        c,
+        hw,
+        p.length,
+        *st,
+        warps=2 * WARPS if mu is not None else WARPS,
+        HAS_AFFINE=a is not None,
+        BN_SUMS=mu is not None,
+        BC=p.tiles.bc,
+        BHW=p.tiles.bhw,
+    )  # fmt: skip  (four accumulators with BN_SUMS: 8 warps keep them under 128 registers)
+    if mu is None:
+        return [_total(out[0]), _total(out[2])]
+    return [_total(t, i != 2) for i, t in enumerate(out)]
 
 
-def input_grad(dy, z, a, b, gc, gs, smax, w_avg, w_max, d_avg, c_max, d_max, sums: bool, out=None) -> list:
-    """dx = dy·g_c·g_s + g_c·(w_avg + [x·g_c == s_max]·w_max) + d_avg/HW + [x == c_max]·d_max/count,
-    in z's dtype; with ``sums`` also Σdx and Σdx·z per (n, c) (float32). ``out`` may be z."""
-    if sums and out is not None:
-        raise ValueError('input_grad: out (writing dx over z) cannot be combined with sums')
+def input_grad(dy, z, a, b, gc, gs, smax, w_avg, w_max, cmax, k1, k2, k0, bz=None, out=None) -> torch.Tensor:
+    """dz = K1·(dy·g_s + w) + [x = c_max]·K2 + K0 + Bz·z (w = w_avg + [x·g_c = s_max]·w_max;
+    ``smax`` None: SE, dz = K1·dy + K0 + Bz·z), in z's dtype; K* (N, C), Bz (C,) or None.
+    ``out`` may be z (each element is read before it is written)."""
     z, st = _layout(z)
     dy = _like(dy, z)
     n, c, hw = _dims(z)
     dx = torch.empty_like(z) if out is None else out
-    s1 = s2 = None
-    if sums:
-        s1, s2 = _f32(z, n, c), _f32(z, n, c)
+    t, grid = _tile_grid(z, st)
     a, b = _small(a), _small(b)
-    _input_grad_kernel[(n, triton.cdiv(c, _BC))](
-        dy, z, a, b, _small(gc), _small(gs), _small(smax), _small(w_avg), _small(w_max), _small(d_avg),
-        _small(c_max), _small(d_max), dx, s1, s2, c, hw, *st,
-        HAS_AFFINE=a is not None, HAS_GS=gs is not None, SPATIAL=smax is not None, HAS_CMAX=c_max is not None,
-        SUMS=sums, BC=_BC, BHW=_BHW,
+    _launch(
+        _input_grad_kernel, grid, dy, z, a, b, _small(gc), _small(gs), _small(smax), _small(w_avg), _small(w_max),
+        _small(cmax), _small(k1), _small(k2), _small(k0), _small(bz), dx, c, hw, *st,
+        HAS_AFFINE=a is not None, CBAM=smax is not None, HAS_BZ=bz is not None, BC=t.bc, BHW=t.bhw,
     )  # fmt: skip
-    return [dx, s1, s2]
-
-
-def affine_combine_(t: torch.Tensor, z: torch.Tensor, A, B, D) -> torch.Tensor:
-    """In place: t = A[c]·t + B[c]·z + D[c] (a BatchNorm backward once its sums are known)."""
-    z, st = _layout(z)
-    if t.stride() != z.stride():
-        raise ValueError('affine_combine_: t and z must share one memory layout')
-    n, c, hw = _dims(z)
-    _affine_combine_kernel[(n, triton.cdiv(c, _BC), _nb(hw))](
-        t, z, _small(A), _small(B), _small(D), c, hw, *st, BC=_BC, BHW=_BHW
-    )
-    return t
+    return dx
 
 
 def bam_apply(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool, out=None):
@@ -494,9 +777,11 @@ def bam_apply(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, 
     n, ch, hw = _dims(x)
     y = torch.empty_like(x) if out is None else out
     _, ost = _layout(y)
-    _bam_apply_kernel[(n, triton.cdiv(ch, _BC), _nb(hw))](
-        x, _small(c), _small(s), y, ch, hw, *st, *ost, PRODUCT=product, RESIDUAL=residual, BC=_BC, BHW=_BHW
-    )
+    t, grid = _tile_grid(x, st)
+    _launch(
+        _bam_apply_kernel, grid, x, _small(c), _small(s), y, ch, hw, *st, *ost,
+        PRODUCT=product, RESIDUAL=residual, BC=t.bc, BHW=t.bhw,
+    )  # fmt: skip
     return y
 
 
@@ -506,10 +791,11 @@ def bam_grads(dy: torch.Tensor, x: torch.Tensor, c, s, product: bool, residual: 
     x, st = _layout(x)
     dy = _like(dy, x)
     n, ch, hw = _dims(x)
-    nb = _nb(hw)
-    dx, part, ds = torch.empty_like(x), _f32(x, n, nb, ch), _f32(x, n, hw)
-    _bam_grads_kernel[(n, nb)](
-        dy, x, _small(c), _small(s), dx, part, ds, ch, hw, nb, *st, PRODUCT=product, RESIDUAL=residual,
-        BC=_BC, BHW=_BHW,
+    p = _plan(x, st, over_hw=False)
+    nb, sp = p.grid[0], p.grid[1]
+    dx, part, ds = torch.empty_like(x), _f32(x, n, nb, ch), _f32(x, n, sp, hw)
+    _launch(
+        _bam_grads_kernel, p.grid, dy, x, _small(c), _small(s), dx, part, ds, ch, hw, p.length, nb, *st,
+        PRODUCT=product, RESIDUAL=residual, BC=p.tiles.bc, BHW=p.tiles.bhw,
     )  # fmt: skip
-    return [dx, part.sum(1), ds]
+    return [dx, _total(part), _total(ds)]

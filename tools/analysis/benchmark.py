@@ -4,6 +4,9 @@
     python tools/analysis/benchmark.py --backbone r50 --attention cbam --position after_conv1 --inplace both
     python tools/analysis/benchmark.py --config configs/faster_rcnn/faster-rcnn_r50-cbam_fpn_1x_coco.py \
         --shape 1 3 512 768 --json bench.json
+    python tools/analysis/benchmark.py --census --backbone r50 --attention cbam --shape 2 3 800 1344
+    python tools/analysis/benchmark.py --census --config configs/yolox/yolox_s-cbam_8xb8-300e_coco.py \
+        --shape 8 3 640 640
 
 Variants (each a model built from the same spec with a different attention setting):
 ``plain`` (no attention), ``attn`` (the attention as configured; ``--inplace both``: ``attn``
@@ -23,6 +26,14 @@ default True zeroes every block's last BN, so attention after it would see only 
 ``--zero-init-residual`` to measure that case). ``--position after_conv1`` places the plugin
 after the block's first ReLU (many ties in the max-pools) instead of the paper's
 ``after_conv3``. ``--backend`` sets ``CBAM_DET_BACKEND`` for the run.
+
+``--census`` measures nothing in time: it prints what the Triton kernels would cost a GPU
+(cbam_det.kernels.census), per kernel and stage, for a training step and an inference of
+the same model at ``--shape``: launches, programs and programs per SM (``--sms``, 132: an
+H200), registers per thread compiled ahead of time for ``--archs``, and the passes over the
+full-size tensors (bytes loaded and stored, counted in Triton's interpreter at
+``--census-small-shape``), with the bandwidth floor passes × bytes / ``--bandwidth``. Grids
+come from the model run on ``meta`` tensors at full size in ``--census-dtype``; no GPU needed.
 
 ``--path attn_resnet`` measures cbam_det's backbone, where CBAM/SE are fused with the
 block's last BatchNorm (``fuse_attention=True``); ``--path plugin`` mmdet's ResNet with
@@ -44,14 +55,13 @@ from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
 
 import cbam_det  # noqa: E402,F401  (only registration)
-from cbam_det import BAM, CBAM, SE  # noqa: E402
+from cbam_det.utils.eager import to_reference  # noqa: E402
 
 ATT = {'cbam': dict(type='CBAM'), 'se': dict(type='SE'), 'bam': dict(type='BAM')}
 # glibc: serve every allocation from the heap and never give freed memory back to the OS
@@ -60,58 +70,6 @@ TUNED_MALLOC = {
     'MALLOC_TRIM_THRESHOLD_': str(2**40),
     'MALLOC_TOP_PAD_': str(2**30),
 }
-
-
-# ----------------------------------------------------------------------------- eager references
-class _Eager(nn.Module):
-    """Wraps a cbam_det module ``m`` and recomputes it the obvious eager way with its weights."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-
-class EagerCBAM(_Eager):
-    """The obvious eager CBAM: adaptive pools, two MLP calls, cat, 7×7 conv, out-of-place products."""
-
-    def forward(self, x):
-        cg, sg = self.m.channel_gate, self.m.spatial_gate
-        mlp = lambda v: cg.fc2(F.relu(cg.fc1(v.flatten(1))))  # noqa: E731
-        mc = torch.sigmoid(mlp(F.adaptive_avg_pool2d(x, 1)) + mlp(F.adaptive_max_pool2d(x, 1)))
-        x = x * mc[:, :, None, None]
-        desc = torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True)[0]], 1)
-        return x * torch.sigmoid(sg.bn(sg.conv(desc)))
-
-
-class EagerSE(_Eager):
-    def forward(self, x):
-        cg = self.m.channel_gate
-        return x * torch.sigmoid(cg.fc2(F.relu(cg.fc1(F.adaptive_avg_pool2d(x, 1).flatten(1)))))[:, :, None, None]
-
-
-class EagerBAM(_Eager):
-    def forward(self, x):
-        ca, sa = self.m.channel_att, self.m.spatial_att
-        c = ca.fc2(F.relu(ca.bn(ca.fc1(F.adaptive_avg_pool2d(x, 1).flatten(1)))))[:, :, None, None]
-        s = F.relu(sa.reduce_bn(sa.reduce(x)))
-        for conv, bn in zip(sa.dilated, sa.dilated_bn):
-            s = F.relu(bn(conv(s)))
-        s = sa.final(s)
-        return x + x * torch.sigmoid(c.expand_as(x) + s.expand_as(x))
-
-
-def to_reference(model: nn.Module) -> nn.Module:
-    """Replace every CBAM/SE/BAM in ``model`` by its eager reference (same weights)."""
-    for name, child in model.named_children():
-        if isinstance(child, CBAM) and child.arrangement == 'channel_first' and child.spatial_gate is not None:
-            setattr(model, name, EagerCBAM(child))
-        elif isinstance(child, SE):
-            setattr(model, name, EagerSE(child))
-        elif isinstance(child, BAM) and child.combine == 'sum' and child.residual:
-            setattr(model, name, EagerBAM(child))
-        else:
-            to_reference(child)
-    return model
 
 
 # ----------------------------------------------------------------------------- models
@@ -311,6 +269,154 @@ def ratio_stats(values: List[float], base: List[float]) -> Dict[str, float]:
     )
 
 
+# ----------------------------------------------------------------------------- census (no GPU needed)
+def _const_key(launch) -> str:
+    """A launch's kernel and compile-time constants: launches with equal keys move the same passes."""
+    return json.dumps([launch.kernel, [s for s in launch.spec if s[1] == 'const']])
+
+
+def _census_step(model: nn.Module, x: torch.Tensor, train: bool) -> None:
+    model.train(train)
+    with torch.set_grad_enabled(train):
+        out = outputs_sum(model(x))
+        if train:
+            out.backward()
+
+
+def run_census(args) -> dict:
+    """Launches, programs per SM, registers and passes of the model's Triton kernels (see above)."""
+    from cbam_det import kernels
+    from cbam_det.kernels import census, triton_gate
+
+    triton_gate.DEFAULT_SMS = args.sms
+    dtype = getattr(torch, args.census_dtype)
+    args.device = 'cpu'
+    small = build(args, 'attn')
+    big = build(args, 'attn').to(device='meta', dtype=dtype)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    recorded, per_key = {'train': [], 'inference': []}, {}
+    with kernels.use_backend('triton'):
+        for mode, train in (('train', True), ('inference', False)):
+            for batch in args.census_batches or [args.shape[0]]:
+                x = torch.empty(batch, *args.shape[1:], device='meta', dtype=dtype).contiguous(memory_format=fmt)
+                with census.recording(execute=False) as launches:
+                    _census_step(big, x, train)
+                recorded[mode] += launches
+            xs = torch.randn(*args.census_small_shape, generator=torch.Generator().manual_seed(0))
+            with census.recording(count=True) as counted:
+                _census_step(small.to(memory_format=fmt), xs.contiguous(memory_format=fmt), train)
+            for launch in counted:
+                per_key.setdefault(_const_key(launch), launch.passes)
+    everything = recorded['train'] + recorded['inference']
+    if not everything:
+        raise SystemExit('census: the model launched no Triton kernel (no CBAM/SE/BAM that the kernels cover?)')
+    usage: Dict[str, Dict[int, dict]] = {}
+    for r in census.compile_specs(census.unique_specs(everything), archs=args.archs):
+        usage.setdefault(json.dumps([r['kernel'], r['spec'], r['warps']]), {})[r['arch']] = r
+    rows = []
+    for mode, launches in recorded.items():
+        groups: Dict[tuple, list] = {}
+        for launch in launches:
+            groups.setdefault((launch.shape, launch.kernel), []).append(launch)
+        for (shape, kernel), group in groups.items():
+            first = group[0]
+            regs = {a: max(usage[g.key()][a].get('registers', -1) for g in group) for a in args.archs}
+            spills = sum(
+                usage[g.key()][a].get('stack', 0) + usage[g.key()][a].get('local', 0) for g in group for a in args.archs
+            )
+            rows.append(
+                dict(
+                    mode=mode,
+                    shape=list(shape) if shape else None,
+                    kernel=kernel.strip('_').replace('_kernel', ''),
+                    launches=len(group),
+                    programs=min(g.programs for g in group),
+                    per_sm=min(g.programs for g in group) / args.sms,
+                    warps=first.warps,
+                    registers=regs,
+                    spills=spills,
+                    passes=per_key.get(_const_key(first)),
+                    bytes=first.full_elements or 0,
+                )
+            )
+    full = [r for r in rows if r['shape']]
+    summary = dict(
+        min_programs_per_sm=min(r['per_sm'] for r in full),
+        max_registers={a: max(r['registers'][a] for r in rows) for a in args.archs},
+        spills=sum(r['spills'] for r in rows),
+    )
+    floors = summary['floors'] = {}  # per step and batch size: full-size bytes the kernels move
+    for r in full:
+        f = floors.setdefault(r['mode'], {}).setdefault(r['shape'][0], dict(bytes=0, unmeasured=0))
+        f['bytes'] += (r['passes'] or 0) * r['bytes'] * r['launches']
+        f['unmeasured'] += r['passes'] is None
+    for per_batch in floors.values():
+        for f in per_batch.values():
+            f['floor_ms'] = f['bytes'] / (args.bandwidth * 1e12) * 1e3
+    return dict(rows=rows, summary=summary)
+
+
+def census_stages(res: dict) -> List[dict]:
+    """Per step and stage (full-size shape): modules, the fewest programs per SM, the most
+    registers, and the passes of one module (Σ passes of its launches / modules)."""
+    out: Dict[tuple, dict] = {}
+    for r in res['rows']:
+        if not r['shape']:
+            continue
+        key = (r['mode'], tuple(r['shape']))
+        s = out.setdefault(key, dict(mode=r['mode'], shape=r['shape'], modules=0, per_sm=1e9, registers=0, passes=0.0))
+        if r['kernel'] in ('apply_gates', 'bam_apply'):
+            s['modules'] += r['launches']
+        s['per_sm'] = min(s['per_sm'], r['per_sm'])
+        s['registers'] = max(s['registers'], *r['registers'].values())
+        s['passes'] += (r['passes'] if r['passes'] is not None else float('nan')) * r['launches']
+    for s in out.values():
+        s['passes'] /= max(s['modules'], 1)
+    return list(out.values())
+
+
+def print_census(args, res: dict) -> None:
+    spec = args.config or f'{args.backbone} {args.attention} ({args.path}, {args.position})'
+    print(
+        f'census: {spec}, input {"x".join(map(str, args.shape))} {args.census_dtype}'
+        f'{", channels_last" if args.channels_last else ""}; {args.sms} SMs; registers for '
+        + ', '.join(f'sm_{a}' for a in args.archs)
+        + f'; passes counted at {"x".join(map(str, args.census_small_shape))}'
+    )
+    if args.census_per_kernel:
+        print('| step | stage (N×C×H×W) | kernel | launches | programs | per SM | warps | registers | passes |')
+        print('|---|---|---|---:|---:|---:|---:|---:|---:|')
+    for r in res['rows'] if args.census_per_kernel else []:
+        shape = '×'.join(map(str, r['shape'])) if r['shape'] else '(small)'
+        regs = '/'.join('-' if v < 0 else str(v) for v in r['registers'].values())
+        passes = '?' if r['passes'] is None else f'{r["passes"]:g}'
+        print(
+            f'| {r["mode"]} | {shape} | {r["kernel"]} | {r["launches"]} | {r["programs"]} | {r["per_sm"]:.1f} | '
+            f'{r["warps"]} | {regs} | {passes} |'
+        )
+    print()
+    print('| step | stage (N×C×H×W) | modules | fewest programs per SM | most registers | passes per module |')
+    print('|---|---|---:|---:|---:|---:|')
+    for st in census_stages(res):
+        print(
+            f'| {st["mode"]} | {"×".join(map(str, st["shape"]))} | {st["modules"]} | {st["per_sm"]:.1f} | '
+            f'{st["registers"]} | {st["passes"]:g} |'
+        )
+    s = res['summary']
+    print(
+        f'full-size launches: at least {s["min_programs_per_sm"]:.2f} programs per SM; registers at most '
+        + ', '.join(f'{v} (sm_{a})' for a, v in s['max_registers'].items())
+        + f'; spills {s["spills"]}'
+    )
+    for mode, per_batch in s['floors'].items():
+        for batch, f in sorted(per_batch.items()):
+            print(
+                f'{mode}, batch {batch}: the kernels move {f["bytes"] / 1e9:.3f} GB of full-size tensors: floor '
+                f'{f["floor_ms"]:.3f} ms at {args.bandwidth} TB/s'
+                + (f' ({f["unmeasured"]} kernels without counted passes)' if f['unmeasured'] else '')
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_mutually_exclusive_group()
@@ -365,6 +471,16 @@ def main() -> None:
         action='store_true',
         help='time every variant in its own fresh process per repeat (see time_isolated)',
     )
+    parser.add_argument('--census', action='store_true', help="the Triton kernels' launch census (see above)")
+    parser.add_argument('--census-dtype', choices=['float32', 'bfloat16', 'float16'], default='bfloat16')
+    parser.add_argument('--census-small-shape', type=int, nargs=4, default=(1, 3, 64, 64), metavar=('N', 'C', 'H', 'W'))
+    parser.add_argument(
+        '--census-batches', type=int, nargs='+', help='census: these batch sizes (default: N of --shape)'
+    )
+    parser.add_argument('--census-per-kernel', action='store_true', help='census: also the table per kernel')
+    parser.add_argument('--sms', type=int, default=132, help='streaming multiprocessors (132: H200)')
+    parser.add_argument('--archs', type=int, nargs='+', default=[90], help='compile targets, e.g. 80 90 100 120')
+    parser.add_argument('--bandwidth', type=float, default=4.8, help='memory bandwidth in TB/s (4.8: H200)')
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
     parser.add_argument('--time-child', help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -372,8 +488,23 @@ def main() -> None:
         os.execve(
             sys.executable, [sys.executable, osp.abspath(__file__), *sys.argv[1:]], dict(os.environ, **TUNED_MALLOC)
         )  # glibc reads these at start-up only
+    if args.census and os.environ.get('TRITON_INTERPRET') != '1':  # read when triton is imported
+        os.execve(
+            sys.executable,
+            [sys.executable, osp.abspath(__file__), *sys.argv[1:]],
+            dict(os.environ, TRITON_INTERPRET='1'),
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.census:
+        res = run_census(args)
+        print_census(args, res)
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(
+                    dict(args={k: v for k, v in vars(args).items() if not k.endswith('child')}, **res), f, indent=1
+                )
+        return
     if args.backend:
         os.environ['CBAM_DET_BACKEND'] = args.backend  # read at every call; children inherit it
     if args.memory_child:

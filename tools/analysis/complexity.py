@@ -70,7 +70,8 @@ def measure(
 ) -> Dict[str, float]:
     """Parameters and FLOPs of one model config."""
     torch.manual_seed(0)
-    model = MODELS.build(ConfigDict(copy.deepcopy(model_cfg))).eval()
+    model = MODELS.build(ConfigDict(copy.deepcopy(model_cfg)))
+    model.eval()  # not chained: mmdet's ResNet.train returns None
     x = torch.randn(1, 3, *shape)
     out: Dict[str, float] = {}
     with torch.no_grad():

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 
 from ... import kernels
-from ._utils import check_choice, check_input, check_not_frozen, hidden_channels, safe_batch_norm
+from ._utils import autocast_off, check_choice, check_input, check_not_frozen, hidden_channels, safe_batch_norm
 from .base import AttentionModule
 
 __all__ = ['BAM', 'BAMChannelGate', 'BAMSpatialGate']
@@ -46,7 +46,7 @@ class BAMChannelGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return float32 logits of shape (N, C, 1, 1)."""
         desc = x.mean((2, 3), dtype=torch.float32)  # global over H×W, any aspect ratio
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device):
             h = F.relu(safe_batch_norm(self.bn, self.fc1(desc.to(self.fc1.weight.dtype))))
             return self.fc2(h).float()[:, :, None, None]
 
@@ -66,7 +66,7 @@ class BAMSpatialGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits of shape (N, 1, H, W) (float32 under autocast)."""
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device):
             h = F.relu(safe_batch_norm(self.reduce_bn, self._reduce(x.to(self.reduce.weight.dtype))))
             for conv, bn in zip(self.dilated, self.dilated_bn):
                 h = F.relu(safe_batch_norm(bn, conv(h)))

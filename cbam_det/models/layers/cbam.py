@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 
 from ... import kernels
-from ._utils import check_choice, check_input, check_not_frozen, check_odd_kernel, hidden_channels, safe_batch_norm
+from ._utils import (
+    autocast_off,
+    check_choice,
+    check_input,
+    check_not_frozen,
+    check_odd_kernel,
+    hidden_channels,
+    safe_batch_norm,
+)
 from .base import AttentionModule
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -64,7 +72,7 @@ class ChannelGate(nn.Module):
         """Shared MLP on the (N, C) float32 descriptors (one call on the stacked ones)."""
         descs = [d for d in (avg, mx) if d is not None]
         n = descs[0].shape[0]
-        with torch.autocast(descs[0].device.type, enabled=False):
+        with autocast_off(descs[0].device):
             out = self.fc2(F.relu(self.fc1(torch.cat(descs, 0).to(self.fc1.weight.dtype)))).float()
         if len(descs) == 2:
             out = out[:n] + out[n:]
@@ -91,7 +99,7 @@ class SpatialGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the float32 logits of shape (N, 1, H, W)."""
         if self.pool == 'conv1x1':
-            with torch.autocast(x.device.type, enabled=False):
+            with autocast_off(x.device):
                 desc = self.reduce(x.to(self.reduce.weight.dtype))
                 return safe_batch_norm(self.bn, self._conv(desc)).float()
         return self.logits(x.mean(1, keepdim=True, dtype=torch.float32), x.amax(1, keepdim=True))
@@ -99,7 +107,7 @@ class SpatialGate(nn.Module):
     def logits(self, avg: torch.Tensor, mx: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """k×k conv + BN on the channel-pooled (N, 1, H, W) maps, in the configured order
         (``update_stats=False``: a recomputation; the BN leaves its running statistics)."""
-        with torch.autocast(avg.device.type, enabled=False):
+        with autocast_off(avg.device):
             dtype = self.conv.weight.dtype
             desc = torch.cat([avg, mx] if self.pool == 'avg_max' else [mx, avg], 1).to(dtype)
             return safe_batch_norm(self.bn, self._conv(desc), update_stats).float()
