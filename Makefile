@@ -3,7 +3,9 @@
 #   make test        set up, run the default (fast) test suite
 #   make demo-voc    the same for the VOC pipeline: SSD + StairNet + CBAM, VOC2007 mAP
 #   make demo-compare  train the CBAM demo and its baseline, print both mAPs, draw them side by side
-#   make test-slow   the slow tests too (multi-process CPU training, longer runs)
+#   make test-slow   the slow tests too (multi-process CPU training, longer runs, mmdeploy conversions)
+#   make deploy-env  .venv/deploy: the upstream stack + mmdeploy 1.3.1 (requirements/deploy.txt), for
+#                    tools/deploy/ort_check.py; never touches the test environments
 # STACK=onedl (default: maintained OneDL line, torch 2.13) or STACK=upstream (mmdet 3.3.0, torch 2.5.1);
 # each stack gets its own virtual environment, .venv/$(STACK) unless VENV says otherwise.
 STACK ?= onedl
@@ -11,15 +13,20 @@ VENV ?= $(CURDIR)/.venv/$(STACK)
 PY := $(VENV)/bin/python
 export STACK VENV
 
-.PHONY: setup test test-slow demo demo-voc demo-compare clean-demo
+.PHONY: setup test test-slow deploy-env demo demo-voc demo-compare clean-demo
 setup:
 	bash tools/setup_env.sh
 
 test: setup
 	$(PY) -m pytest -q tests
 
-test-slow: setup
+test-slow: setup deploy-env
 	$(PY) -m pytest -q -m slow tests
+
+DEPLOY_VENV := $(CURDIR)/.venv/deploy
+deploy-env:
+	STACK=upstream VENV=$(DEPLOY_VENV) bash tools/setup_env.sh
+	$(DEPLOY_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/deploy.txt
 
 demo: setup
 	PY=$(PY) bash tools/run_demo.sh

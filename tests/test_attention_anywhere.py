@@ -84,6 +84,16 @@ def test_checkpoint_reloads_into_a_fresh_build(tmp_path):
         assert ka == kb and torch.equal(va, vb), ka
 
 
+def test_a_top_level_data_preprocessor_is_taken_as_tools_give_it():
+    """mmdeploy's task processors add ``data_preprocessor`` to the model config's top level: an
+    empty one (their default) leaves the detector's, a non-empty one replaces it."""
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'yolox/yolox_s-cbam_8xb8-300e_coco.py')).model.to_dict()
+    own = build(dict(cfg, data_preprocessor={})).data_preprocessor
+    assert own.pad_size_divisor == cfg['detector']['data_preprocessor']['pad_size_divisor'] == 32
+    other = build(dict(cfg, data_preprocessor=dict(type='DetDataPreprocessor', pad_size_divisor=64)))
+    assert other.data_preprocessor.pad_size_divisor == 64
+
+
 def test_insertion_changes_exactly_the_target_outputs():
     """The hook output is the attention applied to the module's own output (per level for a
     tuple), and the input position refines a head's inputs."""

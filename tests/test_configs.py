@@ -14,11 +14,12 @@ from mmengine.dataset import pseudo_collate
 from cbam_det.utils import no_pretrained
 from tests.helpers import REPO
 
-# configs that wrap a stock detector in AttentionInserted have their own test (test_attention_anywhere.py)
+# configs that wrap a stock detector in AttentionInserted have their own test (test_attention_anywhere.py);
+# configs/deploy/ holds mmdeploy deploy configs, not model configs (tested in test_deploy.py)
 CONFIGS = sorted(
     p
     for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
-    if '_base_' not in p and "type='AttentionInserted'" not in open(p).read()
+    if '_base_' not in p and osp.join('configs', 'deploy') not in p and "type='AttentionInserted'" not in open(p).read()
 )
 SMALL = (160, 128)  # (w, h) every Resize is set to
 SSD300_VGG = (300, 300)  # SSD300-VGG16's last extra layers are unpadded 3x3 convs: it needs its own size

@@ -77,7 +77,9 @@ build_kernels() {
 STAMP="$VENV/.cbam_det_stack"
 WANT="$(cat "$REQ" "$REPO/requirements/build.txt" "$REPO/requirements/tests.txt" "$REPO/tools/setup_env.sh" \
         | sha256sum | cut -c1-16)-$STACK"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && \
+# the fast path only without an explicit FORCE_CUDA / TORCH_CUDA_ARCH_LIST: those always go through the
+# full set-up, which swaps in the requested mmcv build (CPU or CUDA) where the installed one differs
+if [[ -z "${FORCE_CUDA:-}${TORCH_CUDA_ARCH_LIST:-}" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && \
    "$PY" -c 'import torch, mmcv, mmdet, mmengine, pycocotools, pytest; from mmcv.ops import nms' 2>/dev/null; then
     "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO" >/dev/null
     build_kernels
@@ -124,27 +126,77 @@ if [[ "$FORCE_CUDA" == "1" ]]; then
         fi
     fi
     export TORCH_CUDA_ARCH_LIST
+    # torch takes CUDA_HOME from `which nvcc` (../..), which is wrong for a wrapper script such as
+    # /usr/local/bin/nvcc -> exec /usr/local/cuda-13.0/bin/nvcc: ask nvcc where its toolkit is
+    if [[ -z "${CUDA_HOME:-}${CUDA_PATH:-}" ]]; then
+        CUDA_HOME="$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=\(.*\)\/bin\/\.\.$/\1/p' | head -n1)"
+        [[ -n "$CUDA_HOME" && -f "$CUDA_HOME/include/cuda_runtime_api.h" ]] || \
+            die "FORCE_CUDA=1: cannot find the CUDA toolkit of $(command -v nvcc); set CUDA_HOME"
+        export CUDA_HOME
+        say "CUDA toolkit: CUDA_HOME=$CUDA_HOME (from nvcc)"
+    fi
+    # torch's CUDA headers include the CUDA libraries' (cusparse.h, cublas_v2.h, ...), which a minimal
+    # toolkit (nvcc and the runtime) lacks; PyPI's torch brings them in its nvidia-* wheels
+    NV_INC="$("$PY" -c 'import glob, os, nvidia; print(":".join(sorted({d for r in nvidia.__path__ for d in glob.glob(os.path.join(r, "*", "include"))})))' 2>/dev/null || true)"
+    if [[ -n "$NV_INC" ]]; then  # searched after the toolkit's own include directory
+        export CPLUS_INCLUDE_PATH="${CPLUS_INCLUDE_PATH:+$CPLUS_INCLUDE_PATH:}$NV_INC"
+        export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:+$NVCC_APPEND_FLAGS }-isystem ${NV_INC//:/ -isystem }"
+        say "CUDA library headers from torch's nvidia wheels: $NV_INC"
+    fi
     say "building mmcv's CUDA ops for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST (nvcc $NVCC_VER)"
     OPS_TAG="cu${TORCH_CUDA//./}-sm${TORCH_CUDA_ARCH_LIST//[;. +]/_}"
 else
     OPS_TAG="cpu"
 fi
 KEY="${MMCV_PKG}-${MMCV_VERSION}_py${PYVER}_torch${TORCH_TAG}_${OPS_TAG}_gcc${CXX_ID}"
+
+# A wheel's compiled ops hold CUDA device code (fat binaries) exactly when FORCE_CUDA=1 built them:
+# refuse a wheel, or an installed mmcv, that does not match (a CPU build in a CUDA set-up, or the reverse).
+check_ops() {
+    "$PY" - "$1" "$FORCE_CUDA" <<'PYEOF'  # returns non-zero on a mismatch
+import glob, os, sys, zipfile
+path, cuda = sys.argv[1], sys.argv[2] == '1'
+if path.endswith('.whl'):
+    with zipfile.ZipFile(path) as z:
+        ext = [n for n in z.namelist() if n.startswith('mmcv/_ext') and n.endswith('.so')]
+        data = z.read(ext[0]) if ext else b''
+else:  # an installed mmcv package directory
+    ext = glob.glob(os.path.join(path, '_ext*.so'))
+    data = open(ext[0], 'rb').read() if ext else b''
+fatbin = b'.nv_fatbin' in data  # the ELF section of CUDA device code
+print(f'setup_env: {path.rsplit("/", 1)[-1]}: compiled ops {"with" if fatbin else "without"} CUDA device code')
+if not ext or fatbin != cuda:
+    sys.exit(f'setup_env: ERROR: expected {"CUDA" if cuda else "CPU-only"} ops in {path}')
+PYEOF
+}
 WHEEL_DIR="$CACHE/wheels/$KEY"
 WHEEL="$(ls "$WHEEL_DIR"/*.whl 2>/dev/null | head -1 || true)"
 if [[ -z "$WHEEL" ]]; then
-    say "building $MMCV_PKG $MMCV_VERSION with ops ($OPS_TAG) from source: about 8 minutes on 2 cores"
+    if [[ "$FORCE_CUDA" == 1 ]]; then BUILD_TIME="about 35 minutes on 2 cores for one CUDA arch"; else BUILD_TIME="about 8 minutes on 2 cores"; fi
+    say "building $MMCV_PKG $MMCV_VERSION with ops ($OPS_TAG) from source: $BUILD_TIME"
     rm -rf "$WHEEL_DIR.tmp" && mkdir -p "$WHEEL_DIR.tmp"
+    # --no-cache-dir: pip's own wheel cache is keyed by package and version only, so it would hand a
+    # CPU build to a CUDA set-up (or the reverse); our cache above is keyed by CUDA and arch list
+    build_start=$(date +%s)
     MMCV_WITH_OPS=1 FORCE_CUDA="$FORCE_CUDA" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-        "${PIP[@]}" wheel -q --no-build-isolation --no-deps --no-binary "$MMCV_PKG" \
+        "${PIP[@]}" wheel -q --no-cache-dir --no-build-isolation --no-deps --no-binary "$MMCV_PKG" \
         -w "$WHEEL_DIR.tmp" "$MMCV_PKG==$MMCV_VERSION"
+    check_ops "$(ls "$WHEEL_DIR.tmp"/*.whl | head -1)" || die "the mmcv build does not match FORCE_CUDA=$FORCE_CUDA"
     rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
     WHEEL="$(ls "$WHEEL_DIR"/*.whl | head -1)"
-    say "cached $WHEEL"
+    say "cached $WHEEL (built in $(( $(date +%s) - build_start )) s, $(du -m "$WHEEL" | cut -f1) MB)"
 else
     say "using cached mmcv wheel $WHEEL"
+    check_ops "$WHEEL" || die "cached mmcv wheel $WHEEL does not match FORCE_CUDA=$FORCE_CUDA; delete $WHEEL_DIR"
 fi
 "${PIP[@]}" install -q "$WHEEL" -c "$REQ"
+# pip keeps an installed mmcv of the same version, which may be the other build (CPU / CUDA): replace it
+MMCV_DIR="$("$PY" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("mmcv").origin))')"
+if ! check_ops "$MMCV_DIR" >/dev/null 2>&1; then
+    say "the installed mmcv's ops are the other build: reinstalling it from $WHEEL"
+    "${PIP[@]}" install -q --force-reinstall --no-deps "$WHEEL"
+fi
+check_ops "$MMCV_DIR" || die "installed mmcv in $MMCV_DIR does not match FORCE_CUDA=$FORCE_CUDA"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO"
 
 # ---------------------------------------------------------------- verify

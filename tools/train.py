@@ -20,6 +20,7 @@ from cbam_det.engine import (  # noqa: E402
     AttentionKeyCheckHook,
     latest_checkpoint,
     load_config,
+    set_cpu_threads,
     setup_cpu_distributed,
     use_safe_checkpoint_loading,
 )
@@ -90,6 +91,8 @@ def main() -> None:
     # checkpoints from elsewhere load with weights_only=True; the run's own work_dir is trusted
     use_safe_checkpoint_loading(trusted_dirs=[cfg.work_dir], unsafe=args.unsafe_load)
     setup_cpu_distributed(cfg, args.launcher)
+    # CPU: torch threads x processes <= cores, data-loading workers included (no oversubscription)
+    set_cpu_threads(workers=cfg.get('train_dataloader', {}).get('num_workers', 0))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.register_hook(AttentionKeyCheckHook())  # a checkpoint with other attention is named, not half-loaded
     runner.train()

@@ -5,6 +5,7 @@ from .cli import latest_checkpoint, load_config
 from .cpu_dist import CPUDistributedDataParallel, setup_cpu_distributed
 from .exact_resume import ExactResumeHook
 from .safe_load import UnsafeCheckpointError, load_untrusted, use_safe_checkpoint_loading
+from .threads import cpu_cores, set_cpu_threads, thread_budget
 
 __all__ = [
     'AttentionKeyCheckHook',
@@ -17,4 +18,7 @@ __all__ = [
     'UnsafeCheckpointError',
     'load_untrusted',
     'use_safe_checkpoint_loading',
+    'cpu_cores',
+    'set_cpu_threads',
+    'thread_budget',
 ]

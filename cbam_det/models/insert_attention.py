@@ -192,7 +192,16 @@ def AttentionInserted(  # noqa: N802  (a registry type name, used as type='Atten
     targets: Sequence[Union[str, dict]],
     attention: Optional[dict] = None,
     probe_size: Tuple[int, int] = (256, 256),
+    data_preprocessor: Optional[dict] = None,
 ) -> nn.Module:
-    """Build ``detector`` (any mmdet model config) and insert attention at ``targets``."""
+    """Build ``detector`` (any mmdet model config) and insert attention at ``targets``.
+
+    ``data_preprocessor``, as tools that build a model config give it (mmdeploy's task
+    processors add one to the top level): a non-empty one replaces the detector's, an empty
+    one (mmdeploy's default) leaves the detector's in force.
+    """
+    detector = dict(detector)
+    if data_preprocessor:
+        detector['data_preprocessor'] = data_preprocessor
     # nested configs as ConfigDict (attribute access), as the runner's own config gives them
     return insert_attention(MODELS.build(ConfigDict(detector)), targets, attention, probe_size)
