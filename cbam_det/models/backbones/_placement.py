@@ -84,7 +84,7 @@ def decided(m: nn.Module) -> bool:
     return getattr(m, '_cbam_det_decided', False)
 
 
-def decide_trainable(modules: Iterable[nn.Module], training: bool) -> List[nn.Module]:
+def decide_trainable(modules: Iterable[nn.Module]) -> List[nn.Module]:
     """The build-time rule, once per module: attention that mmdet's ``frozen_stages`` froze
     (``allow_frozen=False``) gets its parameters back to ``requires_grad=True``; returns those."""
     undone = []

@@ -83,7 +83,7 @@ def patch_mmdet_resnet() -> bool:
         freeze(self)
         for p, flag in kept.items():  # after build time, a freeze or unfreeze is the model owner's
             p.requires_grad = flag
-        undone = decide_trainable(atts, self.training)
+        undone = decide_trainable(atts)
         for m in atts:
             if trains(m):  # mmdet put its frozen stages in eval mode
                 m.train(self.training)
