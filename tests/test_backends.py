@@ -18,6 +18,7 @@ from torch import nn
 from cbam_det import BAM, CBAM, SE, kernels
 from cbam_det.kernels import census, triton_gate
 
+from . import numerics
 from .helpers import REPO
 
 no_ext = pytest.mark.skipif(os.environ.get('CBAM_DET_NO_EXT') == '1', reason='CBAM_DET_NO_EXT=1: no C++ kernels')
@@ -125,7 +126,7 @@ def test_explicit_triton_without_gpu_or_interpreter_raises():
 
 
 def randomised(m: nn.Module, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
+    torch.manual_seed(numerics.seed(seed))
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.5)
@@ -142,31 +143,30 @@ def run(backend: str, m: nn.Module, x: torch.Tensor, bn=None):
     params = [p for p in list(m.parameters()) + (list(bn.parameters()) if bn is not None else []) if p.requires_grad]
     with kernels.use_backend(backend):
         y = m.forward_with_bn(x, bn) if bn is not None else m(x)
-        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.device)
+        w = torch.randn(y.shape, generator=numerics.generator(3)).to(y.device)
         grads = torch.autograd.grad((y.float() * w).sum(), [x] + params)
     return [y.detach().float()] + [g.float() for g in grads]
 
 
-def assert_matches(got, want, rtol):
-    """Relative to each tensor's scale (biases right before a training BN have a true gradient
-    of 0 and are judged against the largest gradient)."""
+def assert_matches(got, want):
+    """The output (one layer) within float32 rounding of its scale, every gradient (two layers)
+    of the largest gradient's: a parameter's gradient sums terms of that size over the batch and
+    the pixels (a bias right before a training BN has a true gradient of 0)."""
     scale = max(float(g.abs().max()) for g in want[1:])
     for i, (a, b) in enumerate(zip(got, want)):
-        err, ref = float((a - b).abs().max()), float(b.abs().max())
-        bound = rtol * ref + (1e-6 * scale if i else 1e-7)
-        assert err <= bound, f'tensor {i}: max difference {err:.3e}, allowed {bound:.3e} (scale {ref:.3e})'
+        numerics.assert_close(a, b, depth=2 if i else 1, scale=scale if i else None, msg=f'tensor {i}')
 
 
-def check(make, x, bn_make=None, rtol=1e-4, train=True):
+def check(make, x, bn_make=None, train=True):
     m = randomised(make()).to(DEVICE).train(train)
     bn = randomised(bn_make()).to(DEVICE).train(train) if bn_make else None
     m2, bn2 = copy.deepcopy(m), copy.deepcopy(bn)
     x = x.to(DEVICE)
     got = run('triton', m, x, bn)
     want = run('torch', m2, x, bn2)
-    assert_matches(got, want, rtol)
+    assert_matches(got, want)
     for b1, b2 in zip(m.buffers(), m2.buffers()):  # BN running statistics moved alike
-        torch.testing.assert_close(b1.float(), b2.float(), rtol=1e-4, atol=1e-5)
+        numerics.assert_close(b1.float(), b2.float())
 
 
 MODULES = {
@@ -252,10 +252,10 @@ def test_triton_bn_cases_detectors_meet(kind, case):
         xi = x.detach().clone().requires_grad_(x.requires_grad)
         with kernels.use_backend(backend):
             y = mm.forward_with_bn(xi, bb)
-            w = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.device)
+            w = torch.randn(y.shape, generator=numerics.generator(3)).to(y.device)
             grads = torch.autograd.grad((y.float() * w).sum(), ([xi] if xi.requires_grad else []) + params)
         outs.append([y.detach().float()] + [g.float() for g in grads])
-    assert_matches(*outs, rtol=1e-4)
+    assert_matches(*outs)
     if case == 'zero_gamma':  # γ's gradient is what lets it leave 0: it must be there, and right
         assert float(outs[0][-2].abs().max()) > 0
 
@@ -294,7 +294,7 @@ def test_inplace_inference_on_triton_writes_into_the_input():
     with torch.no_grad(), kernels.use_backend('triton'):
         got = m(y)
     assert got.data_ptr() == y.data_ptr()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    numerics.assert_close(got, want)
 
 
 @needs_triton
@@ -333,6 +333,6 @@ def test_every_launched_specialization_compiles_within_128_registers_without_spi
     assert len(results) == len(specs)
     most = max(results, key=lambda r: r['registers'])
     print(f'sm_{arch}: {len(results)} specializations, at most {most["registers"]} registers ({most["kernel"]})')
-    over = [(r['kernel'], r['registers'], r['stack'], r['local']) for r in results
-            if r['registers'] > census.REGISTER_LIMIT or r['stack'] or r['local']]  # fmt: skip
-    assert not over, over
+    # over 128 registers, spills, a fused multiply-add (the tie masks need the interpreter's
+    # rounding), a maximum that ignores NaN
+    assert census.compile_problems(results) == []

@@ -14,6 +14,8 @@ from cbam_det import BAM, CBAM, SE, kernels
 from cbam_det.kernels import fused as _fused_gate
 from cbam_det.ops import gate_ext
 
+from . import numerics
+
 no_ext = pytest.mark.skipif(
     os.environ.get('CBAM_DET_NO_EXT') == '1', reason='CBAM_DET_NO_EXT=1: the PyTorch fallback is under test'
 )
@@ -22,6 +24,30 @@ no_ext = pytest.mark.skipif(
 @no_ext
 def test_kernels_compiled():
     assert gate_ext() is not None, 'the fused CPU kernels did not compile (see the warning above)'
+
+
+def test_kernels_are_built_for_the_named_cpu_target(monkeypatch):
+    """CBAM_DET_CPU_ARCH names gcc's -march (default native): it is in the flags and the cache
+    key; a bad name is refused with the allowed form; with a baseline x86-64 target set (as
+    .ci/run's second pass does), the built library holds no AVX instruction."""
+    import shutil
+    import subprocess
+
+    from cbam_det import ops
+
+    arch = ops.cpu_arch()
+    assert f'-march={arch}' in ops._flags()[0]
+    key = ops.build_dir()
+    monkeypatch.setenv('CBAM_DET_CPU_ARCH', 'x86-64-v3' if arch != 'x86-64-v3' else 'x86-64-v2')
+    assert ops.build_dir() != key  # another target, another build
+    monkeypatch.setenv('CBAM_DET_CPU_ARCH', 'native; rm -rf /')
+    with pytest.raises(ValueError, match=r"CBAM_DET_CPU_ARCH='native; rm -rf /' is not a target name; allowed: native"):
+        ops.cpu_arch()
+    monkeypatch.undo()
+    if arch in ('x86-64', 'x86-64-v2') and gate_ext() is not None and shutil.which('objdump'):
+        lib = [os.path.join(key, f) for f in os.listdir(key) if f.endswith('.so')][0]
+        dis = subprocess.run(['objdump', '-d', '--no-show-raw-insn', lib], capture_output=True, text=True).stdout
+        assert dis and '%ymm' not in dis and '%zmm' not in dis and 'vfmadd' not in dis
 
 
 @contextlib.contextmanager
@@ -33,7 +59,7 @@ def plain_pytorch(monkeypatch=None):
 
 
 def make(kind: str, c: int, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
+    torch.manual_seed(numerics.seed(seed))
     m = {
         'cbam': lambda: CBAM(c, reduction=4),
         'cbam_official': lambda: CBAM(c, 4, spatial_pool='max_avg'),
@@ -49,20 +75,20 @@ def step(fn, x: torch.Tensor, params):
     x = x.detach().clone().requires_grad_()
     params = [p for p in params if p.requires_grad]
     y = fn(x)
-    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    w = torch.randn(y.shape, generator=numerics.generator(3))
     grads = torch.autograd.grad((y * w).sum(), [x] + params, allow_unused=True)
     return y.detach(), grads
 
 
-def assert_same(a, b, rtol=1e-4, atol=1e-5):
+def assert_same(a, b):
+    """Outputs (one layer) and gradients (two: forward and backward) within float32 rounding;
+    every gradient is judged against the largest one of the step: a parameter's gradient is a
+    sum over the batch and the pixels whose terms are of that size (a bias right before a
+    training BatchNorm has a true gradient of 0, and the terms' float noise is all there is)."""
     ya, ga = a
     yb, gb = b
-    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
-    for u, v in zip(ga, gb):
-        if u is None or v is None:
-            assert u is None and v is None
-        else:
-            torch.testing.assert_close(u, v, rtol=rtol, atol=atol)
+    numerics.assert_close(ya, yb, msg='output')
+    numerics.assert_grads_close(ga, gb)
 
 
 @pytest.mark.parametrize('kind', ['cbam', 'cbam_official', 'se'])
@@ -77,7 +103,7 @@ def test_fused_module_equals_plain_pytorch(kind, shape, train, monkeypatch):
         want = step(ref, x, ref.parameters())
     assert_same(got, want)
     for bf, br in zip(fused.buffers(), ref.buffers()):  # the spatial gate's BN statistics
-        torch.testing.assert_close(bf, br)
+        numerics.assert_close(bf, br)
 
 
 @pytest.mark.parametrize('combine', ['sum', 'product'])
@@ -89,18 +115,15 @@ def test_fused_bam_equals_plain_pytorch(combine, residual, train, monkeypatch):
     ref.load_state_dict(fused.state_dict())
     with torch.no_grad():  # logits of both signs and magnitudes up to ~10: exercises the sigmoid
         for m in (fused, ref):
-            torch.manual_seed(5)
+            torch.manual_seed(numerics.seed(5))
             m.spatial_att.final.weight.normal_(0, 2)
             m.channel_att.fc2.weight.normal_(0, 2)
     got = step(fused, x, fused.parameters())
     with plain_pytorch(monkeypatch):
         want = step(ref, x, ref.parameters())
-    # biases right before a training BatchNorm have a true gradient of 0: float noise there
-    # is judged against the scale of all gradients
-    scale = max(g.abs().max().item() for g in want[1])
-    assert_same(got, want, atol=1e-6 * scale)
+    assert_same(got, want)
     for bf, br in zip(fused.buffers(), ref.buffers()):
-        torch.testing.assert_close(bf, br)
+        numerics.assert_close(bf, br)
 
 
 def test_bam_inplace_inference_writes_into_its_input():
@@ -112,7 +135,7 @@ def test_bam_inplace_inference_writes_into_its_input():
         want = ref(x)
         got = bam(x)
     assert got.data_ptr() == x.data_ptr()
-    torch.testing.assert_close(got, want)
+    numerics.assert_close(got, want)
 
 
 def test_attn_resnet_makes_its_attention_inplace_unless_told():
@@ -136,7 +159,7 @@ def test_fused_ties_share_the_max_gradient_like_torch(monkeypatch):
 
 def bn_variants():
     def bn(**kw):
-        torch.manual_seed(1)
+        torch.manual_seed(numerics.seed(1))
         m = nn.BatchNorm2d(24, **kw)
         if m.affine:
             with torch.no_grad():
@@ -174,7 +197,7 @@ def test_forward_with_bn_equals_bn_then_module(kind, variant, monkeypatch):
             want = step(lambda t: att_r.forward_with_bn(t, bn_r), z, params_r)
         assert_same(got, want)
         for bf, br in zip(bn_f.buffers(), bn_r.buffers()):
-            torch.testing.assert_close(bf, br, rtol=1e-5, atol=1e-6)
+            numerics.assert_close(bf, br)
 
 
 @no_ext
@@ -199,17 +222,17 @@ def test_inference_in_one_call_equals_plain_pytorch(kind, variant, inplace, monk
         got = att_f(x) if bn_f is None else att_f.forward_with_bn(x, bn_f)
         with plain_pytorch(monkeypatch):
             want = att_r(z.clone()) if bn_r is None else att_r(bn_r(z.clone()))
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    numerics.assert_close(got, want, depth=2)  # the folded BN and the module
     # statistics to update (BN in training mode, or none tracked): the step-by-step path
     assert len(calls) == int(variant in ('none', 'eval', 'frozen'))
     assert (got.data_ptr() == x.data_ptr()) == inplace
     if bn_f is not None:
         for bf, br in zip(bn_f.buffers(), bn_r.buffers()):
-            torch.testing.assert_close(bf, br, rtol=1e-5, atol=1e-6)
+            numerics.assert_close(bf, br)
 
 
 def backbone(depth: int, att: str, fuse: bool, seed: int = 0):
-    torch.manual_seed(seed)
+    torch.manual_seed(numerics.seed(seed))
     m = MODELS.build(
         dict(
             type='AttnResNet',
@@ -244,12 +267,12 @@ def test_fused_backbone_equals_unfused(depth, att, train):
         y = m(x)
         grads = torch.autograd.grad(sum((o * o).mean() for o in y), list(m.parameters()))
         outs.append((y, grads))
-    for a, b in zip(outs[0][0], outs[1][0]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    for a, b in zip(outs[0][1], outs[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
-    for a, b in zip(fused.buffers(), plain.buffers()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(outs[0][0], outs[1][0]):  # through every layer of the network
+        numerics.assert_close(a, b, depth=depth, msg='output')
+    names = [name for name, _ in fused.named_parameters()]
+    numerics.assert_grads_close(outs[0][1], outs[1][1], depth=2 * depth, names=names)  # there and back
+    for (name, a), b in zip(fused.named_buffers(), plain.buffers()):
+        numerics.assert_close(a, b, depth=depth, msg=name)
     assert list(fused.state_dict()) == list(plain.state_dict())
 
 
@@ -286,7 +309,7 @@ def kept_elements(out: torch.Tensor) -> int:
 
 def mmdet_block(att=None, inplace=False, **kw) -> nn.Module:
     """Second bottleneck of stage 1 of a thin mmdet ResNet-50, the attention as a plugin."""
-    torch.manual_seed(0)
+    torch.manual_seed(numerics.seed())
     plugins = (
         None if att is None else [dict(cfg=dict(type=att, inplace=inplace), stages=(True,) * 4, position='after_conv3')]
     )
@@ -345,7 +368,7 @@ def test_module_after_bn_equals_plain_pytorch(kind, variant, inplace, monkeypatc
             want = step(lambda t: att_r(bn_r(t)), z, params_r)
         assert_same(got, want)
         for bf, br in zip(bn_f.buffers(), bn_r.buffers()):
-            torch.testing.assert_close(bf, br, rtol=1e-5, atol=1e-6)
+            numerics.assert_close(bf, br)
     used = variant not in ('no_affine', 'frozen')  # no trainable bias on the node: falls back
     assert sources and all((s is not None) == used for s in sources) or os.environ.get('CBAM_DET_NO_EXT') == '1'
 
@@ -375,7 +398,7 @@ def test_bn_node_guard_failure_falls_back_to_the_plain_graph(kind, monkeypatch):
     for got in results:
         assert_same(got[:2], want)
     for b_node, b_plain in zip(results[0][2], results[1][2]):
-        torch.testing.assert_close(b_node, b_plain, rtol=1e-5, atol=1e-6)
+        numerics.assert_close(b_node, b_plain)
 
 
 @pytest.mark.parametrize('with_cp', [True, False], ids=['mmdet_with_cp', 'torch_non_reentrant'])
@@ -394,7 +417,7 @@ def test_plugin_under_checkpointing_trains_like_without(with_cp):
     want = run(ref, ref)
     got = run(blk, blk if with_cp else lambda t: torch.utils.checkpoint.checkpoint(blk, t, use_reentrant=False))
     for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        numerics.assert_close(a, b, depth=8)  # one bottleneck (3 convs, 3 BNs, CBAM) there and back
 
 
 @no_ext
@@ -412,7 +435,7 @@ def test_inplace_plugin_trains_exactly_like_the_default(att):
     """inplace=True (mmdet's ResNet default for cbam_det plugins) against inplace=False:
     inference writes into the BN output and backward writes dx over the saved input; a
     training step must not change."""
-    torch.manual_seed(0)
+    torch.manual_seed(numerics.seed())
     cfg = dict(
         type='ResNet',
         depth=50,
@@ -445,7 +468,7 @@ def test_inplace_plugin_trains_exactly_like_the_default(att):
 def test_spatial_conv_equals_conv2d_in_float64(shape, k):
     """The spatial gate's one-output-channel k×k conv kernel, forward and both gradients,
     against F.conv2d in float64 (borders: kernels wider than the map)."""
-    torch.manual_seed(0)
+    torch.manual_seed(numerics.seed())
     x64 = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     w64 = torch.randn(1, shape[1], k, k, dtype=torch.float64, requires_grad=True)
     y64 = torch.nn.functional.conv2d(x64, w64, padding=k // 2)
@@ -455,7 +478,7 @@ def test_spatial_conv_equals_conv2d_in_float64(shape, k):
     y = _fused_gate.spatial_conv(x, w)
     dx, dw = torch.autograd.grad(y, [x, w], g.float())
     for got, want in ((y, y64), (dx, dx64), (dw, dw64)):
-        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6 * want.abs().max().item())
+        numerics.assert_close(got, want, terms=shape[1] * k * k * shape[0] * shape[2] * shape[3])
     x.requires_grad_(False)  # only the weight gradient asked for
     (dw_only,) = torch.autograd.grad(_fused_gate.spatial_conv(x, w), [w], g.float())
     torch.testing.assert_close(dw_only, dw, rtol=0, atol=0)
@@ -480,7 +503,7 @@ def test_pointwise_conv_equals_conv2d_in_float64(shape, out_channels):
     """BAM's 1×1 reduction conv kernel (forward; input gradient), with the weight and bias
     gradients, against F.conv2d in float64: full and partial register groups (16, 21, 3
     outputs), pixel counts with and without a remainder of 16."""
-    torch.manual_seed(0)
+    torch.manual_seed(numerics.seed())
     x64 = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     w64 = torch.randn(out_channels, shape[1], 1, 1, dtype=torch.float64, requires_grad=True)
     b64 = torch.randn(out_channels, dtype=torch.float64, requires_grad=True)
@@ -492,7 +515,7 @@ def test_pointwise_conv_equals_conv2d_in_float64(shape, out_channels):
     got = (y,) + torch.autograd.grad(y, [x, w, b], g.float())
     for u, v in zip(got, want):
         assert u.shape == v.shape
-        torch.testing.assert_close(u.double(), v, rtol=0, atol=2e-6 * v.abs().max().item())
+        numerics.assert_close(u, v, terms=shape[0] * shape[2] * shape[3] * max(shape[1], out_channels))
 
 
 @no_ext

@@ -6,6 +6,8 @@ from mmdet.registry import MODELS
 
 from cbam_det import BAM, CBAM, SE, AttnSSDHead, StairNetNeck
 
+from . import numerics
+
 CHANNELS = (32, 48, 32, 16, 16, 16)
 SIZES = (38, 19, 10, 5, 3, 1)  # SSD300's levels
 
@@ -27,12 +29,12 @@ def head_cfg(**kw):
 
 
 def feats(batch=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = numerics.generator(seed)
     return tuple(torch.randn(batch, c, s, s, generator=g) for c, s in zip(CHANNELS, SIZES))
 
 
 def test_head_without_attention_equals_mmdet_ssd_head():
-    torch.manual_seed(0)
+    torch.manual_seed(numerics.seed())
     ours = MODELS.build(dict(type='AttnSSDHead', **head_cfg()))
     ref = MODELS.build(dict(type='SSDHead', **head_cfg()))
     assert set(ours.state_dict()) == set(ref.state_dict())
@@ -45,7 +47,7 @@ def test_head_without_attention_equals_mmdet_ssd_head():
 
 @pytest.mark.parametrize('attention,cls', [('CBAM', CBAM), ('SE', SE), ('BAM', BAM)])
 def test_head_attention_per_level(attention, cls):
-    torch.manual_seed(0)
+    torch.manual_seed(numerics.seed())
     head = MODELS.build(dict(type='AttnSSDHead', attention=dict(type=attention, reduction=4), **head_cfg()))
     plain = MODELS.build(dict(type='AttnSSDHead', **head_cfg()))
     plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith('attentions.')})
@@ -64,12 +66,12 @@ def test_head_attention_per_level(attention, cls):
             assert not torch.allclose(out[0][lvl], ref[0][lvl]) and not torch.allclose(out[1][lvl], ref[1][lvl])
             # each level's predictors read the level's refined feature
             refined = head.attentions[lvl](x[lvl])
-            torch.testing.assert_close(out[0][lvl], head.cls_convs[lvl](refined))
-            torch.testing.assert_close(out[1][lvl], head.reg_convs[lvl](refined))
+            numerics.assert_close(out[0][lvl], head.cls_convs[lvl](refined), depth=2)
+            numerics.assert_close(out[1][lvl], head.reg_convs[lvl](refined), depth=2)
 
 
 def test_neck_shapes_and_gradients_reach_every_level():
-    torch.manual_seed(0)
+    torch.manual_seed(numerics.seed())
     neck = StairNetNeck(CHANNELS, out_channels=(24,) * 6).train()
     x = tuple(t.requires_grad_() for t in feats())
     outs = neck(x)
@@ -83,20 +85,20 @@ def test_neck_shapes_and_gradients_reach_every_level():
 
 
 def test_neck_follows_the_documented_recurrence():
-    torch.manual_seed(0)
+    torch.manual_seed(numerics.seed())
     neck = StairNetNeck(CHANNELS, out_channels=(8,) * 6).eval()
     x = feats(batch=1)
     with torch.no_grad():
         outs = neck(x)
         top = neck.fuse[5](neck.laterals[5](x[5]))
-        torch.testing.assert_close(outs[5], top)
+        numerics.assert_close(outs[5], top, depth=2)
         # 1x1 -> deconv x2 = 2x2 -> bilinear to 3x3 ; 10x10 -> 20x20 -> crop to 19x19
         up = torch.nn.functional.interpolate(
             neck.deconvs[4](outs[5]), size=(3, 3), mode='bilinear', align_corners=False
         )
-        torch.testing.assert_close(outs[4], neck.fuse[4](neck.laterals[4](x[4]) + up))
+        numerics.assert_close(outs[4], neck.fuse[4](neck.laterals[4](x[4]) + up), depth=4)
         up = neck.deconvs[1](outs[2])[:, :, :19, :19]
-        torch.testing.assert_close(outs[1], neck.fuse[1](neck.laterals[1](x[1]) + up))
+        numerics.assert_close(outs[1], neck.fuse[1](neck.laterals[1](x[1]) + up), depth=10)
 
 
 def test_head_predicts_despite_mmdet_330_ssd_bug():

@@ -90,9 +90,11 @@ if [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" != *"-$STACK" ]]; then
     die "$VENV holds another stack ($(cat "$STAMP" | cut -d- -f2)); the two conflict in one environment: use another VENV"
 fi
 
-say "installing STACK=$STACK (torch is large on a cold cache)"
+say "installing STACK=$STACK, started $(date +%H:%M:%S) (torch is large on a cold cache)"
+install_start=$(date +%s)
 "${PIP[@]}" install -q --upgrade "pip>=23,<25"
 "${PIP[@]}" install -q -r "$REPO/requirements/build.txt" -r "$REQ" -r "$REPO/requirements/tests.txt"
+say "installed the pinned packages in $(( $(date +%s) - install_start )) s"
 
 # ---------------------------------------------------------------- mmcv (from source, with ops)
 TORCH_TAG="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
@@ -172,8 +174,8 @@ PYEOF
 WHEEL_DIR="$CACHE/wheels/$KEY"
 WHEEL="$(ls "$WHEEL_DIR"/*.whl 2>/dev/null | head -1 || true)"
 if [[ -z "$WHEEL" ]]; then
-    if [[ "$FORCE_CUDA" == 1 ]]; then BUILD_TIME="about 35 minutes on 2 cores for one CUDA arch"; else BUILD_TIME="about 8 minutes on 2 cores"; fi
-    say "building $MMCV_PKG $MMCV_VERSION with ops ($OPS_TAG) from source: $BUILD_TIME"
+    # no time estimate: it varies several-fold between machines (docs/stacks.md has measured ones)
+    say "building $MMCV_PKG $MMCV_VERSION with ops ($OPS_TAG) from source on $(nproc) cores, started $(date +%H:%M:%S); the time it took follows"
     rm -rf "$WHEEL_DIR.tmp" && mkdir -p "$WHEEL_DIR.tmp"
     # --no-cache-dir: pip's own wheel cache is keyed by package and version only, so it would hand a
     # CPU build to a CUDA set-up (or the reverse); our cache above is keyed by CUDA and arch list

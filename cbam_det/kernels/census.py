@@ -23,7 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -45,11 +45,16 @@ __all__ = [
     'module_passes',
     'resnet50_stages',
     'cspdarknet_s_stages',
+    'ssdlite_mobilenetv2_stages',
+    'detection_specs',
+    'compile_problems',
+    'TorchTraffic',
+    'DETECTION_MODELS',
+    'MAX_KERNELS',
 ]
 
 ARCHS = (80, 90, 100, 120)
 REGISTER_LIMIT = 128
-_DT = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Launch:
     full_bytes: Optional[int] = None  # bytes of 4-d operands loaded + stored (count=True)
     other_bytes: Optional[int] = None
     full_elements: Optional[int] = None  # N·C·H·W of the full-size operand, times its element size
+    tensors: List[torch.Tensor] = field(default_factory=list, repr=False, compare=False)  # kept when not run
 
     @property
     def programs(self) -> int:
@@ -86,36 +92,26 @@ class Launch:
 
 
 def _describe(kernel, grid, args, meta, warps: int) -> Launch:
-    fn = kernel.fn
-    names = list(inspect.signature(fn).parameters)
-    spec, shape, elems = [], None, None
-    for name, value in zip(names, list(args) + [meta[k] for k in names[len(args) :]]):
-        if name in meta:
-            spec.append([name, 'const', value])
-        elif isinstance(value, torch.Tensor):
-            aligned = value.device.type == 'meta' or value.data_ptr() % 16 == 0
-            spec.append([name, 'ptr', [_DT[value.dtype], aligned]])
-            if value.dim() == 4 and shape is None:
-                shape, elems = tuple(value.shape), value.numel() * value.element_size()
-        elif value is None:
-            spec.append([name, 'const', None])
-        elif isinstance(value, bool):
-            spec.append([name, 'const', value])
-        elif isinstance(value, int):
-            spec.append([name, 'int', value])
-        elif isinstance(value, float):
-            spec.append([name, 'float', value])
-        else:
-            raise TypeError(f'census: argument {name} of {fn.__name__}: unsupported {type(value).__name__}')
-    return Launch(fn.__name__, tuple(grid), shape, spec, warps, full_elements=elems)
+    spec = T.specialization(kernel, args, meta, warps)
+    shape = elems = None
+    for value in args:
+        if isinstance(value, torch.Tensor) and value.dim() == 4:
+            shape, elems = tuple(value.shape), value.numel() * value.element_size()
+            break
+    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.device.type == 'meta']
+    return Launch(kernel.fn.__name__, tuple(grid), shape, spec, warps, full_elements=elems, tensors=tensors)
 
 
 # ---------------------------------------------------------------- counting bytes in the interpreter
 
-_regions: List[Optional[list]] = [None]  # per 4-d/other tensor argument: [lo, hi, is_full, bytes]
+# per tensor argument of the running launch: [lo, hi, is_full, bytes, touched bitmap or None]
+_regions: List[Optional[list]] = [None]
 
 
 def _count(ptrs, mask) -> None:
+    """Bytes a masked load or store moves: every access of a full-size (4-d) operand (each is
+    read or written once per pass), and each distinct element of the others (partial sums,
+    gates: read from memory once, then from cache)."""
     regions = _regions[0]
     if regions is None:
         return
@@ -125,7 +121,11 @@ def _count(ptrs, mask) -> None:
     m = np.broadcast_to(np.asarray(mask.data, dtype=bool), addr.shape)
     size = ptrs.get_element_ty().primitive_bitwidth // 8
     for r in regions:
-        r[3] += int(np.count_nonzero(m & (addr >= r[0]) & (addr < r[1]))) * size
+        hit = m & (addr >= r[0]) & (addr < r[1])
+        if r[2]:
+            r[3] += int(np.count_nonzero(hit)) * size
+        else:
+            r[4][((addr[hit] - r[0]) // size).astype(np.int64)] = True
 
 
 @contextlib.contextmanager
@@ -150,16 +150,96 @@ def _patched_interpreter() -> Iterator[None]:
         builder.create_masked_load, builder.create_masked_store = load, store
 
 
+#: aten ops that move no data of their own: allocations, views, metadata
+_NO_TRAFFIC = (
+    'empty',
+    'empty_like',
+    'empty_strided',
+    'new_empty',
+    'new_empty_strided',
+    'detach',
+    'alias',
+    'lift_fresh',
+    'set_',
+    'resize_',
+    'is_same_size',
+    '_local_scalar_dense',
+)
+
+
+class TorchTraffic:
+    """Bytes that PyTorch operations read and write inside :meth:`counting` blocks: each tensor
+    argument read once and each output written once (an in-place op reads and writes its
+    tensor); views and allocations move nothing. With Triton's kernels counted by
+    :func:`recording`, a module step's passes are complete: kernels, the partial-sum buffers
+    and the PyTorch sums over them, float64 copies, re-layouts, and the small gate graphs."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.ops: Dict[str, int] = {}
+        self.paused = False
+        self._mode = None
+
+    def _dispatch(self, func, args, kwargs, out) -> None:
+        name = func.overloadpacket.__name__
+        if self.paused or name in _NO_TRAFFIC or getattr(func, 'is_view', False):
+            return
+        n = 0
+        for t in _tensors((args, kwargs)):
+            n += t.numel() * t.element_size()
+        for t in _tensors(out):
+            n += t.numel() * t.element_size()
+        self.bytes += n
+        self.ops[name] = self.ops.get(name, 0) + n
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator['TorchTraffic']:
+        try:
+            from torch.utils._python_dispatch import TorchDispatchMode
+        except ImportError as e:  # a torch without Python dispatch modes: the census cannot count
+            raise RuntimeError(f'census: this torch has no TorchDispatchMode ({e})') from e
+        traffic = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                traffic._dispatch(func, args, kwargs or {}, out)
+                return out
+
+        with _Mode():
+            yield self
+
+
+def _tensors(obj) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
 @contextlib.contextmanager
-def recording(execute: bool = True, count: bool = False, read_bn_nodes: bool = False) -> Iterator[List[Launch]]:
+def recording(
+    execute: bool = True,
+    count: bool = False,
+    read_bn_nodes: bool = False,
+    sms: Optional[int] = None,
+    traffic: Optional[TorchTraffic] = None,
+) -> Iterator[List[Launch]]:
     """Record every Triton launch inside the block (a list, filled as they happen).
 
     ``execute=False``: launches are recorded, not run (their outputs stay uninitialised), which
     with ``meta`` tensors walks a full-size network in no time. ``count=True`` (interpreter
-    only): each launch's bytes loaded and stored of its 4-d operands (``full_bytes``) and of
-    the rest. ``read_bn_nodes``: let a plugin after a BatchNorm read the BN's autograd node,
-    as on the CPU; the default records what a GPU with cuDNN runs, whose BN node is cuDNN's
-    (the plugin then keeps its input).
+    only): each launch's bytes of its full-size (4-d) operands (``full_bytes``: every access)
+    and of the others (``other_bytes``: each distinct element once). ``read_bn_nodes``: let a
+    plugin after a BatchNorm read the BN's autograd node, as on the CPU; the default records
+    what a GPU with cuDNN runs, whose BN node is cuDNN's (the plugin then keeps its input).
+    ``sms``: the SM count the launch plans assume (default: the device's, 132 without one).
+    ``traffic``: a :class:`TorchTraffic` paused while a kernel runs (the interpreter's own
+    tensor handling is not the kernel's traffic).
     """
     if count and not T.INTERPRETED:
         raise RuntimeError("census: count=True needs Triton's interpreter (TRITON_INTERPRET=1 before importing triton)")
@@ -172,41 +252,55 @@ def recording(execute: bool = True, count: bool = False, read_bn_nodes: bool = F
         launches.append(launch)
         if not execute:
             return
-        if not count:
-            run()
-            return
-        regions = {}
-        for a in args:
-            if isinstance(a, torch.Tensor):  # the tensor's own extent (a view shares its storage)
-                lo = a.data_ptr()
-                hi = lo + (1 + sum((n - 1) * st for n, st in zip(a.shape, a.stride()))) * a.element_size()
-                regions[(lo, hi)] = [lo, hi, a.dim() == 4, 0]  # once, if passed twice (dx written over z)
-        regions = list(regions.values())
-        _regions[0] = regions
+        if traffic is not None:
+            traffic.paused = True
         try:
-            run()
+            if not count:
+                run()
+                return
+            _run_counted(launch, args, run)
         finally:
-            _regions[0] = None
-        launch.full_bytes = sum(r[3] for r in regions if r[2])
-        launch.other_bytes = sum(r[3] for r in regions if not r[2])
+            if traffic is not None:
+                traffic.paused = False
 
-    previous = T._hook[0], fused.settings['read_bn_nodes']
-    T._hook[0], fused.settings['read_bn_nodes'] = hook, read_bn_nodes
+    previous = fused.settings['read_bn_nodes']
+    fused.settings['read_bn_nodes'] = read_bn_nodes
     ctx = _patched_interpreter() if count else contextlib.nullcontext()
     try:
-        with ctx:
+        with ctx, T.observe(hook, sms=sms):
             yield launches
     finally:
-        T._hook[0], fused.settings['read_bn_nodes'] = previous
+        fused.settings['read_bn_nodes'] = previous
+
+
+def _run_counted(launch: Launch, args, run) -> None:
+    import numpy as np
+
+    regions = {}
+    for a in args:
+        if isinstance(a, torch.Tensor):  # the tensor's own extent (a view shares its storage)
+            lo = a.data_ptr()
+            hi = lo + (1 + sum((n - 1) * st for n, st in zip(a.shape, a.stride()))) * a.element_size()
+            full = a.dim() == 4
+            touched = None if full else np.zeros((hi - lo) // a.element_size(), dtype=bool)
+            regions[(lo, hi)] = [lo, hi, full, 0, touched]  # once, if passed twice (dx written over z)
+    regions = list(regions.values())
+    _regions[0] = regions
+    try:
+        run()
+    finally:
+        _regions[0] = None
+    launch.full_bytes = sum(r[3] for r in regions if r[2])
+    launch.other_bytes = sum(int(r[4].sum()) * (r[1] - r[0]) // len(r[4]) for r in regions if not r[2] and len(r[4]))
 
 
 def active() -> bool:
     """Whether a :func:`recording` block is open (then ``meta`` tensors may take the Triton path)."""
-    return T._hook[0] is not None
+    return T._observer[0] is not None
 
 
 def passes(launches: Sequence[Launch]) -> float:
-    """Full-size passes of a set of counted launches (one module step)."""
+    """Full-size passes of the kernels' 4-d operands in a set of counted launches (one module step)."""
     missing = [launch.kernel for launch in launches if launch.passes is None]
     if missing:
         raise ValueError(f'census: launches without counted bytes: {missing}')
@@ -292,7 +386,9 @@ def compile_one(kernel: str, spec: List[list], warps: int, arch: int) -> dict:
     fn = getattr(T, kernel)
     try:
         compiled = triton.compile(
-            _ast_source(fn, spec), target=GPUTarget('cuda', arch, 32), options={'num_warps': warps}
+            _ast_source(fn, spec),
+            target=GPUTarget('cuda', arch, 32),
+            options={'num_warps': warps, 'enable_fp_fusion': False},  # as triton_gate launches them
         )
     except Exception as e:  # noqa: BLE001 - a target this triton/ptxas does not know is reported, not raised
         text = f'{type(e).__name__}: {e}'
@@ -301,7 +397,39 @@ def compile_one(kernel: str, spec: List[list], warps: int, arch: int) -> dict:
                 skipped=f'triton {triton.__version__} cannot compile for sm_{arch}: {text.splitlines()[0][:200]}'
             )
         raise
-    return resource_usage(compiled.asm['cubin'])
+    ptx = compiled.asm['ptx']
+    return dict(
+        resource_usage(compiled.asm['cubin']),
+        fused_multiply_adds=len(re.findall(r'\bfma\.rn(?:\.ftz)?\.f32\b', ptx)),  # fp-fusion off: none
+        nan_max=len(re.findall(r'\bmax\.NaN\.f32\b', ptx)),  # NaN-propagating max instructions
+        nan_min=len(re.findall(r'\bmin\.NaN\.f32\b', ptx)),
+        plain_max_min=len(re.findall(r'\b(?:max|min)(?:\.ftz)?\.f32\b', ptx)),  # ones that drop NaN
+        fp_fusion=bool(compiled.metadata.enable_fp_fusion) if hasattr(compiled.metadata, 'enable_fp_fusion') else None,
+    )
+
+
+#: kernels that take a maximum (their PTX must hold the NaN-propagating ``max.NaN.f32``)
+MAX_KERNELS = ('_channel_pool_kernel', '_channel_moments_kernel', '_spatial_pool_kernel')
+
+
+def compile_problems(results: Sequence[dict]) -> List[tuple]:
+    """What a compiled specialization must not show: over :data:`REGISTER_LIMIT` registers or a
+    spill; a fused multiply-add or fp-fusion on (recomputed values must round as in the
+    interpreter, for the tie masks); a maximum that is not NaN-propagating."""
+    out, nan_max = [], {}
+    for r in results:
+        if 'skipped' in r:
+            continue
+        if r['registers'] > REGISTER_LIMIT or r['stack'] or r['local']:
+            out.append((r['kernel'], r['arch'], 'registers', r['registers'], r['stack'], r['local']))
+        if r['fused_multiply_adds'] or r.get('fp_fusion'):
+            out.append((r['kernel'], r['arch'], 'fused multiply-add', r['fused_multiply_adds']))
+        if r['plain_max_min']:
+            out.append((r['kernel'], r['arch'], 'a max or min that drops NaN', r['plain_max_min']))
+        if r['kernel'] in MAX_KERNELS:  # (a one-pixel tile folds its max away: counted over all)
+            nan_max[r['kernel']] = nan_max.get(r['kernel'], 0) + r['nan_max']
+    out += [(k, 'no NaN-propagating max in any specialization') for k, n in nan_max.items() if not n]
+    return out
 
 
 def _unsupported_target(text: str) -> bool:
@@ -385,10 +513,51 @@ def cspdarknet_s_stages(n: int, h: int, w: int) -> List[Tuple[int, int, int, int
     return [(n, 64 * 2**i, -(-h // 2 ** (i + 2)), -(-w // 2 ** (i + 2))) for i in range(4)]
 
 
-def module_step(kind: str, x: torch.Tensor, train: bool = True) -> None:
+def ssdlite_mobilenetv2_stages(n: int, h: int, w: int) -> List[Tuple[int, int, int, int]]:
+    """The outputs of MobileNetV2's layers 1-7 (configs/ssd/ssdlite_mobilenetv2-cbam_8xb24-600e_coco.py
+    puts CBAM after each): 16-320 channels (24 is not a multiple of 16), strides 2-32."""
+    stages = [(16, 2), (24, 4), (32, 8), (64, 16), (96, 16), (160, 32), (320, 32)]
+    return [(n, c, -(-h // s), -(-w // s)) for c, s in stages]
+
+
+#: what a GPU compiles for the shipped detection configs: (kinds, stage shapes)
+DETECTION_MODELS = {
+    'faster_rcnn_r50_800x1344_b2': (KINDS, resnet50_stages(2, 800, 1344)),
+    'yolox_s_640_b8': (('cbam_plugin',), cspdarknet_s_stages(8, 640, 640)),
+    'ssdlite_mobilenetv2_320_b24': (('cbam_plugin',), ssdlite_mobilenetv2_stages(24, 320, 320)),
+}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def detection_specs(
+    models: Sequence[str] = tuple(DETECTION_MODELS), dtypes: Sequence[torch.dtype] = DTYPES
+) -> List[list]:
+    """Every distinct specialization (:func:`unique_specs`) the kernels launch for ``models``
+    (:data:`DETECTION_MODELS`) in ``dtypes``, NCHW and channels-last, training and inference,
+    recorded on ``meta`` tensors."""
+    launches: List[Launch] = []
+    for name in models:
+        kinds, shapes = DETECTION_MODELS[name]
+        for kind in kinds:
+            if kind == 'bam':  # after stages 1-3 only
+                shapes_k = shapes[:3]
+            else:
+                shapes_k = shapes
+            for shape in shapes_k:
+                for dtype in dtypes:
+                    for cl in (False, True):
+                        for train in (True, False):
+                            launches += module_launches(kind, shape, dtype, channels_last=cl, train=train)
+    return unique_specs(launches)
+
+
+def module_step(kind: str, x: torch.Tensor, train: bool = True, measure=None) -> None:
     """One step of an attention module of ``kind`` (:data:`KINDS`) on ``x`` on the ``triton``
-    backend: forward, and with ``train`` a backward of a fixed output gradient. The module is
-    ``inplace=True`` as mmdet's ResNet builds plugins, on an intermediate tensor (x·1)."""
+    backend: forward, and with ``train`` a backward of a fixed output gradient (in the output's
+    layout, as the next layer hands it). The module is ``inplace=True`` as mmdet's ResNet
+    builds plugins, on a copy of x that nothing else reads. ``measure``: a context-manager
+    factory entered around the forward and the backward only (not around making the copy and
+    the output gradient)."""
     from torch import nn
 
     from ..models.layers import BAM, CBAM, SE
@@ -396,48 +565,115 @@ def module_step(kind: str, x: torch.Tensor, train: bool = True) -> None:
 
     if kind not in KINDS:
         raise ValueError(f'census: kind={kind!r}; allowed: {", ".join(KINDS)}')
+    measure = measure or contextlib.nullcontext
     c = x.shape[1]
-    torch.manual_seed(0)
-    make = {'cbam': CBAM, 'se': SE, 'bam': lambda c, r: BAM(c, r, 1, inplace=True)}[kind.split('_')[0]]
-    m = make(c, 4) if kind == 'bam' else make(c, 4, inplace=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        make = {'cbam': CBAM, 'se': SE, 'bam': lambda c, r: BAM(c, r, 1, inplace=True)}[kind.split('_')[0]]
+        m = make(c, 4) if kind == 'bam' else make(c, 4, inplace=True)
     m = m.to(x.device).train(train)
     bn = nn.BatchNorm2d(c).to(x.device).train(train) if kind.endswith('fused') else None
+    if kind == 'bam':  # its branches are ordinary layers: in the activation's dtype, as under autocast
+        m = m.to(x.dtype)
+    params = [p for p in list(m.parameters()) + (list(bn.parameters()) if bn is not None else [])]
     with use_backend('triton'), torch.set_grad_enabled(train):
-        xi = x.detach().requires_grad_(train) * 1.0
-        y = m.forward_with_bn(xi, bn) if bn is not None else m(xi)
+        xi = (x.detach() * 1.0).requires_grad_(train)
+        with measure():
+            y = m.forward_with_bn(xi, bn) if bn is not None else m(xi)
         if train:
-            y.backward(torch.ones_like(y))
+            dy = torch.ones_like(y)
+            with measure():  # dx and every parameter gradient, returned (nothing accumulated)
+                torch.autograd.grad(y, [xi] + params, dy)
 
 
-def module_launches(kind: str, shape: Sequence[int], dtype=torch.bfloat16, channels_last=False, train=True):
+def module_launches(kind: str, shape: Sequence[int], dtype=torch.bfloat16, channels_last=False, train=True, sms=None):
     """The launches of :func:`module_step` at ``shape``, recorded on ``meta`` tensors (not run)."""
     x = torch.empty(tuple(shape), device='meta', dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    with recording(execute=False) as launches:
+    with recording(execute=False, sms=sms) as launches:
         module_step(kind, x, train)
     return launches
 
 
-def module_passes(kinds: Sequence[str] = KINDS, shape=(2, 48, 13, 21)) -> Dict[str, Dict[str, float]]:
-    """{kind: {'train': passes, 'inference': passes}} measured in Triton's interpreter at a small
-    ``shape`` (in a fresh interpreter process when this one compiles kernels instead)."""
+#: the shape :func:`module_passes` reports by default: ResNet-50's stage 1 in a Faster R-CNN step
+#: (batch 2 at 800×1344), where the partial-sum buffers and per-pixel maps weigh most against
+#: the activation; and the small shape at which the kernels' bytes are counted in the interpreter
+PASS_SHAPE = (2, 256, 200, 336)
+COUNT_SHAPE = (1, 24, 5, 9)
+
+
+def _kernel_key(launch: Launch) -> str:
+    """A kernel and its constant flags, without its tile sizes (a kernel's passes do not depend on them)."""
+    flags = [(n, v) for n, kind, v in launch.spec if kind == 'const' and n not in ('BC', 'BHW', 'BLOCK')]
+    return json.dumps([launch.kernel, flags])
+
+
+def _kernel_passes(kind: str, train: bool, dtype: torch.dtype, channels_last: bool) -> Dict[str, float]:
+    """Full-size passes of each kernel of a step, counted in the interpreter at :data:`COUNT_SHAPE`."""
+    x = torch.randn(COUNT_SHAPE, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with recording(count=True) as launches:
+        module_step(kind, x, train)
+    out: Dict[str, float] = {}
+    for launch in launches:
+        key = _kernel_key(launch)
+        if key in out and abs(out[key] - launch.passes) > 1e-9:
+            raise RuntimeError(f'census: {launch.kernel} moved {launch.passes} and {out[key]} passes in one step')
+        out[key] = launch.passes
+    return out
+
+
+def module_passes(
+    kinds: Sequence[str] = KINDS,
+    shape: Sequence[int] = PASS_SHAPE,
+    dtype: torch.dtype = torch.bfloat16,
+    channels_last: bool = False,
+    sms: Optional[int] = None,
+) -> Dict[str, Dict[str, dict]]:
+    """{kind: {'train' | 'inference': {'total', 'kernels', 'kernel_buffers', 'torch', 'torch_ops'}}}:
+    every byte one module step moves at ``shape``, in passes (bytes of one full-size tensor:
+    N·C·H·W elements of ``dtype``).
+
+    - ``kernels``: the kernels' reads and writes of full-size tensors, counted access by access in
+      Triton's interpreter at :data:`COUNT_SHAPE` (a kernel's passes do not depend on the shape);
+    - ``kernel_buffers``: the kernels' other operands at ``shape`` (partial sums they write,
+      gates and pooled maps they read), each element once, from the launches recorded on
+      ``meta`` tensors (the grids and splits of ``shape`` on ``sms`` SMs, default 132);
+    - ``torch``: every PyTorch operation of the step at ``shape`` (sums over the partials,
+      float64 copies, re-layouts, the gates' small graphs: MLP, k×k conv, BN), each tensor
+      argument read once and each output written once;
+    - ``total``: the three. Runs in a fresh interpreter process when this one compiles kernels."""
     if not T.INTERPRETED:
         env = dict(os.environ, TRITON_INTERPRET='1', CBAM_DET_LAYERS_ONLY='1')
-        cmd = [sys.executable, '-m', 'cbam_det.kernels.census', 'passes', ','.join(kinds), ','.join(map(str, shape))]
+        job = dict(kinds=list(kinds), shape=list(shape), dtype=str(dtype), channels_last=channels_last, sms=sms)
+        cmd = [sys.executable, '-m', 'cbam_det.kernels.census', 'passes', json.dumps(job)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f'census: the interpreter process failed:\n{out.stderr[-3000:]}')
         return json.loads(out.stdout.strip().splitlines()[-1])
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(tuple(shape), generator=gen)
-    result = {}
+    x = torch.empty(tuple(shape), device='meta', dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    full = x.numel() * x.element_size()
+    result: Dict[str, Dict[str, dict]] = {}
     for kind in kinds:
         result[kind] = {}
         for mode, train in (('train', True), ('inference', False)):
-            with recording(count=True) as launches:
-                module_step(kind, x, train)
-            result[kind][mode] = passes(launches)
+            counted = _kernel_passes(kind, train, dtype, channels_last)
+            traffic = TorchTraffic()
+            with recording(execute=False, sms=sms) as launches:
+                module_step(kind, x, train, measure=traffic.counting)
+            kernels = sum(counted[_kernel_key(launch)] for launch in launches)
+            small = sum(t.numel() * t.element_size() for launch in launches for t in launch.tensors if t.dim() != 4)
+            result[kind][mode] = dict(
+                total=round(kernels + (small + traffic.bytes) / full, 3),
+                kernels=round(kernels, 3),
+                kernel_buffers=round(small / full, 3),
+                torch=round(traffic.bytes / full, 3),
+                torch_ops={k: round(v / full, 4) for k, v in sorted(traffic.ops.items(), key=lambda kv: -kv[1])},
+            )
     return result
 
 
@@ -449,12 +685,14 @@ def _main(argv: List[str]) -> int:
         with open(argv[2], 'w') as f:
             json.dump(results, f)
         return 0
-    if len(argv) == 3 and argv[0] == 'passes':
-        print(json.dumps(module_passes(argv[1].split(','), tuple(int(v) for v in argv[2].split(',')))))
+    if len(argv) == 2 and argv[0] == 'passes':
+        job = json.loads(argv[1])
+        job['dtype'] = getattr(torch, job['dtype'].replace('torch.', ''))
+        print(json.dumps(module_passes(**job)))
         return 0
     print(
         'usage: python -m cbam_det.kernels.census compile IN.json OUT.json\n'
-        '       python -m cbam_det.kernels.census passes KIND[,KIND...] N,C,H,W',
+        '       python -m cbam_det.kernels.census passes \'{"kinds": [...], "shape": [N, C, H, W], ...}\'',
         file=sys.stderr,
     )
     return 2
@@ -462,7 +700,7 @@ def _main(argv: List[str]) -> int:
 
 def as_dict(launch: Launch) -> dict:
     """A launch as JSON-ready data (with programs and passes)."""
-    d = asdict(launch)
+    d = {f.name: getattr(launch, f.name) for f in fields(launch) if f.name != 'tensors'}
     d.update(programs=launch.programs, passes=launch.passes)
     return d
 

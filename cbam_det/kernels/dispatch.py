@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from . import fused, lean
+from .policy import fallback
 from .record import note
 
 __all__ = [
@@ -136,7 +137,7 @@ def _triton_problem(x: torch.Tensor, module, bn) -> Optional[str]:
         return f'triton cannot be imported ({e})'
     if x.device.type == 'cpu' and not triton_gate.INTERPRETED:
         return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing cbam_det"
-    census = x.device.type == 'meta' and triton_gate._hook[0] is not None  # a census walking shapes only
+    census = x.device.type == 'meta' and triton_gate._observer[0] is not None  # a census walking shapes only
     if x.device.type not in ('cuda', 'cpu') and not census:
         return f'the tensor is on {x.device}; the Triton kernels run on CUDA'
     if x.dtype not in _KERNEL_DTYPES or x.dim() != 4:
@@ -198,7 +199,8 @@ def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = No
     function = None
     if name == 'triton':
         from .triton_attend import GatedAttention as function
-    return _eager(fused.gated_attention)(_ext(name), module, x, bn, getattr(module, 'inplace', False), function)
+    with fallback(get_backend() == 'auto'):  # auto: a failing Triton launch is computed with PyTorch
+        return _eager(fused.gated_attention)(_ext(name), module, x, bn, getattr(module, 'inplace', False), function)
 
 
 def bam_refine(module: nn.Module, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -208,7 +210,8 @@ def bam_refine(module: nn.Module, x: torch.Tensor, c: torch.Tensor, s: torch.Ten
     if name == 'torch':
         return module.refine(x, c, s)
     product = module.combine == 'product'
-    return _eager(fused.bam_gate)(_ext(name), x, c, s, product, module.residual, module.inplace)
+    with fallback(get_backend() == 'auto'):
+        return _eager(fused.bam_gate)(_ext(name), x, c, s, product, module.residual, module.inplace)
 
 
 def spatial_conv(desc: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -231,7 +234,13 @@ def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 def probe_triton(device: torch.device, dtype: torch.dtype, force: bool = False) -> bool:
     """Whether the Triton kernels compile and agree with PyTorch on ``device`` for ``dtype``:
     a small CBAM, SE (alone and after a BatchNorm) and BAM, forward and backward, once per
-    process (``force``: again). On failure ``auto`` warns once and uses ``torch`` there."""
+    process (``force``: again). On failure ``auto`` warns once and uses ``torch`` there.
+
+    The check never gets in the caller's way: it runs with gradients on (the first call may come
+    under ``no_grad`` or ``inference_mode``), leaves every random number generator as it found
+    it, and does not depend on the caller's autocast, deterministic mode or current device. It
+    covers one small shape; every later launch at other shapes, dtypes and layouts is guarded
+    by itself (a failing one falls back to PyTorch: :mod:`.triton_gate`)."""
     key = (str(device), dtype)
     if force or key not in _state['triton_ok']:
         _state['triton_ok'][key] = True  # the probe itself runs the kernels
@@ -246,32 +255,60 @@ def probe_triton(device: torch.device, dtype: torch.dtype, force: bool = False) 
     return _state['triton_ok'][key]
 
 
+@contextlib.contextmanager
+def _isolated(device: torch.device) -> Iterator[None]:
+    """The caller's grad mode, RNG states, autocast, deterministic mode and current device, set
+    aside for the block and restored after it."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cuda = device.type == 'cuda'
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=devices))
+        stack.enter_context(torch.inference_mode(False))  # tensors made inside may enter autograd
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(torch.autocast(device.type, enabled=False))
+        if cuda:
+            stack.enter_context(torch.cuda.device(device))
+        torch.use_deterministic_algorithms(False)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
 def _run_probe(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     from ..models.layers import BAM, CBAM, SE
 
+    try:
+        with _isolated(device):
+            return _compare_backends(device, dtype, (CBAM, SE, BAM))
+    except Exception as e:  # a compile error, a launch failure: report, never crash auto
+        return f'{type(e).__name__}: {e}'
+
+
+def _compare_backends(device: torch.device, dtype: torch.dtype, classes) -> Optional[str]:
+    CBAM, SE, BAM = classes
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 24, 5, 7, generator=gen).to(device)
     w = torch.randn(2, 24, 5, 7, generator=gen).to(device)
     tol = 1e-3 if dtype == torch.float32 else 6e-2
-    try:
-        for make in (lambda: CBAM(24, 4), lambda: SE(24, 4), lambda: BAM(24, 4, 1, combine='sum')):
-            for with_bn in (False, True):
-                if with_bn and not isinstance(make(), (CBAM, SE)):
-                    continue
-                outs = []
-                for name in ('triton', 'torch'):
-                    torch.manual_seed(0)
-                    m = make().to(device).train()
-                    bn = nn.BatchNorm2d(24).to(device) if with_bn else None
-                    xi = x.to(dtype).requires_grad_()
-                    with use_backend(name):
-                        y = m.forward_with_bn(xi, bn) if bn is not None else m(xi)
-                        (gx,) = torch.autograd.grad((y.float() * w).sum(), [xi])
-                    outs.append((y.detach().float(), gx.float()))
-                for a, b in zip(*outs):
-                    err = float((a - b).abs().max()) / (float(b.abs().max()) + 1e-6)
-                    if not err <= tol:
-                        return f'{type(m).__name__}: relative difference {err:.2e} from PyTorch'
-    except Exception as e:  # a compile error, a launch failure: report, never crash auto
-        return f'{type(e).__name__}: {e}'
+    for make in (lambda: CBAM(24, 4), lambda: SE(24, 4), lambda: BAM(24, 4, 1, combine='sum')):
+        for with_bn in (False, True):
+            if with_bn and not isinstance(make(), (CBAM, SE)):
+                continue
+            outs = []
+            for name in ('triton', 'torch'):
+                torch.manual_seed(0)  # inside _isolated: the caller's generators are restored after
+                m = make().to(device).train()
+                bn = nn.BatchNorm2d(24).to(device) if with_bn else None
+                xi = x.to(dtype).requires_grad_()
+                with use_backend(name):
+                    y = m.forward_with_bn(xi, bn) if bn is not None else m(xi)
+                    (gx,) = torch.autograd.grad((y.float() * w).sum(), [xi])
+                outs.append((y.detach().float(), gx.float()))
+            for a, b in zip(*outs):
+                err = float((a - b).abs().max()) / (float(b.abs().max()) + 1e-6)
+                if not err <= tol:
+                    return f'{type(m).__name__}: relative difference {err:.2e} from PyTorch'
     return None

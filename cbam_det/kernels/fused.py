@@ -25,6 +25,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..ops import gate_ext
+from .policy import fallback, fallback_enabled
 from .record import note, recording
 
 __all__ = [
@@ -252,11 +253,17 @@ class _GatedAttention(torch.autograd.Function):
     ):
         bn, _, y = gated_forward(ctx, module, ext, z, bn, out, grad=False)
         ctx.module, ctx.bn, ctx.params, ctx.reuse_input, ctx.ext = module, bn, params, reuse_input, ext
+        ctx.fallback = fallback_enabled()  # backward may run on the autograd engine's thread
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
+        with fallback(ctx.fallback):
+            return _GatedAttention._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx, dy: torch.Tensor):
         ext = ctx.ext
         (z,), bn = ctx.saved_tensors, ctx.bn
         s = _small_forward(ctx.module, ext, z, bn, grad=True, update_stats=False)
@@ -534,14 +541,15 @@ class _BAMGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool, ext):
         ctx.save_for_backward(x, c, s)
-        ctx.flags, ctx.ext = (product, residual), ext
+        ctx.flags, ctx.ext, ctx.fallback = (product, residual), ext, fallback_enabled()
         return ext.bam_apply(x, c, s, product, residual, None)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
         x, c, s = ctx.saved_tensors
-        dx, dc, ds = ctx.ext.bam_grads(_layout_of(dy, x), x, c, s, *ctx.flags)
+        with fallback(ctx.fallback):
+            dx, dc, ds = ctx.ext.bam_grads(_layout_of(dy, x), x, c, s, *ctx.flags)
         return dx, dc, ds, None, None, None
 
 

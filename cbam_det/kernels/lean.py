@@ -66,12 +66,16 @@ def _pool_grad(
     """Gradient of (mean, amax) over ``dims`` in one full-size pass (``mx``, ``g_*`` keep those dims).
 
     ``amax`` shares the gradient evenly between tied maxima, as torch does; ``n`` is the
-    number of pooled elements.
+    number of pooled elements. The tie counts and the divisions are float32 whatever x's dtype
+    (a float16 count of 67,200 tied maxima, a constant channel of a stage-1 map, is inf; a
+    bfloat16 one 67,072); the per-row results are rounded to x's dtype once, for the full-size
+    select.
     """
     mask = x == mx
-    count = mask.sum(dims, keepdim=True, dtype=g_max.dtype)
-    g_avg = g_avg / n
-    return torch.where(mask, g_max / count + g_avg, g_avg)
+    count = mask.sum(dims, keepdim=True, dtype=torch.float32)
+    g_avg = g_avg.float() / n
+    g_tie = (g_max.float() / count + g_avg).to(x.dtype)
+    return torch.where(mask, g_tie, g_avg.to(x.dtype))
 
 
 class ChannelPool(torch.autograd.Function):
@@ -88,12 +92,7 @@ class ChannelPool(torch.autograd.Function):
     def backward(ctx, g_avg: torch.Tensor, g_max: torch.Tensor) -> torch.Tensor:
         x, mx = ctx.saved_tensors
         return _pool_grad(
-            x,
-            mx[:, :, None, None],
-            g_max.to(x.dtype)[:, :, None, None],
-            g_avg.to(x.dtype)[:, :, None, None],
-            x.shape[2] * x.shape[3],
-            (2, 3),
+            x, mx[:, :, None, None], g_max[:, :, None, None], g_avg[:, :, None, None], x.shape[2] * x.shape[3], (2, 3)
         )
 
 
@@ -115,7 +114,7 @@ class GatedChannelPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_avg: torch.Tensor, g_max: torch.Tensor):
         x, g_c, mx = ctx.saved_tensors
-        dy = _pool_grad(x * g_c, mx, g_max.to(x.dtype), g_avg.to(x.dtype), x.shape[1], 1)
+        dy = _pool_grad(x * g_c, mx, g_max, g_avg, x.shape[1], 1)
         dg_c = torch.einsum('nchw,nchw->nc', dy, x)[:, :, None, None] if ctx.needs_input_grad[1] else None
         dx = dy.mul_(g_c) if ctx.needs_input_grad[0] else None
         return dx, dg_c

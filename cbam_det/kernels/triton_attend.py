@@ -25,6 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from . import fused
 from . import triton_gate as T
+from .policy import fallback, fallback_enabled
 
 __all__ = ['GatedAttention']
 
@@ -37,11 +38,17 @@ class GatedAttention(torch.autograd.Function):
     def forward(ctx, z: torch.Tensor, out: Optional[torch.Tensor], module, bn, reuse_input: bool, ext, *params):
         bn, s, y = fused.gated_forward(ctx, module, T, z, bn, out, grad=True)  # the small graphs kept
         ctx.module, ctx.bn, ctx.small, ctx.params, ctx.reuse_input = module, bn, s, params, reuse_input
+        ctx.fallback = fallback_enabled()  # backward may run on the autograd engine's thread
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):
+        with fallback(ctx.fallback):
+            return GatedAttention._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx, dy: torch.Tensor):
         (z,), bn, s, module = ctx.saved_tensors, ctx.bn, ctx.small, ctx.module
         ctx.small = None
         n, c, h, w = z.shape

@@ -13,25 +13,51 @@ Launches fill the GPU: a reduction with few outputs per program is split over pi
 that many tiles; the partial results are added in a fixed order by a second stage (a PyTorch
 sum over the split axis): deterministic, no atomics. Tiles are up to 1024 elements, 64 along the
 contiguous axis (H×W for NCHW, C for channels-last), at 4 warps (8 elements per thread and
-tensor; 8 warps for the two kernels that also form a folded BN's sums), which keeps every kernel
-under 128 registers per thread with triton 3.1 to 3.7 (the compile test checks).
+tensor); the reductions over C, which write per-channel partial sums per pixel block, take
+2048-element tiles long in pixels at 8 warps (16 for the one that also forms a folded BN's
+sums), so that their partial-sum buffers stay at 1/64 of an activation or less. Every kernel
+stays under 128 registers per thread with triton 3.1 to 3.7 (the compile test checks).
 
-- full-size tensors: float32, float16 or bfloat16, NCHW or channels-last (any layout whose
-  H and W merge into one index; others are made contiguous), any C, H, W;
+- full-size tensors: float32, float16 or bfloat16, NCHW or channels-last (any other layout,
+  and any view with gaps, is made contiguous first), any C, H, W ≥ 1;
 - small tensors (gates, pooled maps, their gradients, partials): float32, contiguous;
 - arithmetic in float32; max-pool gradients shared evenly between tied maxima, as ``amax``.
 
 On CUDA tensors the kernels are compiled by Triton; on CPU tensors they run in Triton's
 interpreter (``TRITON_INTERPRET=1`` set before triton is imported), which is how CI tests them.
-Every launch goes through :func:`_launch`, where :mod:`.census` can record it.
+Three things keep the compiled kernels equal to the interpreter where the interpreter cannot
+show a difference:
+
+- every kernel is compiled with ``enable_fp_fusion=False``: x = z·a + b and x·g_c are a
+  rounded multiply and a rounded add in every kernel (never a fused multiply-add, which the
+  interpreter never forms), so a value recomputed in one kernel equals the same value
+  recomputed in another bit for bit, and the tie masks of the max-pool gradients
+  (``x·g_c == s_max``, ``x == c_max``) find exactly the maxima the pools found;
+- maxima and minima propagate NaN (``propagate_nan=ALL``), as ``torch.amax`` and the
+  interpreter's numpy do; a GPU's ``max`` ignores NaN by default;
+- every launch runs under its tensors' device (``torch.cuda.device``): Triton launches on the
+  current device, which need not be the tensor's.
+
+Every launch goes through :func:`_launch`. A launch that fails to compile or to start, where
+the caller allows it (:func:`.policy.fallback`: the ``auto`` backend), computes that call with the
+function's PyTorch twin (:mod:`.triton_fallback`), warns once naming the kernel and its
+specialization, and sends that specialization to the twin from then on; without it (the
+``triton`` backend named explicitly) the failure raises :class:`TritonLaunchError`.
+:func:`observe` is the one seam for tools that watch launches (the kernel census).
 """
 
+import contextlib
+import functools
 import os
-from typing import Callable, List, NamedTuple, Optional, Tuple
+import warnings
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from . import triton_fallback
+from .policy import fallback, fallback_enabled
 
 __all__ = [
     'channel_pool',
@@ -46,6 +72,11 @@ __all__ = [
     'bam_apply',
     'bam_grads',
     'sm_count',
+    'specialization',
+    'fallback',
+    'fallback_enabled',
+    'observe',
+    'TritonLaunchError',
     'INTERPRETED',
     'DEFAULT_SMS',
 ]
@@ -68,6 +99,18 @@ WARPS = 4
 def _sigmoid(t):
     """1 / (1 + e^−t): exact limits in float32 (e^−t = inf gives 0), one exp and one division."""
     return 1.0 / (1.0 + tl.exp(-t))
+
+
+@triton.jit
+def _nanmax(a, b):
+    """max(a, b), NaN if either is NaN (as torch.amax)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _nanmin(a, b):
+    """min(a, b), NaN if either is NaN (as torch.amin)."""
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -127,12 +170,12 @@ def _channel_pool_kernel(
         z = tl.load(zb + off, mask=mask, other=0.0).to(tl.float32)
         x = z * a + b if HAS_AFFINE else z
         acc += tl.where(mask, x, 0.0)
-        mx = tl.maximum(mx, tl.where(mask, x, float('-inf')))
+        mx = _nanmax(mx, tl.where(mask, x, float('-inf')))
         if CENTERED:
             zs += tl.where(mask, z - mu, 0.0)
     out = (n * tl.num_programs(0) + s) * C + c
     tl.store(sum_ptr + out, tl.sum(acc, 1), mask=cmask)
-    tl.store(max_ptr + out, tl.max(mx, 1), mask=cmask)
+    tl.store(max_ptr + out, tl.reduce(mx, 1, _nanmax), mask=cmask)
     if CENTERED:
         tl.store(zsum_ptr + out, tl.sum(zs, 1), mask=cmask)
 
@@ -160,13 +203,13 @@ def _channel_moments_kernel(
         d = tl.where(mask, z - k, 0.0)
         s1 += d
         s2 += d * d
-        mx = tl.maximum(mx, tl.where(mask, z, float('-inf')))
-        mn = tl.minimum(mn, tl.where(mask, z, float('inf')))
+        mx = _nanmax(mx, tl.where(mask, z, float('-inf')))
+        mn = _nanmin(mn, tl.where(mask, z, float('inf')))
     out = (n * tl.num_programs(0) + s) * C + c
     tl.store(s1_ptr + out, tl.sum(s1, 1), mask=cmask)
     tl.store(s2_ptr + out, tl.sum(s2, 1), mask=cmask)
-    tl.store(zmax_ptr + out, tl.max(mx, 1), mask=cmask)
-    tl.store(zmin_ptr + out, tl.min(mn, 1), mask=cmask)
+    tl.store(zmax_ptr + out, tl.reduce(mx, 1, _nanmax), mask=cmask)
+    tl.store(zmin_ptr + out, tl.reduce(mn, 1, _nanmin), mask=cmask)
 
 
 @triton.jit
@@ -279,10 +322,10 @@ def _spatial_pool_kernel(
             x = x * _per_c(a_ptr, c, cmask) + _per_c(b_ptr, c, cmask)
         xg = x * _per_c(gc_ptr + n * C, c, cmask)
         acc += tl.where(mask, xg, 0.0)
-        mx = tl.maximum(mx, tl.where(mask, xg, float('-inf')))
+        mx = _nanmax(mx, tl.where(mask, xg, float('-inf')))
     out = (n * tl.num_programs(1) + s) * HW + hw
     tl.store(sum_ptr + out, tl.sum(acc, 0), mask=hmask)
-    tl.store(max_ptr + out, tl.max(mx, 0), mask=hmask)
+    tl.store(max_ptr + out, tl.reduce(mx, 0, _nanmax), mask=hmask)
 
 
 @triton.jit
@@ -453,14 +496,102 @@ def _affine_extreme_kernel(zmax_ptr, zmin_ptr, a_ptr, b_ptr, out_ptr, C, NC, BLO
 # ---------------------------------------------------------------- launch settings
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPE_NAMES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 _sms: dict = {}
-#: set by :mod:`.census` while it records: hook(kernel, grid, args, meta, warps, run) decides
-#: whether (and how) ``run()`` launches the kernel
-_hook: List[Optional[Callable]] = [None]
+#: the observer of :func:`observe` (None: launches run directly) and the SM count it fixes
+_observer: List[Optional[Callable]] = [None]
+_observed_sms: List[Optional[int]] = [None]
+#: specializations that failed under fallback, keyed as :func:`specialization` (then their twin runs)
+_failed: dict = {}
+
+
+class TritonLaunchError(RuntimeError):
+    """A Triton kernel failed to compile or to launch where no fallback was allowed (the
+    ``triton`` backend named explicitly); the message names the kernel, its specialization
+    and the cause."""
+
+
+class _UseTwin(Exception):
+    """Internal: this launch failed (or its specialization failed before); compute the call with
+    the PyTorch twin."""
+
+
+@contextlib.contextmanager
+def observe(observer: Callable, sms: Optional[int] = None) -> Iterator[None]:
+    """The launch-observer seam, for tools that watch the kernels (the census): inside the
+    block every launch calls ``observer(kernel, grid, args, meta, warps, run)`` instead of
+    launching; ``run()`` launches (or the observer skips it). ``sms``: the SM count the launch
+    plans assume inside the block (a census of a GPU it does not have; default: the device's).
+    Costs nothing outside a block; a nested block replaces the outer one for its duration."""
+    if sms is not None and (not isinstance(sms, int) or sms < 1):
+        raise ValueError(f'observe: sms must be None or a positive int, got {sms!r}')
+    previous = _observer[0], _observed_sms[0]
+    _observer[0], _observed_sms[0] = observer, sms
+    try:
+        yield
+    finally:
+        _observer[0], _observed_sms[0] = previous
+
+
+def specialization(kernel, args: tuple, meta: dict, warps: int) -> List[list]:
+    """What Triton's JIT specializes a launch on, as ``[name, kind, value]`` per parameter:
+    tensors by dtype and 16-byte alignment, ints by value 1 and divisibility by 16 (the value is
+    kept), None and constants by value; warps come with the key (:func:`_spec_key`)."""
+    import inspect
+
+    fn = getattr(kernel, 'fn', kernel)
+    names = list(inspect.signature(fn).parameters)
+    spec = []
+    for name, value in zip(names, list(args) + [meta[k] for k in names[len(args) :]]):
+        if name in meta:
+            spec.append([name, 'const', value])
+        elif isinstance(value, torch.Tensor):
+            aligned = value.device.type == 'meta' or value.data_ptr() % 16 == 0
+            spec.append([name, 'ptr', [_DTYPE_NAMES.get(value.dtype, str(value.dtype)), aligned]])
+        elif value is None or isinstance(value, bool):
+            spec.append([name, 'const', value])
+        elif isinstance(value, int):
+            spec.append([name, 'int', value])
+        elif isinstance(value, float):
+            spec.append([name, 'float', value])
+        else:
+            raise TypeError(f'triton kernels: argument {name} of {fn.__name__}: unsupported {type(value).__name__}')
+    return spec
+
+
+def _spec_key(kernel, args: tuple, meta: dict, warps: int) -> tuple:
+    """The compiled kernel a launch needs: ints count only as ==1 / divisible by 16, as in the JIT."""
+    key = []
+    for name, kind, value in specialization(kernel, args, meta, warps):
+        if kind == 'int':
+            value = '1' if value == 1 else '16k' if value % 16 == 0 else 'int'
+        key.append((name, kind, repr(value)))
+    return (getattr(kernel, 'fn', kernel).__name__, warps, tuple(key))
+
+
+def _describe_key(key: tuple) -> str:
+    name, warps, params = key
+    parts = [f'{n}={v}' for n, kind, v in params if kind in ('const', 'ptr') and v != 'None']
+    return f'{name}[{", ".join(parts)}, num_warps={warps}]'
+
+
+def _device_of(args: tuple) -> Optional[torch.device]:
+    return next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+
+
+def _on(device: Optional[torch.device]):
+    """``torch.cuda.device(device)`` for a CUDA device (Triton launches on the current one),
+    nothing otherwise."""
+    if device is not None and device.type == 'cuda':
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def sm_count(device: torch.device) -> int:
-    """The device's streaming multiprocessors (``DEFAULT_SMS`` where it is not a CUDA device)."""
+    """The device's streaming multiprocessors (``DEFAULT_SMS`` where it is not a CUDA device;
+    the count an :func:`observe` block fixes inside it)."""
+    if _observed_sms[0] is not None:
+        return _observed_sms[0]
     if device.type != 'cuda':
         return DEFAULT_SMS
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -476,47 +607,125 @@ class _Tiles(NamedTuple):
     bhw: int
 
 
-def _tiles(strides: Tuple[int, int, int], c: int, hw: int) -> _Tiles:
+def _tiles(strides: Tuple[int, int, int], c: int, hw: int, per_pixel: bool = False) -> _Tiles:
     """Up to 64 elements along the contiguous axis, the rest of TILE along the other, neither
-    longer than its (power-of-two rounded) extent."""
+    longer than its (power-of-two rounded) extent. ``per_pixel`` (reductions over C, whose
+    per-channel partial sums are written per pixel block): tiles of 2 × TILE elements (at twice
+    the warps) that are long in pixels (NCHW: 256 pixels × 8 channels; channels-last: 16
+    channels, one 32-byte sector of bf16, × 128 pixels), so the float32 partial-sum buffer is
+    1/128 (1/64) of a bf16 activation."""
     pow2 = triton.next_power_of_2
+    tile = 2 * TILE if per_pixel else TILE
     if strides[1] == 1:  # channels-last (or H = W = 1)
-        bc = min(64, pow2(c))
-        return _Tiles(bc, min(TILE // bc, pow2(hw)))
-    bhw = min(64, pow2(hw))
-    return _Tiles(min(TILE // bhw, pow2(c)), bhw)
+        bc = min(16 if per_pixel else 64, pow2(c))
+        return _Tiles(bc, min(tile // bc, pow2(hw)))
+    bhw = min(256 if per_pixel else 64, pow2(hw))
+    return _Tiles(min(tile // bhw, pow2(c)), bhw)
 
 
 def _splits(tiles: int, rows: int, target: int) -> Tuple[int, int]:
     """(S, tiles per split): a reduction over ``tiles`` tiles in each of ``rows`` independent
-    rows, cut into S splits so that rows × S reaches ``target`` programs where it can."""
+    rows, cut into S splits so that rows × S reaches ``target`` programs where it can. Rows
+    that already give half the target (two programs per SM) are not split: a split costs a
+    partial-sum buffer and a sum over it."""
+    if 2 * rows >= target:
+        return 1, tiles
     want = max(1, min(tiles, triton.cdiv(target, max(rows, 1))))
     per = triton.cdiv(tiles, want)
     return triton.cdiv(tiles, per), per
 
 
 def _launch(kernel, grid: Tuple[int, ...], *args, warps: int = WARPS, **meta) -> None:
-    def run() -> None:
-        kernel[grid](*args, num_warps=warps, **meta)
+    """Launch ``kernel`` on ``grid`` under its tensors' device, without fp-fusion; a failure
+    becomes a fallback to the PyTorch twin (raised as :class:`_UseTwin` for the launcher's
+    wrapper) where :func:`fallback` allows it, else :class:`TritonLaunchError`."""
+    device = _device_of(args)
 
-    hook = _hook[0]
-    if hook is None:
-        run()
-    else:
-        hook(kernel, grid, args, meta, warps, run)
+    def run() -> None:
+        with _on(device):
+            kernel[grid](*args, num_warps=warps, enable_fp_fusion=False, **meta)
+
+    observer = _observer[0]
+    allowed = fallback_enabled()
+    key = _spec_key(kernel, args, meta, warps) if allowed or _failed else None
+    if allowed and key in _failed:
+        raise _UseTwin(key)
+    try:
+        if observer is None:
+            run()
+        else:
+            observer(kernel, grid, args, meta, warps, run)
+    except Exception as e:  # noqa: BLE001 - a compile or launch failure of this specialization
+        if key is None:
+            key = _spec_key(kernel, args, meta, warps)
+        what = f'{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ""}'
+        if not allowed:
+            raise TritonLaunchError(
+                f'cbam_det: Triton kernel {_describe_key(key)} failed to compile or launch ({what}); the triton '
+                f'backend was named explicitly (set_backend/use_backend or CBAM_DET_BACKEND), so there is no '
+                f'fallback. Backend auto computes such calls with PyTorch.'
+            ) from e
+        _failed[key] = what
+        warnings.warn(
+            f'cbam_det: Triton kernel {_describe_key(key)} failed to compile or launch ({what}); backend auto '
+            f'computes this call, and every later one of this specialization, with PyTorch. '
+            f'CBAM_DET_BACKEND=torch silences this.',
+            stacklevel=4,
+        )
+        raise _UseTwin(key) from e
+
+
+def _falls_back(launcher: Callable) -> Callable:
+    """``launcher``, computed by its PyTorch twin of the same name (:mod:`.triton_fallback`)
+    when one of its launches fails where :func:`.policy.fallback` allows it."""
+    twin = getattr(triton_fallback, launcher.__name__)
+
+    @functools.wraps(launcher)
+    def wrapper(*args, **kwargs):
+        try:
+            return launcher(*args, **kwargs)
+        except _UseTwin:
+            return twin(*args, **kwargs)
+
+    wrapper.twin = twin
+    return wrapper
 
 
 def _layout(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-    """``t`` (made contiguous if H and W do not merge into one index) and its (n, c, hw) strides."""
+    """``t`` and its (n, c, hw) strides; made contiguous unless it is dense (no gaps: the
+    launchers allocate outputs with ``empty_like``, which copies the strides of dense tensors
+    only) with H and W merging into one index (NCHW, channels-last). Empty tensors are refused."""
     if t.dtype not in _DTYPES:
         raise TypeError(f'triton kernels: dtype must be one of {_DTYPES}, got {t.dtype}')
     if t.dim() != 4:
         raise ValueError(f'triton kernels: expected an (N, C, H, W) tensor, got shape {tuple(t.shape)}')
-    sn, sc, sh, sw = t.stride()
-    if t.shape[2] > 1 and sh != t.shape[3] * sw:
+    if t.numel() == 0:
+        raise ValueError(f'triton kernels: the tensor of shape {tuple(t.shape)} is empty; N, C, H and W must be >= 1')
+    if not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
         t = t.contiguous()
-        sn, sc, sh, sw = t.stride()
+    sn, sc, sh, sw = t.stride()
     return t, (sn, sc, sw if t.shape[3] > 1 else (sh if t.shape[2] > 1 else 1))
+
+
+def _out_like(out: Optional[torch.Tensor], z: torch.Tensor, same_strides: bool) -> torch.Tensor:
+    """A new tensor laid out as ``z``, or ``out`` when it has ``z``'s shape, dtype and device and
+    is dense (``same_strides``: z's strides too, for kernels that write it with z's offsets)."""
+    if out is None:
+        return torch.empty_like(z)
+    dense = out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)
+    if (
+        out.shape != z.shape
+        or out.dtype != z.dtype
+        or out.device != z.device
+        or not dense
+        or (same_strides and out.stride() != z.stride())
+    ):
+        want = f'strides {z.stride()}' if same_strides else 'NCHW- or channels-last-contiguous'
+        raise ValueError(
+            f"triton kernels: out must have the input's shape {tuple(z.shape)}, dtype {z.dtype} and device "
+            f'{z.device} and be {want}; got shape {tuple(out.shape)}, {out.dtype}, {out.device}, strides {out.stride()}'
+        )
+    return out
 
 
 def _like(t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -539,31 +748,34 @@ def _f32(z: torch.Tensor, *shape: int) -> torch.Tensor:
 
 
 def _total(part: torch.Tensor, double: bool = False) -> torch.Tensor:
-    """The (N, S, ·) partials added over S in a fixed order (float64 with ``double``)."""
-    part = part.double() if double else part
-    return part[:, 0] if part.shape[1] == 1 else part.sum(1)
+    """The (N, S, ·) float32 partials added over S in a fixed order, in one read of them
+    (``double``: the float32 totals as float64, for the caller's float64 arithmetic)."""
+    total = part[:, 0] if part.shape[1] == 1 else part.sum(1)
+    return total.double() if double else total
 
 
 class _Plan(NamedTuple):
-    """A split reduction: its tiles, its grid, and the pixels (over H×W) or channels (over C) per split."""
+    """A split reduction: its tiles, its grid, the pixels (over H×W) or channels (over C) per
+    split, and the warps that give each thread 8 elements of a tile."""
 
     tiles: _Tiles
     grid: Tuple[int, int, int]
     length: int
+    warps: int
 
 
 def _plan(z: torch.Tensor, st, over_hw: bool) -> _Plan:
     """Over H×W (per (n, c) outputs): grid (S, channel blocks, N); over C (per pixel outputs):
     grid (pixel blocks, S, N); S from :func:`_splits` for ``WAVES`` × the device's SMs."""
     n, c, hw = _dims(z)
-    t = _tiles(st, c, hw)
+    t = _tiles(st, c, hw, per_pixel=not over_hw)
     cb, nb = triton.cdiv(c, t.bc), triton.cdiv(hw, t.bhw)
     target = WAVES * sm_count(z.device)
     if over_hw:
         s, per = _splits(nb, n * cb, target)
-        return _Plan(t, (s, cb, n), per * t.bhw)
+        return _Plan(t, (s, cb, n), per * t.bhw, WARPS)
     s, per = _splits(cb, n * nb, target)
-    return _Plan(t, (nb, s, n), per * t.bc)
+    return _Plan(t, (nb, s, n), per * t.bc, max(WARPS, t.bc * t.bhw // (32 * 8)))
 
 
 def _tile_grid(z: torch.Tensor, st) -> Tuple[_Tiles, Tuple[int, int, int]]:
@@ -575,6 +787,7 @@ def _tile_grid(z: torch.Tensor, st) -> Tuple[_Tiles, Tuple[int, int, int]]:
 # ---------------------------------------------------------------- launchers
 
 
+@_falls_back
 def channel_pool(z: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.Tensor], mu=None) -> List[torch.Tensor]:
     """(mean, max) over H×W of x: two (N, C) float32 tensors; with ``mu`` (a folded BN's mean)
     also Σ_hw (z − μ) (float64)."""
@@ -593,6 +806,7 @@ def channel_pool(z: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.T
     return out if mu is None else out + [_total(zsum, True)]
 
 
+@_falls_back
 def channel_moments(z: torch.Tensor, shift: torch.Tensor) -> List[torch.Tensor]:
     """Per (n, c): Σ(z − k), Σ(z − k)² (float64), max z, min z; k = ``shift``."""
     z, st = _layout(z)
@@ -611,6 +825,7 @@ def channel_moments(z: torch.Tensor, shift: torch.Tensor) -> List[torch.Tensor]:
     return [_total(s1, True), _total(s2, True), zmax, zmin]
 
 
+@_falls_back
 def affine_extreme(zmax: torch.Tensor, zmin: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N, C) max over pixels of x = a·z + b from max z and min z, with the kernels' rounding of
     x (so that the tie masks of later passes find it)."""
@@ -624,6 +839,7 @@ def affine_extreme(zmax: torch.Tensor, zmin: torch.Tensor, a: torch.Tensor, b: t
     return out
 
 
+@_falls_back
 def spatial_pool(z: torch.Tensor, a, b, gc: torch.Tensor) -> List[torch.Tensor]:
     """(mean, max) over C of x·g_c: two (N, HW) float32 tensors."""
     z, st = _layout(z)
@@ -634,16 +850,17 @@ def spatial_pool(z: torch.Tensor, a, b, gc: torch.Tensor) -> List[torch.Tensor]:
     a, b = _small(a), _small(b)
     _launch(
         _spatial_pool_kernel, p.grid, z, a, b, _small(gc), psum, pmax, c, hw, p.length, *st,
-        HAS_AFFINE=a is not None, BC=p.tiles.bc, BHW=p.tiles.bhw,
+        HAS_AFFINE=a is not None, BC=p.tiles.bc, BHW=p.tiles.bhw, warps=p.warps,
     )  # fmt: skip
     return [_total(psum) / c, pmax[:, 0] if s == 1 else pmax.amax(1)]
 
 
+@_falls_back
 def apply_gates(z: torch.Tensor, a, b, gc: torch.Tensor, gs: Optional[torch.Tensor], out=None) -> torch.Tensor:
     """y = x·g_c·g_s (g_s None: SE) in z's dtype; written into ``out`` when given (may be z)."""
     z, st = _layout(z)
     n, c, hw = _dims(z)
-    y = torch.empty_like(z) if out is None else out
+    y = _out_like(out, z, same_strides=False)
     _, ost = _layout(y)
     t, grid = _tile_grid(z, st)
     a, b = _small(a), _small(b)
@@ -654,6 +871,7 @@ def apply_gates(z: torch.Tensor, a, b, gc: torch.Tensor, gs: Optional[torch.Tens
     return y
 
 
+@_falls_back
 def gate_grads(dy: torch.Tensor, z: torch.Tensor, a, b, gc, gs, smax, mu=None) -> List[torch.Tensor]:
     """CBAM's gate gradients, one pass over (dy, x), u = dy·g_s: [Σ_hw u·x (N, C),
     Σ_c dy·x·g_c (N, HW), Σ_c [x·g_c = s_max] (N, HW)]; with ``mu`` (a folded BN's mean) the
@@ -687,16 +905,17 @@ def gate_grads(dy: torch.Tensor, z: torch.Tensor, a, b, gc, gs, smax, mu=None) -
         p.length,
         nb,
         *st,
-        warps=2 * WARPS if mu is not None else WARPS,
+        warps=2 * p.warps if mu is not None else p.warps,
         HAS_AFFINE=a is not None,
         BN_SUMS=mu is not None,
         BC=p.tiles.bc,
         BHW=p.tiles.bhw,
-    )  # fmt: skip  (with BN_SUMS: 8 warps, for triton 3.1's register allocation)
+    )  # fmt: skip  (with BN_SUMS: twice the warps, for triton 3.1's register allocation)
     sums = [_total(p1)] if mu is None else [_total(p1, True), _total(p2, True)]
     return sums + [_total(dgs), _total(cnt)]
 
 
+@_falls_back
 def se_grads(dy: torch.Tensor, z: torch.Tensor, a, b, mu=None) -> List[torch.Tensor]:
     """SE's gate gradient Σ_hw dy·x (N, C); with ``mu`` instead Σ dy and Σ dy·(z − μ)
     (float64), from which the caller forms it and the folded BN's backward."""
@@ -714,6 +933,7 @@ def se_grads(dy: torch.Tensor, z: torch.Tensor, a, b, mu=None) -> List[torch.Ten
     return [_total(t, mu is not None) for t in out[:k]]
 
 
+@_falls_back
 def spatial_pool_grad(z, a, b, gc, smax, w_avg, w_max, cmax, mu=None) -> List[torch.Tensor]:
     """[Σ_hw x·w (N, C), Σ_hw [x = c_max] (N, C)] with w = w_avg + [x·g_c = s_max]·w_max; with
     ``mu`` [Σ w, Σ w·(z − μ), Σ [x = c_max], Σ [x = c_max]·(z − μ)] (float64 but the count)."""
@@ -753,6 +973,7 @@ def spatial_pool_grad(z, a, b, gc, smax, w_avg, w_max, cmax, mu=None) -> List[to
     return [_total(t, i != 2) for i, t in enumerate(out)]
 
 
+@_falls_back
 def input_grad(dy, z, a, b, gc, gs, smax, w_avg, w_max, cmax, k1, k2, k0, bz=None, out=None) -> torch.Tensor:
     """dz = K1·(dy·g_s + w) + [x = c_max]·K2 + K0 + Bz·z (w = w_avg + [x·g_c = s_max]·w_max;
     ``smax`` None: SE, dz = K1·dy + K0 + Bz·z), in z's dtype; K* (N, C), Bz (C,) or None.
@@ -760,7 +981,7 @@ def input_grad(dy, z, a, b, gc, gs, smax, w_avg, w_max, cmax, k1, k2, k0, bz=Non
     z, st = _layout(z)
     dy = _like(dy, z)
     n, c, hw = _dims(z)
-    dx = torch.empty_like(z) if out is None else out
+    dx = _out_like(out, z, same_strides=True)
     t, grid = _tile_grid(z, st)
     a, b = _small(a), _small(b)
     _launch(
@@ -771,11 +992,12 @@ def input_grad(dy, z, a, b, gc, gs, smax, w_avg, w_max, cmax, k1, k2, k0, bz=Non
     return dx
 
 
+@_falls_back
 def bam_apply(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool, out=None):
     """BAM: y = x ⊗ (r + σ(t)), t = c[n, c] + s[n, hw] (product: c·s), r = 1 if residual; into ``out``."""
     x, st = _layout(x)
     n, ch, hw = _dims(x)
-    y = torch.empty_like(x) if out is None else out
+    y = _out_like(out, x, same_strides=False)
     _, ost = _layout(y)
     t, grid = _tile_grid(x, st)
     _launch(
@@ -785,6 +1007,7 @@ def bam_apply(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, 
     return y
 
 
+@_falls_back
 def bam_grads(dy: torch.Tensor, x: torch.Tensor, c, s, product: bool, residual: bool) -> List[torch.Tensor]:
     """BAM backward: dx = dy ⊗ (r + σ(t)), dc = Σ_hw g·∂t/∂c (N, C), ds = Σ_c g·∂t/∂s (N, HW),
     g = dy·x·σ'(t)."""
@@ -796,6 +1019,6 @@ def bam_grads(dy: torch.Tensor, x: torch.Tensor, c, s, product: bool, residual: 
     dx, part, ds = torch.empty_like(x), _f32(x, n, nb, ch), _f32(x, n, sp, hw)
     _launch(
         _bam_grads_kernel, p.grid, dy, x, _small(c), _small(s), dx, part, ds, ch, hw, p.length, nb, *st,
-        PRODUCT=product, RESIDUAL=residual, BC=p.tiles.bc, BHW=p.tiles.bhw,
+        PRODUCT=product, RESIDUAL=residual, BC=p.tiles.bc, BHW=p.tiles.bhw, warps=p.warps,
     )  # fmt: skip
     return [dx, _total(part), _total(ds)]

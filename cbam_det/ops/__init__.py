@@ -3,10 +3,13 @@
 :func:`gate_ext` returns the compiled module, or None when it cannot be used: the
 environment variable ``CBAM_DET_NO_EXT=1`` is set, or compiling failed (no C++ compiler:
 a warning says why once). Callers then use the PyTorch implementation, which gives the
-same results, only slower. The build is cached per source, flags, torch and Python
-version and processor (``-march=native``) under ``$CBAM_DET_EXT_DIR`` (default
-``$CBAM_DET_CACHE/ext``, ``~/.cache/cbam_det/ext``); ``make setup`` compiles it ahead
-(``python -m cbam_det.ops``). The source ships inside the package (wheels and sdists
+same results, only slower. The kernels are built for the instruction set named by
+``CBAM_DET_CPU_ARCH`` (gcc's ``-march``: default ``native``, this processor's; e.g.
+``x86-64-v2`` for a baseline without AVX, ``x86-64-v3`` for AVX2 without AVX-512); a named
+target that does not compile raises instead of falling back. The build is cached per source,
+flags (the target among them), torch and Python version and processor under
+``$CBAM_DET_EXT_DIR`` (default ``$CBAM_DET_CACHE/ext``, ``~/.cache/cbam_det/ext``);
+``make setup`` compiles it ahead (``python -m cbam_det.ops``). The source ships inside the package (wheels and sdists
 included), so a non-editable install compiles it the same way.
 """
 
@@ -15,21 +18,33 @@ import hashlib
 import os
 import os.path as osp
 import platform
+import re
 import sys
 import warnings
 from typing import List, Optional
 
 import torch
 
-__all__ = ['gate_ext', 'build_dir']
+__all__ = ['gate_ext', 'build_dir', 'cpu_arch']
 
 _SRC = osp.join(osp.dirname(__file__), 'csrc', 'gate_cpu.cpp')
 _NAME = 'cbam_det_gate_cpu'
 _state: dict = {'tried': False, 'ext': None}
 
 
+def cpu_arch() -> str:
+    """The instruction set the kernels are built for: ``$CBAM_DET_CPU_ARCH`` or ``native``."""
+    arch = os.environ.get('CBAM_DET_CPU_ARCH') or 'native'
+    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._+-]*', arch):
+        raise ValueError(
+            f'cbam_det: CBAM_DET_CPU_ARCH={arch!r} is not a target name; allowed: native (default) or a gcc '
+            f'-march value such as x86-64, x86-64-v2, x86-64-v3, x86-64-v4, skylake-avx512, armv8-a'
+        )
+    return arch
+
+
 def _flags() -> List[List[str]]:
-    cflags = ['-O3', '-march=native', '-fopenmp', '-ffp-contract=off']
+    cflags = ['-O3', f'-march={cpu_arch()}', '-fopenmp', '-ffp-contract=off']
     # link OpenMP to torch's own libgomp (the pip wheels bundle one): a second runtime
     # would start its own threads next to torch's and they would fight for the cores
     lib = osp.join(osp.dirname(torch.__file__), 'lib')
@@ -39,7 +54,7 @@ def _flags() -> List[List[str]]:
 
 
 def _cpu_id() -> str:
-    """The processor's feature flags: the kernels are built with -march=native."""
+    """The processor's feature flags (with -march=native the build depends on them)."""
     try:
         with open('/proc/cpuinfo') as f:
             return next((line for line in f if line.startswith(('flags', 'Features'))), platform.processor())
@@ -74,6 +89,11 @@ def gate_ext(verbose: bool = False) -> Optional[object]:
                 _NAME, [_SRC], extra_cflags=cflags, extra_ldflags=ldflags, build_directory=path, verbose=verbose
             )
         except Exception as e:  # no compiler, no headers, no source: the PyTorch path still works
+            if cpu_arch() != 'native':  # asked for by name: an explicit request that cannot be honoured
+                raise RuntimeError(
+                    f'cbam_det: the fused CPU kernels do not compile for CBAM_DET_CPU_ARCH={cpu_arch()!r} '
+                    f'({type(e).__name__}: {e}); use a target gcc knows (e.g. x86-64-v2) or unset it for native'
+                ) from e
             warnings.warn(
                 f'cbam_det: could not compile the fused CPU kernels ({type(e).__name__}: {e}); '
                 f'using the slower PyTorch implementation. Set CBAM_DET_NO_EXT=1 to silence this.',

@@ -282,7 +282,7 @@ def measure(args, device: torch.device, amp: Optional[torch.dtype], passes: dict
             moved = attention_bytes(models[n], x, amp)
             ref = result.get(v.baseline, base)
             for k, mode in (('inference', 'inference'), ('train', 'train')):
-                floor = passes[v.kind][mode] * moved / bandwidth * 1e3
+                floor = passes[v.kind][mode]['total'] * moved / bandwidth * 1e3
                 r[f'{k}_floor_ms'] = floor
                 r[f'{k}_extra_ms'] = r[k] - ref[k]
                 r[f'{k}_x_floor'] = r[f'{k}_extra_ms'] / floor
