@@ -6,12 +6,16 @@ would match, instead of being loaded half (mmengine only logs the keys it skippe
 - Attention keys the model has and the checkpoint lacks: an error when resuming (a run's own
   checkpoint must match); one log line otherwise (``load_from`` a detector trained without
   attention: the attention starts from its initialisation, which is what adding it means).
+- A module whose weights are in the checkpoint but whose gate function differs: trained with
+  ``init_mode='identity'`` (normalised gates, a ``gate_scale`` buffer) and loaded into the
+  papers' gates, or the reverse: an error naming the ``init_mode`` that matches (the weights
+  would load and the function would silently change).
 
 ``tools/train.py`` and ``tools/test.py`` register :class:`AttentionKeyCheckHook` themselves.
 """
 
 import re
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
@@ -50,7 +54,9 @@ def attention_key_mismatch(model_keys: Iterable[str], ckpt_keys: Iterable[str], 
     (see the module docstring); missing keys outside a resume are logged instead."""
     model_att, ckpt_att = set(attention_keys(model_keys)), set(attention_keys(ckpt_keys))
     unexpected, missing = sorted(ckpt_att - model_att), sorted(model_att - ckpt_att)
-    problems = []
+    problems, scale_unexpected, scale_missing = _gate_mismatch(model_att, ckpt_att)
+    unexpected = [k for k in unexpected if k not in scale_unexpected]
+    missing = [k for k in missing if k not in scale_missing]
     if unexpected:
         problems.append(
             f'{len(unexpected)} attention keys of the checkpoint have no module in the model '
@@ -69,6 +75,40 @@ def attention_key_mismatch(model_keys: Iterable[str], ckpt_keys: Iterable[str], 
             logger='current',
         )
     return ' '.join(problems) or None
+
+
+_GATE_SCALE = 'gate_scale'  # the buffer of init_mode='identity' (cbam_det.models.layers.base)
+
+
+def _scale_only(keys_with_scale: set, other: set) -> List[str]:
+    """The gate_scale keys of one side whose module has weights on the other side but no gate_scale."""
+    out = []
+    for k in keys_with_scale:
+        if k.endswith('.' + _GATE_SCALE) and k not in other:
+            prefix = k[: -len(_GATE_SCALE)]
+            if any(o.startswith(prefix) for o in other):
+                out.append(k)
+    return sorted(out)
+
+
+def _gate_mismatch(model_att: set, ckpt_att: set) -> Tuple[List[str], List[str], List[str]]:
+    """(messages, checkpoint gate_scale keys, model gate_scale keys) of modules present on both
+    sides whose gate function differs (identity mode's gate_scale on one side only)."""
+    trained_identity, trained_paper = _scale_only(ckpt_att, model_att), _scale_only(model_att, ckpt_att)
+    out = []
+    if trained_identity:
+        out.append(
+            f"{len(trained_identity)} attention modules of the checkpoint were trained with init_mode='identity' "
+            f"(normalised gates; e.g. {trained_identity[:2]}) and the model builds them with the papers' gates: "
+            f"set init_mode='identity' in the attention config"
+        )
+    if trained_paper:
+        out.append(
+            f"{len(trained_paper)} attention modules of the checkpoint were trained with the papers' gates "
+            f"(e.g. {trained_paper[:2]}) and the model builds them with init_mode='identity' (normalised gates): "
+            f"set init_mode='scratch' in the attention config to run them as trained"
+        )
+    return out, trained_identity, trained_paper
 
 
 def _strip(keys: Iterable[str]) -> List[str]:

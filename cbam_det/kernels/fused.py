@@ -176,7 +176,7 @@ def _small_forward(
     avg, mx, centered_sum = _channel_pools(ext, z, bn, a, b, moments)
     with torch.set_grad_enabled(grad):
         channel_avg, channel_max = avg.requires_grad_(grad), (mx.requires_grad_(grad) if use_max else None)
-        channel_gate = torch.sigmoid(cg.logits(channel_avg, channel_max))
+        channel_gate = module.gate(cg.logits(channel_avg, channel_max))
     channel_gate_flat = channel_gate.detach().reshape(n, c).contiguous()
     spatial_avg = spatial_max = spatial_max_flat = spatial_gate = spatial_gate_flat = None
     if sg is not None:
@@ -184,7 +184,7 @@ def _small_forward(
         with torch.set_grad_enabled(grad):
             spatial_avg = savg.view(n, 1, h, w).requires_grad_(grad)
             spatial_max = spatial_max_flat.view(n, 1, h, w).requires_grad_(grad)
-            spatial_gate = torch.sigmoid(sg.logits(spatial_avg, spatial_max, update_stats=update_stats))
+            spatial_gate = module.gate(sg.logits(spatial_avg, spatial_max, update_stats=update_stats))
         spatial_gate_flat = spatial_gate.detach().reshape(n, h * w).contiguous()
     return _SmallForward(
         invstd=invstd,
@@ -507,6 +507,8 @@ def _infer_args(module: nn.Module, bn: Optional[nn.BatchNorm2d]) -> Optional[tup
     """The arguments of the kernels' ``gated_infer`` (after z) when inference can run in one
     call: float32 parameters, and every BatchNorm (the folded one, the spatial gate's) using
     its running statistics, so that nothing is updated; else None."""
+    if getattr(module, 'gate_scale', None) is not None:  # the one-call kernel forms σ itself
+        return None
     cg, sg, use_max = _gates(module)
     tensors = [cg.fc1.weight, cg.fc1.bias, cg.fc2.weight, cg.fc2.bias]
     a = b = None

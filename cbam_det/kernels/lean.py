@@ -41,21 +41,21 @@ def attend(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     inplace = getattr(module, 'inplace', False) and not torch.is_grad_enabled()
     if variant is None or (variant == 'cbam' and not grad and not inplace):
         return module.reference(x)
-    cg = module.channel_gate
+    cg, gate = module.channel_gate, module.gate  # gate: σ, or σ normalised to 1 at 0 (identity mode)
     if variant == 'se':
-        g_c = torch.sigmoid(cg(x))
+        g_c = gate(cg(x))
         note(module, channel=g_c)
         g_c = g_c.to(x.dtype)
         return x.mul_(g_c) if inplace else x * g_c
     sg = module.spatial_gate
     if inplace:
-        g_c = torch.sigmoid(cg(x))
+        g_c = gate(cg(x))
         x = x.mul_(g_c.to(x.dtype))
-        g_s = torch.sigmoid(sg(x))
+        g_s = gate(sg(x))
         note(module, channel=g_c, spatial=g_s)
         return x.mul_(g_s.to(x.dtype))
-    g_c = torch.sigmoid(cg.logits(*ChannelPool.apply(x)))
-    g_s = torch.sigmoid(sg.logits(*GatedChannelPool.apply(x, g_c.to(x.dtype))))
+    g_c = gate(cg.logits(*ChannelPool.apply(x)))
+    g_s = gate(sg.logits(*GatedChannelPool.apply(x, g_c.to(x.dtype))))
     note(module, channel=g_c, spatial=g_s)
     return ApplyGates.apply(x, g_c.to(x.dtype), g_s.to(x.dtype))
 

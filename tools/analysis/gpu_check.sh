@@ -9,8 +9,11 @@
 #    tools/analysis/gpu_wheelhouse.sh; ~6 MB, carried with the tree) into OUT_DIR/site,
 #    unless mmengine and mmdet import already; cbam_det runs with CBAM_DET_LAYERS_ONLY=1
 #    (attention layers and kernels: no mmcv needed);
-# 2. the GPU test subset: tests/test_backends.py with TRITON_INTERPRET=0 (the Triton kernels
-#    compiled, on CUDA tensors, against the torch backend);
+# 2. the GPU test subset with TRITON_INTERPRET=0 (the Triton kernels compiled, on CUDA tensors):
+#    tests/test_backends.py (against the torch backend) and tests/test_triton_safety.py (self-check,
+#    per-launch fallback, device guard, ties and NaN, low precision, launchers); then every
+#    specialization of the shipped detection configs compiled for this GPU's architecture
+#    (tests/test_kernel_census.py's slow compile test, checked for registers, spills, FMA, NaN max);
 # 3. tools/analysis/gpu_bench.py at 2x3x800x1344, float32 and bf16 autocast: plain
 #    ResNet-50, the eager reference CBAM, timm's CbamModule, ours as plugin and fused (CBAM
 #    in all 16 blocks), SE, BAM x3, channels-last; each beside its bandwidth floor; writes
@@ -58,11 +61,18 @@ EOF
 
 # 2. the GPU test subset (the ahead-of-time compile test is for machines without a GPU)
 if [ "$DRY" = 1 ]; then export TRITON_INTERPRET=1; else export TRITON_INTERPRET=0; fi
-say "tests/test_backends.py (TRITON_INTERPRET=$TRITON_INTERPRET)"
+say "tests/test_backends.py tests/test_triton_safety.py (TRITON_INTERPRET=$TRITON_INTERPRET)"
 rc_tests=0
-timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py -o addopts="" -m "not slow" \
-    -k "not compiles_within" > "$OUT/tests.log" 2>&1 || rc_tests=$?
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_triton_safety.py -o addopts="" \
+    -m "not slow" -k "not compiles_within" > "$OUT/tests.log" 2>&1 || rc_tests=$?
 tail -3 "$OUT/tests.log"
+ARCH=$("$PY" -c 'import torch; c = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0); print(f"{c[0]}{c[1]}")')
+say "every detection specialization compiled for sm_$ARCH"
+# (on the GPU machine's 16 cores about a minute; the dry run compiles the same on this machine's cores)
+if [ "$DRY" = 1 ]; then compile_limit=900; else compile_limit=180; fi
+timeout $compile_limit "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_census.py -o addopts="" -m slow \
+    -k "every_detection_specialization and sm_$ARCH" > "$OUT/compile.log" 2>&1 || rc_tests=$?
+tail -3 "$OUT/compile.log"
 
 # 3. the benchmark (floors from the kernels' passes, counted in Triton's interpreter)
 say "benchmark"

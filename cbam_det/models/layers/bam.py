@@ -17,7 +17,6 @@ two 3×3 convs with dilation d, each conv followed by BatchNorm2d and ReLU, and 
 ablation F' = F ⊗ M(F). The official code computes x · (1 + σ(C·S)): ``combine='product'``.
 """
 
-import math
 from typing import Optional, Union
 
 import torch
@@ -90,9 +89,9 @@ class BAM(AttentionModule):
         residual: F + F ⊗ M (paper) or, False, F ⊗ M (the no-identity ablation).
         min_hidden_channels: lower bound of the hidden width (None: no bound).
         init_mode: 'scratch' (official: zero biases, Kaiming fan-out convs, BN γ = 1) or
-            'identity' (the attention term starts input-independent at σ(-identity_logit) ≈ 0
-            with ``residual=True``, so F' ≈ F; at ≈ 1 with ``residual=False``).
-        identity_logit: magnitude of the gate logit for ``init_mode='identity'``.
+            'identity' (for a network trained without attention: the refinement
+            F ⊗ (1 + M) (or F ⊗ M) is divided by its value at zero logits, and the last layer
+            of each branch starts at 0, so F' = F at step 0; the ``torch`` backend runs it).
         allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
             (see ``check_not_frozen``); for pretrained attention weights.
         inplace: without autograd (inference), write F' into the input tensor itself (safe
@@ -116,12 +115,12 @@ class BAM(AttentionModule):
         residual: bool = True,
         min_hidden_channels: Optional[int] = None,
         init_mode: str = 'scratch',
-        identity_logit: float = 5.0,
         allow_frozen: bool = False,
         inplace: bool = False,
         init_cfg: Optional[Union[dict, list]] = None,
+        identity_logit: Optional[float] = None,
     ) -> None:
-        super().__init__('BAM', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
+        super().__init__('BAM', in_channels, reduction, init_mode, allow_frozen, init_cfg, identity_logit)
         check_choice('BAM', 'combine', combine, COMBINES)
         if not isinstance(dilation, int) or dilation < 1:
             raise ValueError(f'BAM: dilation must be a positive int, got {dilation!r}')
@@ -133,24 +132,17 @@ class BAM(AttentionModule):
         self.inplace = inplace
         self.channel_att = BAMChannelGate(in_channels, hidden)
         self.spatial_att = BAMSpatialGate(in_channels, hidden, dilation, num_dilated)
+        m0 = 1.0 if combine == 'sigmoid_sum' else 0.5  # M at zero logits
+        self._normalise_gates(1.0 + m0 if residual else m0)  # identity mode: the refinement is 1 there
         self.reset_parameters()
 
     def _init_special(self) -> None:
-        if self.init_mode == 'identity':
-            # M(F) constant: zero the last layer of each branch, choose the biases so that
-            # the combined gate is ≈ 0 (residual) or ≈ 1 (no residual)
-            t = -self.identity_logit if self.residual else self.identity_logit
-            if self.combine == 'sum':
-                c, s = t / 2, t / 2
-            elif self.combine == 'max':
-                c, s = t, t
-            elif self.combine == 'product':
-                c, s = math.sqrt(self.identity_logit), t / math.sqrt(self.identity_logit)
-            else:  # sigmoid_sum: σ(c) + σ(s)
-                c, s = (t, t) if self.residual else (t, -t)
-            for layer, value in ((self.channel_att.fc2, c), (self.spatial_att.final, s)):
+        if self.init_mode == 'identity':  # zero logits: the normalised refinement is exactly 1
+            for layer in (self.channel_att.fc2, self.spatial_att.final):
                 nn.init.zeros_(layer.weight)
-                nn.init.constant_(layer.bias, value)
+                nn.init.zeros_(layer.bias)
+            if self.combine == 'product':  # c·s with c = 0 and s = 1: zero, but not a saddle (∂/∂c = s)
+                nn.init.ones_(self.spatial_att.final.bias)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """M(F) of shape (N, C, H, W), float32."""
@@ -174,13 +166,19 @@ class BAM(AttentionModule):
 
     @property
     def kernel_variant(self) -> Optional[str]:
-        """``'bam'`` for the ``combine`` rules the kernels cover ('sum', 'product'), else None."""
-        return 'bam' if self.combine in ('sum', 'product') else None
+        """``'bam'`` for the ``combine`` rules the kernels cover ('sum', 'product') with the
+        paper's gates, else None (identity mode's normalised refinement runs on ``torch``)."""
+        return 'bam' if self.combine in ('sum', 'product') and self.gate_scale is None else None
 
     def refine(self, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """Eq. 1-2 in plain PyTorch from the branch logits: F + F ⊗ M(F) (or F ⊗ M(F));
-        with ``inplace`` and no autograd, written into ``x``."""
-        m = self.combined(c, s).to(x.dtype)
+        """Eq. 1-2 in plain PyTorch from the branch logits: F + F ⊗ M(F) (or F ⊗ M(F)),
+        divided by its value at zero logits in identity mode; with ``inplace`` and no
+        autograd, written into ``x``."""
+        m = self.combined(c, s)
+        if self.gate_scale is not None:
+            g = ((1 + m) if self.residual else m) * self.gate_scale
+            return x.mul_(g.to(x.dtype)) if self.inplace and not torch.is_grad_enabled() else x * g.to(x.dtype)
+        m = m.to(x.dtype)
         if self.inplace and not torch.is_grad_enabled():
             return x.mul_(m.add_(1) if self.residual else m)
         return x + x * m if self.residual else x * m

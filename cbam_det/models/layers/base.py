@@ -15,8 +15,13 @@ INIT_MODES = ('scratch', 'identity')
 
 
 class AttentionModule(BaseModule):
-    """Base class: ``in_channels`` first, ``init_mode`` / ``identity_logit`` / ``allow_frozen``.
+    """Base class: ``in_channels`` first, ``init_mode`` / ``allow_frozen``, the gate function.
 
+    ``init_mode='identity'`` (attention added to a network trained without it) makes the module
+    the identity at step 0, exactly: every gate is divided by its value at zero logits (the
+    ``gate_scale`` buffer, 1 / σ(0) = 2 for CBAM's and SE's gates), and the last layer of each
+    gate branch starts at zero, so every gate starts at exactly 1; the gates' last layers get a
+    gradient from the first step. ``'scratch'`` keeps the papers' σ gates and the official init.
     Subclasses implement :meth:`_init_special` for what differs from the official default
     init (Kaiming fan-out convs, PyTorch Linear init, BN γ = 1 / β = 0, zero biases).
     """
@@ -27,17 +32,34 @@ class AttentionModule(BaseModule):
         in_channels: int,
         reduction: int,
         init_mode: str,
-        identity_logit: float,
         allow_frozen: bool,
         init_cfg: Optional[Union[dict, list]],
+        identity_logit: Optional[float] = None,
     ) -> None:
         super().__init__(init_cfg=init_cfg)
         check_choice(owner, 'init_mode', init_mode, INIT_MODES)
+        if identity_logit is not None:
+            raise ValueError(
+                f"{owner}: identity_logit is no longer an argument: init_mode='identity' now starts exactly at the "
+                f'identity (gates normalised to 1 at zero logits). A checkpoint trained with the former approximate '
+                f"identity (plain sigmoid gates) runs unchanged with init_mode='scratch'."
+            )
         self.in_channels = in_channels
         self.reduction = reduction
         self.init_mode = init_mode
-        self.identity_logit = float(identity_logit)
         self.allow_frozen = allow_frozen
+        self.register_buffer('gate_scale', None)  # set by _normalise_gates in identity mode
+
+    def _normalise_gates(self, value_at_zero: float) -> None:
+        """Identity mode: gates are divided by ``value_at_zero``, their value at zero logits
+        (a buffer, so that a checkpoint says which gate function it was trained with)."""
+        if self.init_mode == 'identity':
+            self.gate_scale = torch.tensor(1.0 / value_at_zero)
+
+    def gate(self, logits: torch.Tensor) -> torch.Tensor:
+        """σ(logits), divided by σ(0) in identity mode (then 1 at zero logits, range (0, 2))."""
+        g = torch.sigmoid(logits)
+        return g if self.gate_scale is None else g * self.gate_scale
 
     def reset_parameters(self) -> None:
         """Apply the ``init_mode`` initialisation (also done by ``init_weights``)."""

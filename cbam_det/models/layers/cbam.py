@@ -138,11 +138,11 @@ class CBAM(AttentionModule):
         min_hidden_channels: lower bound of the hidden width (None: no bound).
         init_mode: ``'scratch'`` (official init: zero biases, Kaiming fan-out convs,
             spatial BN γ = 0 so the spatial gate starts at 0.5) or ``'identity'`` (for a
-            backbone pretrained without attention: both gates start at σ(identity_logit)
-            ≈ 1 and do not depend on the input, so the pretrained function is kept).
+            network trained without attention: the gates are 2σ(·), 1 at zero logits, and
+            start at zero logits (the MLP's last layer and the spatial BN's γ and β at 0), so
+            the module's output equals its input at step 0; see docs/modules.md).
         allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
             (see ``check_not_frozen``); for pretrained attention weights.
-        identity_logit: gate logit of ``init_mode='identity'`` (5.0 → gates 0.9933).
         inplace: the caller does not read the input again (true for a ResNet plugin: the
             block does not reuse its BN output). Inference multiplies the gates into the
             input tensor itself, like ``nn.ReLU(inplace=True)``: no full-size allocation.
@@ -169,13 +169,13 @@ class CBAM(AttentionModule):
         arrangement: str = 'channel_first',
         min_hidden_channels: Optional[int] = None,
         init_mode: str = 'scratch',
-        identity_logit: float = 5.0,
         allow_frozen: bool = False,
         inplace: bool = False,
         residual: bool = False,
         init_cfg: Optional[Union[dict, list]] = None,
+        identity_logit: Optional[float] = None,
     ) -> None:
-        super().__init__('CBAM', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
+        super().__init__('CBAM', in_channels, reduction, init_mode, allow_frozen, init_cfg, identity_logit)
         check_choice('CBAM', 'arrangement', arrangement, ARRANGEMENTS)
         if channel_pool is None and spatial_pool is None:
             raise ValueError('CBAM: channel_pool and spatial_pool cannot both be None (no attention left)')
@@ -192,21 +192,18 @@ class CBAM(AttentionModule):
             None if channel_pool is None else ChannelGate(in_channels, reduction, channel_pool, min_hidden_channels)
         )
         self.spatial_gate = None if spatial_pool is None else SpatialGate(in_channels, spatial_kernel, spatial_pool)
+        self._normalise_gates(0.5)  # identity mode: 2σ(·), 1 at zero logits
         self.reset_parameters()
 
     def _init_special(self) -> None:
         if self.spatial_gate is not None:
             nn.init.zeros_(self.spatial_gate.bn.weight)  # official: spatial gate starts at σ(0) = 0.5
-        if self.init_mode == 'identity':
-            c_logit, s_logit = self.identity_logit, self.identity_logit
-            if self.arrangement == 'parallel':  # one sigmoid over the sum of both logits
-                c_logit = s_logit = self.identity_logit / 2
+        if self.init_mode == 'identity':  # zero logits: every (normalised) gate is exactly 1
             if self.channel_gate is not None:
                 nn.init.zeros_(self.channel_gate.fc2.weight)
-                n_desc = 2 if self.channel_gate.pool == 'avg_max' else 1  # the MLP outputs are summed
-                nn.init.constant_(self.channel_gate.fc2.bias, c_logit / n_desc)
+                nn.init.zeros_(self.channel_gate.fc2.bias)
             if self.spatial_gate is not None:
-                nn.init.constant_(self.spatial_gate.bn.bias, s_logit)  # γ = 0: constant logit
+                nn.init.zeros_(self.spatial_gate.bn.bias)  # and γ = 0 above
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('CBAM', x, self.in_channels, self.training)
@@ -218,14 +215,14 @@ class CBAM(AttentionModule):
         """Eq. 1 as written, F'' = M_s(F') ⊗ F' with F' = M_c(F) ⊗ F (or the configured
         arrangement), in plain PyTorch: what every backend computes."""
         if self.arrangement == 'parallel':  # one full-size gate: nothing separable to record
-            gate = torch.sigmoid(self.channel_gate(x) + self.spatial_gate(x))
+            gate = self.gate(self.channel_gate(x) + self.spatial_gate(x))
             return x * gate.to(x.dtype)
         applied = {}
         for name, gate in (('channel', self.channel_gate), ('spatial', self.spatial_gate))[
             :: -1 if self.arrangement == 'spatial_first' else 1
         ]:
             if gate is not None:
-                applied[name] = torch.sigmoid(gate(x))
+                applied[name] = self.gate(gate(x))
                 x = x * applied[name].to(x.dtype)
         kernels.record.note(self, **applied)
         return x

@@ -28,10 +28,10 @@ class SE(AttentionModule):
         reduction: reduction ratio r; hidden width ``max(C // r, min_hidden_channels)``.
         min_hidden_channels: lower bound of the hidden width (None: no bound).
         init_mode: ``'scratch'`` (zero biases, PyTorch Linear init) or ``'identity'``
-            (gate starts at σ(identity_logit) ≈ 1 independent of the input).
+            (the gate is 2σ(·), 1 at zero logits, and the MLP's last layer starts at 0: the
+            output equals the input at step 0).
         allow_frozen: accept mmdet's frozen_stages / norm_eval freezing this module
             (see ``check_not_frozen``); for pretrained attention weights.
-        identity_logit: gate logit of ``init_mode='identity'``.
         inplace: the caller does not read the input again; as CBAM's ``inplace`` (in-place
             product in inference and after a BatchNorm in training, otherwise the input
             gradient written over the saved input in training).
@@ -48,20 +48,21 @@ class SE(AttentionModule):
         *,
         min_hidden_channels: Optional[int] = None,
         init_mode: str = 'scratch',
-        identity_logit: float = 5.0,
         allow_frozen: bool = False,
         inplace: bool = False,
         init_cfg: Optional[Union[dict, list]] = None,
+        identity_logit: Optional[float] = None,
     ) -> None:
-        super().__init__('SE', in_channels, reduction, init_mode, identity_logit, allow_frozen, init_cfg)
+        super().__init__('SE', in_channels, reduction, init_mode, allow_frozen, init_cfg, identity_logit)
         self.inplace = inplace
         self.channel_gate = ChannelGate(in_channels, reduction, 'avg', min_hidden_channels, owner='SE')
+        self._normalise_gates(0.5)  # identity mode: 2σ(·), 1 at zero logits
         self.reset_parameters()
 
     def _init_special(self) -> None:
-        if self.init_mode == 'identity':
+        if self.init_mode == 'identity':  # zero logits: the normalised gate is exactly 1
             nn.init.zeros_(self.channel_gate.fc2.weight)
-            nn.init.constant_(self.channel_gate.fc2.bias, self.identity_logit)
+            nn.init.zeros_(self.channel_gate.fc2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input('SE', x, self.in_channels, self.training)
@@ -70,4 +71,4 @@ class SE(AttentionModule):
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """F' = F ⊗ σ(W2 δ(W1 AvgPool(F))) in plain PyTorch: what every backend computes."""
-        return x * torch.sigmoid(self.channel_gate(x)).to(x.dtype)
+        return x * self.gate(self.channel_gate(x)).to(x.dtype)
