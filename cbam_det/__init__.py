@@ -10,10 +10,10 @@ mmcv or its compiled ops: for plain PyTorch models, and for the GPU check
 (tools/analysis/gpu_check.sh), which runs where no OpenMMLab stack is installed.
 """
 
-import os
+from . import config
 
 #: only the attention layers and kernels are imported (``CBAM_DET_LAYERS_ONLY=1``)
-LAYERS_ONLY = os.environ.get('CBAM_DET_LAYERS_ONLY', '0') == '1'
+LAYERS_ONLY = config.layers_only()
 
 try:
     import mmdet  # noqa: F401
@@ -35,4 +35,4 @@ from .models import *  # noqa: F401,F403,E402  (import registers the modules)
 from .models import __all__ as _models_all  # noqa: E402
 from .version import __version__  # noqa: E402
 
-__all__ = ['__version__', 'LAYERS_ONLY', 'kernels', *_models_all]
+__all__ = ['__version__', 'LAYERS_ONLY', 'config', 'kernels', *_models_all]

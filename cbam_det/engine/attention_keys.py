@@ -23,7 +23,8 @@ from mmengine.registry import HOOKS
 
 __all__ = ['AttentionKeyCheckHook', 'attention_keys', 'attention_key_mismatch']
 
-_ATTENTION = re.compile(r'(^|\.)(cbam|se|bam\d*|attentions|attention_inserts)\.')
+#: containers that hold attention modules under other names (AttnSSDHead, AttentionInserted)
+_CONTAINERS = ('attentions', 'attention_inserts')
 
 _CONFIG_LINES = {
     'cbam': "backbone=dict(plugins=[dict(cfg=dict(type='CBAM'), stages=(True, True, True, True), "
@@ -35,14 +36,34 @@ _CONFIG_LINES = {
 }
 
 
+def _pattern() -> 're.Pattern':
+    """Keys of attention modules: a segment named by a module's ``_abbr_`` (``cbam``, ``bam1``,
+    ``cbam2``: mmcv plugins and stage modules add a number) or a container of them. The names come
+    from ``ATTENTION_MODULES``, filled as the module classes are defined, so a new module's keys
+    are seen without an entry here."""
+    from ..models.layers.base import ATTENTION_MODULES
+
+    abbrs = '|'.join(re.escape(a) for a in sorted(ATTENTION_MODULES, key=len, reverse=True))
+    return re.compile(rf'(^|\.)((?:{abbrs})\d*|{"|".join(_CONTAINERS)})\.')
+
+
 def attention_keys(keys: Iterable[str]) -> List[str]:
     """The state-dict keys that belong to cbam_det attention modules."""
-    return [k for k in keys if _ATTENTION.search(k)]
+    pattern = _pattern()
+    return [k for k in keys if pattern.search(k)]
 
 
 def _config_line(keys: List[str]) -> str:
-    kinds = {_ATTENTION.search(k).group(2).rstrip('0123456789') for k in keys}
+    from ..models.layers.base import ATTENTION_MODULES
+
+    pattern = _pattern()
+    kinds = {pattern.search(k).group(2).rstrip('0123456789') for k in keys}
     lines = [_CONFIG_LINES[k] for k in sorted(kinds) if k in _CONFIG_LINES]
+    for k in sorted(kinds - set(_CONFIG_LINES) - set(_CONTAINERS)):  # a module with no line of its own
+        lines.append(
+            f"backbone=dict(plugins=[dict(cfg=dict(type='{ATTENTION_MODULES[k].__name__}'), "
+            f"stages=(True, True, True, True), position='after_conv3')])"
+        )
     if 'attention_inserts' in kinds:
         paths = sorted({k.split('.')[1].replace('__', '.') for k in keys if k.startswith('attention_inserts.')})
         lines.append(f"model=dict(type='AttentionInserted', detector=..., targets={paths})")

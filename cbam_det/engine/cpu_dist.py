@@ -9,7 +9,6 @@ skips its own ``init_dist``) and selects :class:`CPUDistributedDataParallel`.
 Processes are still started by torchrun or srun (``tools/dist_train.sh``).
 """
 
-import os
 import subprocess
 from datetime import timedelta
 
@@ -18,6 +17,8 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
+
+from .. import config
 
 __all__ = ['CPUDistributedDataParallel', 'setup_cpu_distributed']
 
@@ -39,13 +40,16 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
 
 def _slurm_env() -> None:
     """Fill torch.distributed's env:// variables from SLURM's, as mmengine does for GPUs."""
-    os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
-    os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
-    os.environ.setdefault('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0'))
-    if 'MASTER_ADDR' not in os.environ:
-        nodes = os.environ['SLURM_NODELIST']
-        os.environ['MASTER_ADDR'] = subprocess.getoutput(f'scontrol show hostname {nodes} | head -n1')
-    os.environ.setdefault('MASTER_PORT', '29500')
+    missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST') if config.env(k) is None]
+    if missing:
+        raise RuntimeError(f'--launcher slurm: {", ".join(missing)} not set; run the tool under srun')
+    config.setdefault_env('RANK', config.env('SLURM_PROCID'))
+    config.setdefault_env('WORLD_SIZE', config.env('SLURM_NTASKS'))
+    config.setdefault_env('LOCAL_RANK', config.env('SLURM_LOCALID', '0'))
+    if config.env('MASTER_ADDR') is None:
+        nodes = config.env('SLURM_NODELIST')
+        config.setdefault_env('MASTER_ADDR', subprocess.getoutput(f'scontrol show hostname {nodes} | head -n1'))
+    config.setdefault_env('MASTER_PORT', '29500')
 
 
 def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:

@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+from .. import config
+
 __all__ = ['cpu_cores', 'thread_budget', 'set_cpu_threads']
 
 
@@ -34,14 +36,12 @@ def set_cpu_threads(workers: int = 0) -> Optional[int]:
     ``OMP_NUM_THREADS`` / ``CBAM_DET_THREADS`` already say (the latter wins)."""
     if torch.cuda.is_available():
         return None
-    explicit = os.environ.get('CBAM_DET_THREADS')
-    if explicit:
-        n = int(explicit)
-        if n < 1:
-            raise ValueError(f'CBAM_DET_THREADS={explicit!r}: must be a positive integer')
-    elif os.environ.get('OMP_NUM_THREADS'):
+    explicit = config.threads()
+    if explicit is not None:
+        n = explicit
+    elif config.env('OMP_NUM_THREADS'):
         return None
     else:
-        n = thread_budget(int(os.environ.get('LOCAL_WORLD_SIZE', '1')), workers)
+        n = thread_budget(int(config.env('LOCAL_WORLD_SIZE', '1')), workers)
     torch.set_num_threads(n)
     return n

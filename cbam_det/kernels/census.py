@@ -28,6 +28,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from .. import config
 from . import fused
 from . import triton_gate as T
 
@@ -461,7 +462,7 @@ def compile_specs(specs: Sequence[list], archs: Sequence[int] = ARCHS, jobs: int
 
 
 def _in_processes(work: List[Tuple[int, list]]) -> List[dict]:
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env = config.environ(TRITON_INTERPRET=None)
     env.setdefault('CBAM_DET_LAYERS_ONLY', '1')
     procs = []
     for arch, chunk in work:
@@ -646,7 +647,7 @@ def module_passes(
       argument read once and each output written once;
     - ``total``: the three. Runs in a fresh interpreter process when this one compiles kernels."""
     if not T.INTERPRETED:
-        env = dict(os.environ, TRITON_INTERPRET='1', CBAM_DET_LAYERS_ONLY='1')
+        env = config.environ(TRITON_INTERPRET='1', CBAM_DET_LAYERS_ONLY='1')
         job = dict(kinds=list(kinds), shape=list(shape), dtype=str(dtype), channels_last=channels_last, sms=sms)
         cmd = [sys.executable, '-m', 'cbam_det.kernels.census', 'passes', json.dumps(job)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)

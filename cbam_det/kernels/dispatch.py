@@ -25,13 +25,13 @@ break that runs eagerly: ``torch.compiler.disable``).
 """
 
 import contextlib
-import os
 import warnings
 from typing import Iterator, Optional
 
 import torch
 from torch import nn
 
+from ..config import BACKENDS, get_backend, set_backend, use_backend
 from . import fused, lean
 from .policy import fallback
 from .record import note
@@ -51,44 +51,12 @@ __all__ = [
     'pointwise_conv',
 ]
 
-BACKENDS = ('auto', 'torch', 'cpu', 'triton')
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_state: dict = {'override': None, 'triton_ok': {}}
+_state: dict = {'triton_ok': {}}
 
 
 class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run this call (the message says why)."""
-
-
-def _check_name(name: str, source: str) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f'cbam_det: unknown {source}={name!r}; allowed: {", ".join(map(repr, BACKENDS))}')
-    return name
-
-
-def get_backend() -> str:
-    """The requested backend: :func:`set_backend`'s, else ``$CBAM_DET_BACKEND``, else ``'auto'``."""
-    if _state['override'] is not None:
-        return _state['override']
-    return _check_name(os.environ.get('CBAM_DET_BACKEND') or 'auto', 'CBAM_DET_BACKEND')
-
-
-def set_backend(name: Optional[str]) -> Optional[str]:
-    """Request ``name`` for every later call (None: follow ``$CBAM_DET_BACKEND`` again);
-    returns the previous request."""
-    previous = _state['override']
-    _state['override'] = None if name is None else _check_name(name, 'backend')
-    return previous
-
-
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """``with use_backend('torch'):`` — the backend for the calls inside the block."""
-    previous = set_backend(name)
-    try:
-        yield
-    finally:
-        _state['override'] = previous
 
 
 def exporting() -> bool:

@@ -48,7 +48,6 @@ specialization, and sends that specialization to the twin from then on; without 
 
 import contextlib
 import functools
-import os
 import warnings
 from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -56,6 +55,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import config
 from . import triton_fallback
 from .policy import fallback, fallback_enabled
 
@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 #: the kernels were defined under Triton's interpreter (they then run on CPU tensors)
-INTERPRETED = os.environ.get('TRITON_INTERPRET', '0') == '1'
+INTERPRETED = config.triton_interpreted()
 #: the pools also give Σ_hw (z − μ) of a folded BN, kept for backward (:mod:`.fused` asks)
 CENTERED_SUMS = True
 #: streaming multiprocessors assumed where there is no CUDA device (an H200)

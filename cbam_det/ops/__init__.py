@@ -25,6 +25,8 @@ from typing import List, Optional
 
 import torch
 
+from .. import config
+
 __all__ = ['gate_ext', 'build_dir', 'cpu_arch']
 
 _SRC = osp.join(osp.dirname(__file__), 'csrc', 'gate_cpu.cpp')
@@ -34,7 +36,7 @@ _state: dict = {'tried': False, 'ext': None}
 
 def cpu_arch() -> str:
     """The instruction set the kernels are built for: ``$CBAM_DET_CPU_ARCH`` or ``native``."""
-    arch = os.environ.get('CBAM_DET_CPU_ARCH') or 'native'
+    arch = config.cpu_arch()
     if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._+-]*', arch):
         raise ValueError(
             f'cbam_det: CBAM_DET_CPU_ARCH={arch!r} is not a target name; allowed: native (default) or a gcc '
@@ -67,15 +69,12 @@ def build_dir() -> str:
     with open(_SRC, 'rb') as f:
         key = hashlib.sha1(f.read() + repr((_flags(), _cpu_id(), torch.__version__, sys.version)).encode())
     key = key.hexdigest()[:16]
-    cache = os.environ.get('CBAM_DET_CACHE') or osp.join(
-        os.environ.get('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache'), 'cbam_det'
-    )
-    return osp.join(os.environ.get('CBAM_DET_EXT_DIR') or osp.join(cache, 'ext'), key)
+    return osp.join(config.ext_dir(), key)
 
 
 def gate_ext(verbose: bool = False) -> Optional[object]:
     """The compiled kernels, or None (PyTorch fallback); compiles once per process if needed."""
-    if os.environ.get('CBAM_DET_NO_EXT', '0') == '1':
+    if config.no_ext():
         return None
     if not _state['tried']:
         _state['tried'] = True

@@ -2,9 +2,9 @@
 
 from ._utils import set_check_finite
 from .bam import BAM, BAMChannelGate, BAMSpatialGate
-from .base import AttentionModule
+from .base import ATTENTION_MODULES, AttentionModule
 from .cbam import CBAM, ChannelGate, SpatialGate
-from .factory import ATTENTION_TYPES, build_attention
+from .factory import build_attention
 from .se import SE
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     'BAM',
     'BAMChannelGate',
     'BAMSpatialGate',
-    'ATTENTION_TYPES',
+    'ATTENTION_MODULES',
     'build_attention',
     'set_check_finite',
 ]

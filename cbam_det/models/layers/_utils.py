@@ -1,12 +1,14 @@
 """Shared argument checks and numerics for the attention layers (CBAM, SE, BAM)."""
 
 import contextlib
-import os
 from typing import ContextManager, Iterable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ... import config
+from ...config import set_check_finite
 
 __all__ = [
     'hidden_channels',
@@ -61,7 +63,6 @@ def check_odd_kernel(owner: str, name: str, value: int) -> None:
 
 
 _FLOAT_DTYPES = 'float16, bfloat16, float32 or float64'
-_check_finite = {'on': os.environ.get('CBAM_DET_CHECK_FINITE', '0') == '1'}
 
 
 def autocast_off(device: torch.device) -> ContextManager:
@@ -70,15 +71,6 @@ def autocast_off(device: torch.device) -> ContextManager:
     if device.type == 'meta':
         return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)
-
-
-def set_check_finite(enabled: bool) -> bool:
-    """Turn the opt-in NaN/Inf check of the attention modules' inputs on or off (also
-    ``CBAM_DET_CHECK_FINITE=1``); returns the previous setting. In training, one batch with a
-    NaN or Inf poisons a BatchNorm's running statistics for good; the check costs one pass
-    over the input, so it is off by default."""
-    previous, _check_finite['on'] = _check_finite['on'], bool(enabled)
-    return previous
 
 
 def check_input(owner: str, x: torch.Tensor, in_channels: int, training: bool = False) -> None:
@@ -91,7 +83,7 @@ def check_input(owner: str, x: torch.Tensor, in_channels: int, training: bool = 
         raise ValueError(f'{owner}: expected input of shape (N, in_channels={in_channels}, H, W), got {tuple(x.shape)}')
     if 0 in x.shape:
         raise ValueError(f'{owner}: input of shape {tuple(x.shape)} is empty; N, H and W must be >= 1')
-    if _check_finite['on'] and training and not bool(torch.isfinite(x).all()):
+    if training and config.check_finite() and not bool(torch.isfinite(x).all()):
         bad = 'NaN' if bool(torch.isnan(x).any()) else 'Inf'
         raise FloatingPointError(
             f'{owner}(in_channels={in_channels}): the input holds {bad} in a training step; its BatchNorm '

@@ -1,6 +1,6 @@
 """Common base of the attention modules (CBAM, SE, BAM): arguments, initialisation, freezing."""
 
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from mmengine.model import BaseModule
@@ -9,9 +9,13 @@ from torch import nn
 from ... import kernels
 from ._utils import check_choice, check_input, check_not_frozen
 
-__all__ = ['AttentionModule', 'INIT_MODES']
+__all__ = ['AttentionModule', 'INIT_MODES', 'ATTENTION_MODULES']
 
 INIT_MODES = ('scratch', 'identity')
+#: every attention module class by its ``_abbr_`` (the attribute name a block gives it, and the
+#: string key of ``build_attention``): filled as subclasses are defined, read by the factory and by
+#: the checkpoint-key check (cbam_det.engine.attention_keys), so a new module needs no entry elsewhere
+ATTENTION_MODULES: Dict[str, type] = {}
 
 
 class AttentionModule(BaseModule):
@@ -25,6 +29,15 @@ class AttentionModule(BaseModule):
     Subclasses implement :meth:`_init_special` for what differs from the official default
     init (Kaiming fan-out convs, PyTorch Linear init, BN γ = 1 / β = 0, zero biases).
     """
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        abbr = cls.__dict__.get('_abbr_')
+        if abbr is not None:
+            known = ATTENTION_MODULES.get(abbr)
+            if known is not None and known.__qualname__ != cls.__qualname__:
+                raise ValueError(f'{cls.__name__}._abbr_={abbr!r} is already the abbreviation of {known.__name__}')
+            ATTENTION_MODULES[abbr] = cls
 
     def __init__(
         self,

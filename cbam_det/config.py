@@ -1,0 +1,182 @@
+"""Every switch of cbam_det in one place: the ``CBAM_DET_*`` environment variables are read here
+and nowhere else, with the setters and context managers that override them (as timm's
+``layers/config.py``). docs/tools.md lists each variable, its default and its effect.
+
+=======================  ==========  ===========================================================
+variable                 default     effect
+=======================  ==========  ===========================================================
+CBAM_DET_BACKEND         auto        the attention's backend: auto, torch, cpu, triton (read at
+                                     every call; :func:`set_backend` / :func:`use_backend` win)
+CBAM_DET_CHECK_FINITE    0           1: refuse NaN/Inf inputs in a training step (one more pass;
+                                     :func:`set_check_finite` wins)
+CBAM_DET_NO_EXT          0           1: never compile or use the C++ CPU kernels
+CBAM_DET_CPU_ARCH        native      gcc's ``-march`` for the C++ CPU kernels
+CBAM_DET_CACHE           ~/.cache/   cache of built mmcv wheels and compiled kernels
+                         cbam_det    (``$XDG_CACHE_HOME/cbam_det`` where that is set)
+CBAM_DET_EXT_DIR         CACHE/ext   where the compiled C++ kernels are kept
+CBAM_DET_LAYERS_ONLY     0           1: ``import cbam_det`` imports only the attention layers and
+                                     kernels (no mmcv), as the GPU check does
+CBAM_DET_THREADS         (budget)    torch threads of a CPU run of the tools (else
+                                     cores // processes − workers, or ``OMP_NUM_THREADS``)
+=======================  ==========  ===========================================================
+
+Also read here, not ours: ``TRITON_INTERPRET`` (Triton's interpreter, for the kernels' tests) and
+``XDG_CACHE_HOME``. CBAM_DET_TEST_SEED (default 0) is the test suite's, read by tests/numerics.py.
+"""
+
+import contextlib
+import os
+import os.path as osp
+from typing import Iterator, Optional
+
+__all__ = [
+    'BACKENDS',
+    'get_backend',
+    'set_backend',
+    'use_backend',
+    'check_finite',
+    'set_check_finite',
+    'no_ext',
+    'cpu_arch',
+    'cache_dir',
+    'ext_dir',
+    'layers_only',
+    'threads',
+    'triton_interpreted',
+    'env',
+    'environ',
+    'setdefault_env',
+]
+
+BACKENDS = ('auto', 'torch', 'cpu', 'triton')
+_state: dict = {'backend': None, 'check_finite': None}
+
+
+def env(name: str, default: Optional[str] = None) -> Optional[str]:
+    """The environment variable ``name`` (``default`` where it is unset or empty)."""
+    return os.environ.get(name) or default
+
+
+def environ(**overrides: str) -> dict:
+    """A copy of the environment with ``overrides`` (None removes a variable), for a child process."""
+    out = dict(os.environ)
+    for k, v in overrides.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def setdefault_env(name: str, value: str) -> str:
+    """Set the environment variable ``name`` unless it is set (for child processes and
+    torch.distributed's env:// variables); returns its value."""
+    return os.environ.setdefault(name, value)
+
+
+def _flag(name: str) -> bool:
+    value = env(name, '0')
+    if value not in ('0', '1'):
+        raise ValueError(f'cbam_det: {name}={value!r}; allowed: 0 or 1')
+    return value == '1'
+
+
+# ---------------------------------------------------------------- the attention's backend
+
+
+def _check_backend(name: str, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f'cbam_det: unknown {source}={name!r}; allowed: {", ".join(map(repr, BACKENDS))}')
+    return name
+
+
+def get_backend() -> str:
+    """The requested backend: :func:`set_backend`'s, else ``$CBAM_DET_BACKEND``, else ``'auto'``."""
+    if _state['backend'] is not None:
+        return _state['backend']
+    return _check_backend(env('CBAM_DET_BACKEND', 'auto'), 'CBAM_DET_BACKEND')
+
+
+def set_backend(name: Optional[str]) -> Optional[str]:
+    """Request ``name`` for every later call (None: follow ``$CBAM_DET_BACKEND`` again);
+    returns the previous request."""
+    previous = _state['backend']
+    _state['backend'] = None if name is None else _check_backend(name, 'backend')
+    return previous
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """``with use_backend('torch'):`` — the backend for the calls inside the block."""
+    previous = set_backend(name)
+    try:
+        yield
+    finally:
+        _state['backend'] = previous
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_finite() -> bool:
+    """Whether the attention modules refuse NaN/Inf inputs in a training step."""
+    if _state['check_finite'] is not None:
+        return _state['check_finite']
+    return _flag('CBAM_DET_CHECK_FINITE')
+
+
+def set_check_finite(enabled: Optional[bool]) -> bool:
+    """Turn the opt-in NaN/Inf check of the attention modules' inputs on or off (None: follow
+    ``CBAM_DET_CHECK_FINITE`` again); returns the previous setting. In training, one batch with a
+    NaN or Inf poisons a BatchNorm's running statistics for good; the check costs one pass over
+    the input, so it is off by default."""
+    previous = check_finite()
+    _state['check_finite'] = None if enabled is None else bool(enabled)
+    return previous
+
+
+# ---------------------------------------------------------------- the C++ CPU kernels and caches
+
+
+def no_ext() -> bool:
+    """``CBAM_DET_NO_EXT=1``: the C++ CPU kernels are neither compiled nor used."""
+    return _flag('CBAM_DET_NO_EXT')
+
+
+def cpu_arch() -> str:
+    """gcc's ``-march`` for the C++ CPU kernels: ``$CBAM_DET_CPU_ARCH`` or ``native``."""
+    return env('CBAM_DET_CPU_ARCH', 'native')
+
+
+def cache_dir() -> str:
+    """``$CBAM_DET_CACHE``, else ``$XDG_CACHE_HOME/cbam_det``, else ``~/.cache/cbam_det``."""
+    xdg = env('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache')
+    return env('CBAM_DET_CACHE') or osp.join(xdg, 'cbam_det')
+
+
+def ext_dir() -> str:
+    """Where the compiled C++ kernels are kept: ``$CBAM_DET_EXT_DIR`` or ``<cache>/ext``."""
+    return env('CBAM_DET_EXT_DIR') or osp.join(cache_dir(), 'ext')
+
+
+# ---------------------------------------------------------------- imports, threads, Triton
+
+
+def layers_only() -> bool:
+    """``CBAM_DET_LAYERS_ONLY=1``: only the attention layers and kernels are imported (no mmcv)."""
+    return _flag('CBAM_DET_LAYERS_ONLY')
+
+
+def threads() -> Optional[int]:
+    """``$CBAM_DET_THREADS``, the torch threads of a CPU run of the tools (None: unset)."""
+    value = env('CBAM_DET_THREADS')
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f'CBAM_DET_THREADS={value!r}: must be a positive integer')
+    return int(value)
+
+
+def triton_interpreted() -> bool:
+    """``TRITON_INTERPRET=1``: Triton's interpreter runs the kernels on CPU tensors (tests)."""
+    return env('TRITON_INTERPRET', '0') == '1'
