@@ -1,14 +1,32 @@
 """Paths and small helpers shared by the test modules (fixtures live in conftest.py)."""
 
+import importlib
 import os
 import os.path as osp
 import subprocess
 import sys
 
-__all__ = ['REPO', 'DEMO_CONFIG', 'demo_data_options', 'dist_train', 'dist_train_with_attention_dumps']
+__all__ = [
+    'REPO',
+    'ANALYSIS',
+    'DEMO_CONFIG',
+    'analysis_tool',
+    'demo_data_options',
+    'dist_train',
+    'dist_train_with_attention_dumps',
+]
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r50w16-cbam_fpn_demo.py')
+ANALYSIS = osp.join(REPO, 'tools', 'analysis')
+
+
+def analysis_tool(name: str):
+    """A module of tools/analysis (``census``, ``kernel_compile``, ``toolkit``, ...), imported
+    as the commands there import each other (their folder on ``sys.path``)."""
+    if ANALYSIS not in sys.path:
+        sys.path.insert(0, ANALYSIS)
+    return importlib.import_module(name)
 
 
 def demo_data_options(root: str) -> list:

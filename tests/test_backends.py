@@ -16,10 +16,13 @@ import torch
 from torch import nn
 
 from cbam_det import BAM, CBAM, SE, kernels
-from cbam_det.kernels import census, triton_gate
+from cbam_det.kernels import triton_gate
 
 from . import numerics
-from .helpers import REPO
+from .helpers import REPO, analysis_tool
+
+census = analysis_tool('census')
+kernel_compile = analysis_tool('kernel_compile')
 
 no_ext = pytest.mark.skipif(os.environ.get('CBAM_DET_NO_EXT') == '1', reason='CBAM_DET_NO_EXT=1: no C++ kernels')
 DEVICE = 'cpu' if triton_gate.INTERPRETED or not torch.cuda.is_available() else 'cuda'
@@ -318,14 +321,14 @@ def test_probe_reports_a_failing_kernel_and_warns_once(monkeypatch):
 # compiles what the tests above launched)
 
 
-@pytest.mark.parametrize('arch', census.ARCHS, ids=lambda a: f'sm_{a}')
+@pytest.mark.parametrize('arch', kernel_compile.ARCHS, ids=lambda a: f'sm_{a}')
 def test_every_launched_specialization_compiles_within_128_registers_without_spills(arch):
     """Triton's compiler and ptxas for sm_80/90/100/120 on this machine, no GPU: registers per
     thread and stack (spills) of every kernel specialization this module's tests launched."""
     specs = census.unique_specs(_launched)
     if not specs:
         pytest.skip('no Triton launch recorded: run the whole module')
-    results = census.compile_specs(specs, archs=[arch], jobs=2)
+    results = kernel_compile.compile_specs(specs, archs=[arch], jobs=2)
     skipped = {r['skipped'] for r in results if 'skipped' in r}
     if skipped:
         assert all('skipped' in r for r in results), skipped  # a target is supported or not, never in part
@@ -335,4 +338,4 @@ def test_every_launched_specialization_compiles_within_128_registers_without_spi
     print(f'sm_{arch}: {len(results)} specializations, at most {most["registers"]} registers ({most["kernel"]})')
     # over 128 registers, spills, a fused multiply-add (the tie masks need the interpreter's
     # rounding), a maximum that ignores NaN
-    assert census.compile_problems(results) == []
+    assert kernel_compile.compile_problems(results) == []

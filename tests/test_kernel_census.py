@@ -1,4 +1,4 @@
-"""What the Triton kernels would cost a GPU, measured without one (cbam_det.kernels.census):
+"""What the Triton kernels would cost a GPU, measured without one (tools/analysis/census.py):
 grids at detection shapes, every byte of a module step in passes, and the specializations a GPU
 would compile for the shipped detection configs, compiled ahead of time for sm_80/90/100/120.
 (The specializations the interpreter tests launch are compiled at the end of tests/test_backends.py.)"""
@@ -8,8 +8,12 @@ import os
 import pytest
 import torch
 
-from cbam_det.kernels import census
 from cbam_det.kernels import triton_gate as T
+
+from .helpers import analysis_tool
+
+census = analysis_tool('census')
+kernel_compile = analysis_tool('kernel_compile')
 
 SMS = T.DEFAULT_SMS  # an H200
 DETECTION_SHAPES = (
@@ -122,7 +126,7 @@ def test_the_ssdlite_stages_are_those_of_the_shipped_config():
 
 
 def _compile(specs, arch):
-    results = census.compile_specs(specs, archs=[arch], jobs=os.cpu_count() or 2)
+    results = kernel_compile.compile_specs(specs, archs=[arch], jobs=os.cpu_count() or 2)
     skipped = {r['skipped'] for r in results if 'skipped' in r}
     if skipped:
         assert all('skipped' in r for r in results), skipped  # a target is supported or not, never in part
@@ -131,7 +135,7 @@ def _compile(specs, arch):
     return results
 
 
-@pytest.mark.parametrize('arch', census.ARCHS, ids=lambda a: f'sm_{a}')
+@pytest.mark.parametrize('arch', kernel_compile.ARCHS, ids=lambda a: f'sm_{a}')
 def test_the_c24_specializations_of_ssdlite_compile(arch):
     """MobileNetV2's 24-channel stage (no divisibility hint on C): bfloat16, both layouts,
     training and inference, at its detection shape."""
@@ -143,11 +147,11 @@ def test_the_c24_specializations_of_ssdlite_compile(arch):
             for launch in census.module_launches('cbam_plugin', (24, 24, 80, 80), channels_last=cl, train=train)
         ]
     )
-    assert census.compile_problems(_compile(specs, arch)) == []
+    assert kernel_compile.compile_problems(_compile(specs, arch)) == []
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('arch', census.ARCHS, ids=lambda a: f'sm_{a}')
+@pytest.mark.parametrize('arch', kernel_compile.ARCHS, ids=lambda a: f'sm_{a}')
 def test_every_detection_specialization_compiles(arch):
     """Every specialization a GPU compiles for the shipped configs (census.DETECTION_MODELS:
     Faster R-CNN R50 800×1344 batch 2 with CBAM/SE plugin and fused and BAM, YOLOX-S 640 batch 8,
@@ -158,4 +162,4 @@ def test_every_detection_specialization_compiles(arch):
     results = _compile(specs, arch)
     most = max(results, key=lambda r: r['registers'])
     print(f'sm_{arch}: {len(results)} specializations, at most {most["registers"]} registers ({most["kernel"]})')
-    assert census.compile_problems(results) == []
+    assert kernel_compile.compile_problems(results) == []

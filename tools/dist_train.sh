@@ -1,19 +1,5 @@
 #!/usr/bin/env bash
-# Distributed training with torchrun through mmengine's runner:
+# Distributed training with torchrun through mmengine's runner (tools/dist_run.sh):
 #   bash tools/dist_train.sh CONFIG NUM_PROCS [train.py args...]
-# Without a GPU the processes use the gloo backend on CPU (see cbam_det/engine/cpu_dist.py).
 set -euo pipefail
-CONFIG=$1
-GPUS=$2
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-DIR="$(cd "$(dirname "$0")" && pwd)"
-PYTHON=${PYTHON:-python}
-
-PYTHONPATH="$DIR/..${PYTHONPATH:+:$PYTHONPATH}" \
-"$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$GPUS" --master_port="$PORT" \
-    "$DIR/train.py" "$CONFIG" --launcher pytorch "${@:3}"
+exec bash "$(dirname "$0")/dist_run.sh" train.py "$2" "$1" "${@:3}"

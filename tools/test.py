@@ -7,25 +7,16 @@ python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
 
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import Config, ConfigDict
 from mmengine.evaluator import DumpResults
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a clone without install
 import cbam_det  # noqa: E402,F401  (only registration: configs work without custom_imports)
-from cbam_det.engine import (  # noqa: E402
-    AttentionKeyCheckHook,
-    load_config,
-    set_cpu_threads,
-    setup_cpu_distributed,
-    use_safe_checkpoint_loading,
-)
+from cbam_det.engine import add_runner_options, build_runner, load_config, parse_runner_args  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,22 +28,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='directory (inside work_dir) where painted images are saved')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, help='override settings of the config, key=value'
-    )
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
-    parser.add_argument(
-        '--unsafe-load',
-        action='store_true',
-        help='unpickle checkpoints from outside the work_dir (load_from, Pretrained init) without '
-        'weights_only=True: only for files you trust, it can run code',
-    )
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (config needs tta_model)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_options(parser)
+    return parse_runner_args(parser)
 
 
 def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> Config:
@@ -90,13 +68,7 @@ def main() -> None:
             test_data_cfg.batch_shapes_cfg = None
         test_data_cfg.pipeline = cfg.tta_pipeline
 
-    # checkpoints from elsewhere load with weights_only=True; the run's own work_dir is trusted
-    use_safe_checkpoint_loading(trusted_dirs=[cfg.work_dir], unsafe=args.unsafe_load)
-    setup_cpu_distributed(cfg, args.launcher)
-    # CPU: torch threads x processes <= cores, data-loading workers included (no oversubscription)
-    set_cpu_threads(workers=cfg.get('test_dataloader', {}).get('num_workers', 0))
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.register_hook(AttentionKeyCheckHook())  # a checkpoint with other attention is named, not half-loaded
+    runner = build_runner(cfg, args, 'test_dataloader')
 
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):

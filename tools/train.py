@@ -5,24 +5,19 @@ python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
 """
 
 import argparse
-import os
 import os.path as osp
 import sys
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a clone without install
 import cbam_det  # noqa: E402,F401  (only registration: configs work without custom_imports)
 from cbam_det.engine import (  # noqa: E402
-    AttentionKeyCheckHook,
+    add_runner_options,
+    build_runner,
     latest_checkpoint,
     load_config,
-    set_cpu_threads,
-    setup_cpu_distributed,
-    use_safe_checkpoint_loading,
+    parse_runner_args,
 )
 
 
@@ -39,25 +34,8 @@ def parse_args() -> argparse.Namespace:
         const='auto',
         help='resume from this checkpoint; without a value, from the latest one in work_dir',
     )
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, key=value (e.g. train_cfg.max_iters=10)',
-    )
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
-    parser.add_argument(
-        '--unsafe-load',
-        action='store_true',
-        help='unpickle checkpoints from outside the work_dir (load_from, Pretrained init) without '
-        'weights_only=True: only for files you trust, it can run code',
-    )
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_options(parser)
+    return parse_runner_args(parser)
 
 
 def main() -> None:
@@ -88,13 +66,7 @@ def main() -> None:
         cfg.resume = True
         cfg.load_from = args.resume
 
-    # checkpoints from elsewhere load with weights_only=True; the run's own work_dir is trusted
-    use_safe_checkpoint_loading(trusted_dirs=[cfg.work_dir], unsafe=args.unsafe_load)
-    setup_cpu_distributed(cfg, args.launcher)
-    # CPU: torch threads x processes <= cores, data-loading workers included (no oversubscription)
-    set_cpu_threads(workers=cfg.get('train_dataloader', {}).get('num_workers', 0))
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.register_hook(AttentionKeyCheckHook())  # a checkpoint with other attention is named, not half-loaded
+    runner = build_runner(cfg, args, 'train_dataloader')
     runner.train()
 
 

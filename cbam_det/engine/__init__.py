@@ -1,7 +1,7 @@
 """Runtime helpers for tools/train.py and tools/test.py."""
 
 from .attention_keys import AttentionKeyCheckHook, attention_key_mismatch
-from .cli import latest_checkpoint, load_config
+from .cli import add_runner_options, build_runner, latest_checkpoint, load_config, parse_runner_args
 from .cpu_dist import CPUDistributedDataParallel, setup_cpu_distributed
 from .exact_resume import ExactResumeHook
 from .safe_load import UnsafeCheckpointError, load_untrusted, use_safe_checkpoint_loading
@@ -14,6 +14,9 @@ __all__ = [
     'ExactResumeHook',
     'setup_cpu_distributed',
     'load_config',
+    'build_runner',
+    'add_runner_options',
+    'parse_runner_args',
     'latest_checkpoint',
     'UnsafeCheckpointError',
     'load_untrusted',

@@ -1,4 +1,4 @@
-"""Config handling shared by tools/train.py and tools/test.py (mmdet 3.3 behaviour)."""
+"""Config and runner set-up shared by tools/train.py and tools/test.py (mmdet 3.3 behaviour)."""
 
 import argparse
 import glob
@@ -8,7 +8,37 @@ from typing import Optional
 
 from mmengine.config import Config
 
-__all__ = ['load_config', 'latest_checkpoint']
+__all__ = ['add_runner_options', 'parse_runner_args', 'load_config', 'latest_checkpoint', 'build_runner']
+
+
+def add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """The options train.py and test.py share (mmdet 3.3's names), added after their own."""
+    from mmengine.config import DictAction
+
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, key=value (e.g. train_cfg.max_iters=10)',
+    )
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    parser.add_argument(
+        '--unsafe-load',
+        action='store_true',
+        help='unpickle checkpoints from outside the work_dir (load_from, Pretrained init) without '
+        'weights_only=True: only for files you trust, it can run code',
+    )
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_runner_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the command line; ``LOCAL_RANK`` from ``--local-rank`` where the launcher did not set it."""
+    from .. import config
+
+    args = parser.parse_args()
+    config.setdefault_env('LOCAL_RANK', str(args.local_rank))
+    return args
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -44,3 +74,25 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
         if m:
             found.append((int(m.group(2)), path))
     return max(found)[1] if found else None
+
+
+def build_runner(cfg: Config, args: argparse.Namespace, dataloader: str):
+    """mmengine's runner for ``cfg``, as train.py and test.py build it: checkpoints from elsewhere
+    load with ``weights_only=True`` (the run's own work_dir is trusted; ``--unsafe-load``
+    lifts it), CPU processes get a gloo process group, torch threads × processes stay within
+    the cores (``dataloader``'s workers included), and a checkpoint with other attention is
+    named by :class:`AttentionKeyCheckHook` instead of being half-loaded."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from .attention_keys import AttentionKeyCheckHook
+    from .cpu_dist import setup_cpu_distributed
+    from .safe_load import use_safe_checkpoint_loading
+    from .threads import set_cpu_threads
+
+    use_safe_checkpoint_loading(trusted_dirs=[cfg.work_dir], unsafe=args.unsafe_load)
+    setup_cpu_distributed(cfg, args.launcher)
+    set_cpu_threads(workers=cfg.get(dataloader, {}).get('num_workers', 0))
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.register_hook(AttentionKeyCheckHook())
+    return runner

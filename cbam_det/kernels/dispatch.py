@@ -98,21 +98,29 @@ def _cpu_problem(x: torch.Tensor, module, bn) -> Optional[str]:
     return problem
 
 
-def _triton_problem(x: torch.Tensor, module, bn) -> Optional[str]:
+def _triton_device_problem(x: torch.Tensor) -> Optional[str]:
     try:
         from . import triton_gate
     except ImportError as e:
         return f'triton cannot be imported ({e})'
     if x.device.type == 'cpu' and not triton_gate.INTERPRETED:
         return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing cbam_det"
-    census = x.device.type == 'meta' and triton_gate._observer[0] is not None  # a census walking shapes only
-    if x.device.type not in ('cuda', 'cpu') and not census:
+    if x.device.type not in ('cuda', 'cpu'):
         return f'the tensor is on {x.device}; the Triton kernels run on CUDA'
+    return None
+
+
+def _triton_input_problem(x: torch.Tensor, module, bn) -> Optional[str]:
+    """What the Triton kernels cannot take, whatever the device."""
     if x.dtype not in _KERNEL_DTYPES or x.dim() != 4:
         return f'a 4-d float32/float16/bfloat16 tensor is needed, got {x.dtype} of {x.dim()} dims'
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         return 'the Triton kernels take NCHW- or channels-last-contiguous tensors'
     return _traced_problem() or _variant_problem(module) or _bn_problem(bn)
+
+
+def _triton_problem(x: torch.Tensor, module, bn) -> Optional[str]:
+    return _triton_device_problem(x) or _triton_input_problem(x, module, bn)
 
 
 _PROBLEMS = {'cpu': _cpu_problem, 'triton': _triton_problem}

@@ -35,12 +35,7 @@ __all__ = [
     'spatial_conv',
     'pointwise_conv',
     'bn_node_readable',
-    'settings',
 ]
-
-#: ``read_bn_nodes``: a plugin after a BatchNorm may read the BN's autograd node (:func:`_bn_source`);
-#: :mod:`.census` turns it off to record what a GPU with cuDNN's BatchNorm runs
-settings = {'read_bn_nodes': True}
 
 
 class _BNState(NamedTuple):
@@ -435,8 +430,7 @@ def _bn_source(x: torch.Tensor) -> Optional[Tuple[torch.Tensor, _BNState]]:
     """
     node = x.grad_fn
     if (
-        not settings['read_bn_nodes']
-        or type(node).__name__ != 'NativeBatchNormBackward0'
+        type(node).__name__ != 'NativeBatchNormBackward0'
         or x._version != 0
         or x._backward_hooks
         or x.retains_grad

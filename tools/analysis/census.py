@@ -1,44 +1,49 @@
-"""Launch census of the Triton kernels (:mod:`.triton_gate`) without a GPU: what a GPU would be
-given and what it would cost, for CBAM (Woo et al., ECCV 2018), SE and BAM (Park et al., 2018).
+"""Launch census of the Triton kernels (cbam_det.kernels.triton_gate) without a GPU: what a GPU
+would be given and what it would cost, for CBAM (Woo et al., ECCV 2018), SE and BAM (Park et
+al., 2018).
+
+    python tools/analysis/census.py --backbone r50 --attention cbam --shape 2 3 800 1344
+    python tools/analysis/census.py --config configs/yolox/yolox_s-cbam_8xb8-300e_coco.py --shape 8 3 640 640
+    python tools/analysis/census.py --passes            # every byte of one module step, per kind
 
 - :func:`recording` records every launch (kernel, grid, the specialization Triton's JIT
-  would compile: argument types, 16-byte alignment, constants) and optionally skips it, so a
-  network can run at full size on ``meta`` tensors (shapes only, no memory, no time) and show
-  the exact grids; with ``count=True`` in Triton's interpreter it counts the bytes each launch
-  loads and stores of its full-size (4-d) operands, so the passes over memory are measured.
-- :func:`compile_specs` compiles recorded specializations ahead of time for real targets
-  (``sm_80``, ``sm_90``, ``sm_100``, ``sm_120``) with the ptxas that ships with Triton and reads
-  registers and stack (spills) of each cubin with the bundled ``cuobjdump``.
-- :func:`passes` sums the measured passes of the launches of one module step.
+  would compile: argument types, 16-byte alignment, constants) through the kernels' one
+  launch-observer seam (``triton_gate.observe``) and optionally skips it, so a network can
+  run at full size on ``meta`` tensors (shapes only, no memory, no time) and show the exact
+  grids; with ``count=True`` in Triton's interpreter it counts the bytes each launch loads
+  and stores of its full-size (4-d) operands, so the passes over memory are measured.
+- :func:`module_passes` sums every byte one module step moves (kernels, their partial-sum
+  buffers, and the PyTorch operations between them, :class:`TorchTraffic`).
+- ``kernel_compile.py`` compiles recorded specializations ahead of time for real targets.
 
-``python -m cbam_det.kernels.census compile IN.json OUT.json`` is the compile step on its own
-(run in a fresh process when the caller has Triton's interpreter on).
+The network census (the command line; the model options are benchmark.py's) runs the
+model's training step and inference on ``meta`` tensors at ``--shape`` in ``--dtype`` and
+prints, per kernel and stage: launches, programs and programs per SM (``--sms``, default
+the kernels' 132, an H200), registers per thread for ``--archs``, and the passes over the
+full-size tensors (counted in Triton's interpreter at ``--small-shape``), with the bandwidth
+floor passes × bytes / ``--bandwidth``. No GPU needed: the command runs itself in Triton's
+interpreter (``TRITON_INTERPRET=1``).
 """
 
 import contextlib
-import inspect
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field, fields
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from unittest import mock
 
 import torch
+from toolkit import floor_ms, outputs_sum  # (also puts the repository on sys.path)
 
-from .. import config
-from . import fused
-from . import triton_gate as T
+from cbam_det.kernels import dispatch, fused
+from cbam_det.kernels import triton_gate as T
 
 __all__ = [
     'Launch',
     'recording',
     'passes',
-    'compile_specs',
-    'ARCHS',
-    'REGISTER_LIMIT',
     'KINDS',
     'unique_specs',
     'module_step',
@@ -48,14 +53,9 @@ __all__ = [
     'cspdarknet_s_stages',
     'ssdlite_mobilenetv2_stages',
     'detection_specs',
-    'compile_problems',
     'TorchTraffic',
     'DETECTION_MODELS',
-    'MAX_KERNELS',
 ]
-
-ARCHS = (80, 90, 100, 120)
-REGISTER_LIMIT = 128
 
 
 @dataclass
@@ -264,14 +264,24 @@ def recording(
             if traffic is not None:
                 traffic.paused = False
 
-    previous = fused.settings['read_bn_nodes']
-    fused.settings['read_bn_nodes'] = read_bn_nodes
-    ctx = _patched_interpreter() if count else contextlib.nullcontext()
-    try:
-        with ctx, T.observe(hook, sms=sms):
-            yield launches
-    finally:
-        fused.settings['read_bn_nodes'] = previous
+    with contextlib.ExitStack() as stack:
+        if count:
+            stack.enter_context(_patched_interpreter())
+        # shapes only: meta tensors take the kernels' path (checked for all but the device)
+        stack.enter_context(mock.patch.dict(dispatch._PROBLEMS, triton=_meta_or(dispatch._PROBLEMS['triton'])))
+        if not read_bn_nodes:  # cuDNN's BatchNorm node: the plugin keeps its input
+            stack.enter_context(mock.patch.object(fused, '_bn_source', lambda x: None))
+        stack.enter_context(T.observe(hook, sms=sms))
+        yield launches
+
+
+def _meta_or(check):
+    def problem(x: torch.Tensor, module, bn):
+        if x.device.type == 'meta':
+            return dispatch._triton_input_problem(x, module, bn)
+        return check(x, module, bn)
+
+    return problem
 
 
 def _run_counted(launch: Launch, args, run) -> None:
@@ -314,187 +324,6 @@ def unique_specs(launches: Sequence[Launch]) -> List[list]:
     for launch in launches:
         seen.setdefault(launch.key(), json.loads(launch.key()))
     return list(seen.values())
-
-
-# ---------------------------------------------------------------- ahead-of-time compilation
-
-
-def _ast_source(fn, spec: List[list]):
-    """Triton's ASTSource for ``spec`` as its JIT would specialize it (ints equal to 1 and None
-    become constants; pointers and ints divisible by 16 get the divisibility attribute)."""
-    from triton.compiler import ASTSource
-
-    names = [s[0] for s in spec]
-    sig, consts, div, ones = {}, {}, [], []
-    for i, (name, kind, value) in enumerate(spec):
-        if kind == 'const' or (kind == 'int' and value == 1):
-            sig[name], consts[name] = 'constexpr', value
-            if kind == 'int':
-                ones.append(i)
-        elif kind == 'ptr':
-            sig[name] = '*' + value[0]
-            if value[1]:
-                div.append(i)
-        elif kind == 'int':
-            sig[name] = 'i32' if -(2**31) <= value < 2**31 else 'i64'
-            if value % 16 == 0:
-                div.append(i)
-        else:
-            sig[name] = 'fp32'
-    params = inspect.signature(ASTSource.__init__).parameters
-    if 'constexprs' in params:  # triton >= 3.2: names, attributes per argument path
-        attrs = {(i,): [['tt.divisibility', 16]] for i in div}
-        return ASTSource(fn, sig, consts, attrs)
-    from triton.compiler.compiler import AttrsDescriptor  # triton 3.0 / 3.1
-
-    index = {n: i for i, n in enumerate(names)}
-    signature = {index[n]: t for n, t in sig.items() if t != 'constexpr'}
-    constants = {index[n]: v for n, v in consts.items()}
-    return ASTSource(fn, signature, constants, AttrsDescriptor(divisible_by_16=div, equal_to_1=ones))
-
-
-def _tool(name: str) -> str:
-    import triton
-
-    path = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', name)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'census: {name} is not bundled with this triton ({path})')
-    return path
-
-
-def resource_usage(cubin: bytes) -> Dict[str, int]:
-    """Registers, stack, local and shared memory per thread / block, from ``cuobjdump --dump-resource-usage``."""
-    with tempfile.NamedTemporaryFile(suffix='.cubin', delete=False) as f:
-        f.write(cubin)
-    try:
-        out = subprocess.run([_tool('cuobjdump'), '--dump-resource-usage', f.name], capture_output=True, text=True)
-    finally:
-        os.unlink(f.name)
-    m = re.search(r'REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)', out.stdout)
-    if m is None:
-        raise RuntimeError(f'census: cuobjdump printed no resource usage:\n{out.stdout}\n{out.stderr}')
-    return dict(zip(('registers', 'stack', 'shared', 'local'), map(int, m.groups())))
-
-
-def compile_one(kernel: str, spec: List[list], warps: int, arch: int) -> dict:
-    """Compile one specialization for ``sm_<arch>``: resource usage, or ``skipped`` with the
-    reason where this triton cannot target the architecture."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    if T.INTERPRETED:
-        raise RuntimeError('census: compile without TRITON_INTERPRET=1 (the interpreter replaces the JIT)')
-    fn = getattr(T, kernel)
-    try:
-        compiled = triton.compile(
-            _ast_source(fn, spec),
-            target=GPUTarget('cuda', arch, 32),
-            options={'num_warps': warps, 'enable_fp_fusion': False},  # as triton_gate launches them
-        )
-    except Exception as e:  # noqa: BLE001 - a target this triton/ptxas does not know is reported, not raised
-        text = f'{type(e).__name__}: {e}'
-        if _unsupported_target(text):
-            return dict(
-                skipped=f'triton {triton.__version__} cannot compile for sm_{arch}: {text.splitlines()[0][:200]}'
-            )
-        raise
-    ptx = compiled.asm['ptx']
-    return dict(
-        resource_usage(compiled.asm['cubin']),
-        fused_multiply_adds=len(re.findall(r'\bfma\.rn(?:\.ftz)?\.f32\b', ptx)),  # fp-fusion off: none
-        nan_max=len(re.findall(r'\bmax\.NaN\.f32\b', ptx)),  # NaN-propagating max instructions
-        nan_min=len(re.findall(r'\bmin\.NaN\.f32\b', ptx)),
-        plain_max_min=len(re.findall(r'\b(?:max|min)(?:\.ftz)?\.f32\b', ptx)),  # ones that drop NaN
-        fp_fusion=bool(compiled.metadata.enable_fp_fusion) if hasattr(compiled.metadata, 'enable_fp_fusion') else None,
-    )
-
-
-#: kernels that take a maximum (their PTX must hold the NaN-propagating ``max.NaN.f32``)
-MAX_KERNELS = ('_channel_pool_kernel', '_channel_moments_kernel', '_spatial_pool_kernel')
-
-
-def compile_problems(results: Sequence[dict]) -> List[tuple]:
-    """What a compiled specialization must not show: over :data:`REGISTER_LIMIT` registers or a
-    spill; a fused multiply-add or fp-fusion on (recomputed values must round as in the
-    interpreter, for the tie masks); a maximum that is not NaN-propagating."""
-    out, nan_max = [], {}
-    for r in results:
-        if 'skipped' in r:
-            continue
-        if r['registers'] > REGISTER_LIMIT or r['stack'] or r['local']:
-            out.append((r['kernel'], r['arch'], 'registers', r['registers'], r['stack'], r['local']))
-        if r['fused_multiply_adds'] or r.get('fp_fusion'):
-            out.append((r['kernel'], r['arch'], 'fused multiply-add', r['fused_multiply_adds']))
-        if r['plain_max_min']:
-            out.append((r['kernel'], r['arch'], 'a max or min that drops NaN', r['plain_max_min']))
-        if r['kernel'] in MAX_KERNELS:  # (a one-pixel tile folds its max away: counted over all)
-            nan_max[r['kernel']] = nan_max.get(r['kernel'], 0) + r['nan_max']
-    out += [(k, 'no NaN-propagating max in any specialization') for k, n in nan_max.items() if not n]
-    return out
-
-
-def _unsupported_target(text: str) -> bool:
-    return bool(
-        re.search(r'not defined for option|[Uu]nsupported (gpu )?arch|is not a recognized processor|ptxas fatal', text)
-    )
-
-
-def compile_specs(specs: Sequence[list], archs: Sequence[int] = ARCHS, jobs: int = 0) -> List[dict]:
-    """Compile every ``[kernel, spec, warps]`` for every arch: a list of dicts (kernel, arch,
-    warps, spec, then registers, stack, local, shared, or ``skipped`` with the reason). With the
-    interpreter on, or ``jobs`` > 1, the work runs in fresh processes, one arch each
-    (``python -m cbam_det.kernels.census compile``): an arch whose compile aborts the process
-    (triton 3.1's LLVM on sm_100/sm_120) is reported skipped."""
-    jobs = jobs or min(len(specs), os.cpu_count() or 1, 8)
-    if not (T.INTERPRETED or jobs > 1):
-        out = []
-        for kernel, spec, warps in specs:
-            for arch in archs:
-                res = compile_one(kernel, spec, warps, arch)
-                out.append(dict(kernel=kernel, arch=arch, warps=warps, spec=spec, **res))
-        return out
-    per_arch = max(1, jobs // len(archs))
-    work = [(arch, list(specs[i::per_arch])) for arch in archs for i in range(per_arch)]
-    out = []
-    for i in range(0, len(work), jobs):  # at most ``jobs`` processes at a time
-        out += _in_processes(work[i : i + jobs])
-    return out
-
-
-def _in_processes(work: List[Tuple[int, list]]) -> List[dict]:
-    env = config.environ(TRITON_INTERPRET=None)
-    env.setdefault('CBAM_DET_LAYERS_ONLY', '1')
-    procs = []
-    for arch, chunk in work:
-        src = tempfile.NamedTemporaryFile('w', suffix='.json', delete=False)
-        json.dump(dict(specs=chunk, archs=[arch]), src)
-        src.close()
-        cmd = [sys.executable, '-m', 'cbam_det.kernels.census', 'compile', src.name, src.name + '.out']
-        procs.append(
-            (
-                arch,
-                chunk,
-                src.name,
-                subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-            )
-        )
-    results = []
-    for arch, chunk, src, p in procs:
-        _, err = p.communicate()
-        os.unlink(src)
-        if p.returncode != 0:
-            if not _unsupported_target(err):
-                raise RuntimeError(f'census: the compile process failed:\n{err[-3000:]}')
-            import triton
-
-            why = next((line for line in err.splitlines() if 'ERROR' in line or 'not a recognized' in line), '')
-            reason = f'triton {triton.__version__} cannot compile for sm_{arch}: {why.strip()[:200]}'
-            results += [dict(kernel=k, arch=arch, warps=w, spec=sp, skipped=reason) for k, sp, w in chunk]
-            continue
-        with open(src + '.out') as f:
-            results += json.load(f)
-        os.unlink(src + '.out')
-    return results
 
 
 # ---------------------------------------------------------------- one attention module
@@ -561,8 +390,8 @@ def module_step(kind: str, x: torch.Tensor, train: bool = True, measure=None) ->
     the output gradient)."""
     from torch import nn
 
-    from ..models.layers import BAM, CBAM, SE
-    from .dispatch import use_backend
+    from cbam_det.kernels import use_backend
+    from cbam_det.models.layers import BAM, CBAM, SE
 
     if kind not in KINDS:
         raise ValueError(f'census: kind={kind!r}; allowed: {", ".join(KINDS)}')
@@ -647,9 +476,9 @@ def module_passes(
       argument read once and each output written once;
     - ``total``: the three. Runs in a fresh interpreter process when this one compiles kernels."""
     if not T.INTERPRETED:
-        env = config.environ(TRITON_INTERPRET='1', CBAM_DET_LAYERS_ONLY='1')
+        env = dict(os.environ, TRITON_INTERPRET='1', CBAM_DET_LAYERS_ONLY='1')
         job = dict(kinds=list(kinds), shape=list(shape), dtype=str(dtype), channels_last=channels_last, sms=sms)
-        cmd = [sys.executable, '-m', 'cbam_det.kernels.census', 'passes', json.dumps(job)]
+        cmd = [sys.executable, os.path.abspath(__file__), '--passes-job', json.dumps(job)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f'census: the interpreter process failed:\n{out.stderr[-3000:]}')
@@ -678,27 +507,6 @@ def module_passes(
     return result
 
 
-def _main(argv: List[str]) -> int:
-    if len(argv) == 3 and argv[0] == 'compile':
-        with open(argv[1]) as f:
-            job = json.load(f)
-        results = compile_specs([tuple(s) for s in job['specs']], job['archs'], jobs=1)
-        with open(argv[2], 'w') as f:
-            json.dump(results, f)
-        return 0
-    if len(argv) == 2 and argv[0] == 'passes':
-        job = json.loads(argv[1])
-        job['dtype'] = getattr(torch, job['dtype'].replace('torch.', ''))
-        print(json.dumps(module_passes(**job)))
-        return 0
-    print(
-        'usage: python -m cbam_det.kernels.census compile IN.json OUT.json\n'
-        '       python -m cbam_det.kernels.census passes \'{"kinds": [...], "shape": [N, C, H, W], ...}\'',
-        file=sys.stderr,
-    )
-    return 2
-
-
 def as_dict(launch: Launch) -> dict:
     """A launch as JSON-ready data (with programs and passes)."""
     d = {f.name: getattr(launch, f.name) for f in fields(launch) if f.name != 'tensors'}
@@ -706,5 +514,195 @@ def as_dict(launch: Launch) -> dict:
     return d
 
 
+# ---------------------------------------------------------------- a network's census (the command line)
+def _const_key(launch) -> str:
+    """A launch's kernel and compile-time constants: launches with equal keys move the same passes."""
+    return json.dumps([launch.kernel, [s for s in launch.spec if s[1] == 'const']])
+
+
+def _census_step(model: torch.nn.Module, x: torch.Tensor, train: bool) -> None:
+    model.train(train)
+    with torch.set_grad_enabled(train):
+        out = outputs_sum(model(x))
+        if train:
+            out.backward()
+
+
+def run_census(args) -> dict:
+    """Launches, programs per SM, registers and passes of the model's Triton kernels (see above)."""
+    from benchmark import build
+    from kernel_compile import compile_specs
+
+    from cbam_det import kernels
+
+    dtype = getattr(torch, args.dtype)
+    args.device = 'cpu'
+    small = build(args, 'attn')
+    big = build(args, 'attn').to(device='meta', dtype=dtype)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    recorded, per_key = {'train': [], 'inference': []}, {}
+    with kernels.use_backend('triton'):
+        for mode, train in (('train', True), ('inference', False)):
+            for batch in args.batches or [args.shape[0]]:
+                x = torch.empty(batch, *args.shape[1:], device='meta', dtype=dtype).contiguous(memory_format=fmt)
+                with recording(execute=False, sms=args.sms) as launches:
+                    _census_step(big, x, train)
+                recorded[mode] += launches
+            xs = torch.randn(*args.small_shape, generator=torch.Generator().manual_seed(0))
+            with recording(count=True, sms=args.sms) as counted:
+                _census_step(small.to(memory_format=fmt), xs.contiguous(memory_format=fmt), train)
+            for launch in counted:
+                per_key.setdefault(_const_key(launch), launch.passes)
+    everything = recorded['train'] + recorded['inference']
+    if not everything:
+        raise SystemExit('census: the model launched no Triton kernel (no CBAM/SE/BAM that the kernels cover?)')
+    usage: Dict[str, Dict[int, dict]] = {}
+    for r in compile_specs(unique_specs(everything), archs=args.archs):
+        usage.setdefault(json.dumps([r['kernel'], r['spec'], r['warps']]), {})[r['arch']] = r
+    rows = []
+    for mode, launches in recorded.items():
+        groups: Dict[tuple, list] = {}
+        for launch in launches:
+            groups.setdefault((launch.shape, launch.kernel), []).append(launch)
+        for (shape, kernel), group in groups.items():
+            first = group[0]
+            regs = {a: max(usage[g.key()][a].get('registers', -1) for g in group) for a in args.archs}
+            spills = sum(
+                usage[g.key()][a].get('stack', 0) + usage[g.key()][a].get('local', 0) for g in group for a in args.archs
+            )
+            rows.append(
+                dict(
+                    mode=mode,
+                    shape=list(shape) if shape else None,
+                    kernel=kernel.strip('_').replace('_kernel', ''),
+                    launches=len(group),
+                    programs=min(g.programs for g in group),
+                    per_sm=min(g.programs for g in group) / args.sms,
+                    warps=first.warps,
+                    registers=regs,
+                    spills=spills,
+                    passes=per_key.get(_const_key(first)),
+                    bytes=first.full_elements or 0,
+                )
+            )
+    full = [r for r in rows if r['shape']]
+    summary = dict(
+        min_programs_per_sm=min(r['per_sm'] for r in full),
+        max_registers={a: max(r['registers'][a] for r in rows) for a in args.archs},
+        spills=sum(r['spills'] for r in rows),
+    )
+    floors = summary['floors'] = {}  # per step and batch size: full-size bytes the kernels move
+    for r in full:
+        f = floors.setdefault(r['mode'], {}).setdefault(r['shape'][0], dict(bytes=0, unmeasured=0))
+        f['bytes'] += (r['passes'] or 0) * r['bytes'] * r['launches']
+        f['unmeasured'] += r['passes'] is None
+    for per_batch in floors.values():
+        for f in per_batch.values():
+            f['floor_ms'] = floor_ms(1, f['bytes'], args.bandwidth * 1e12)
+    return dict(rows=rows, summary=summary)
+
+
+def census_stages(res: dict) -> List[dict]:
+    """Per step and stage (full-size shape): modules, the fewest programs per SM, the most
+    registers, and the passes of one module (Σ passes of its launches / modules)."""
+    out: Dict[tuple, dict] = {}
+    for r in res['rows']:
+        if not r['shape']:
+            continue
+        key = (r['mode'], tuple(r['shape']))
+        s = out.setdefault(key, dict(mode=r['mode'], shape=r['shape'], modules=0, per_sm=1e9, registers=0, passes=0.0))
+        if r['kernel'] in ('apply_gates', 'bam_apply'):
+            s['modules'] += r['launches']
+        s['per_sm'] = min(s['per_sm'], r['per_sm'])
+        s['registers'] = max(s['registers'], *r['registers'].values())
+        s['passes'] += (r['passes'] if r['passes'] is not None else float('nan')) * r['launches']
+    for s in out.values():
+        s['passes'] /= max(s['modules'], 1)
+    return list(out.values())
+
+
+def print_census(args, res: dict) -> None:
+    spec = args.config or f'{args.backbone} {args.attention} ({args.path}, {args.position})'
+    print(
+        f'census: {spec}, input {"x".join(map(str, args.shape))} {args.dtype}'
+        f'{", channels_last" if args.channels_last else ""}; {args.sms} SMs; registers for '
+        + ', '.join(f'sm_{a}' for a in args.archs)
+        + f'; passes counted at {"x".join(map(str, args.small_shape))}'
+    )
+    if args.per_kernel:
+        print('| step | stage (N×C×H×W) | kernel | launches | programs | per SM | warps | registers | passes |')
+        print('|---|---|---|---:|---:|---:|---:|---:|---:|')
+    for r in res['rows'] if args.per_kernel else []:
+        shape = '×'.join(map(str, r['shape'])) if r['shape'] else '(small)'
+        regs = '/'.join('-' if v < 0 else str(v) for v in r['registers'].values())
+        passes = '?' if r['passes'] is None else f'{r["passes"]:g}'
+        print(
+            f'| {r["mode"]} | {shape} | {r["kernel"]} | {r["launches"]} | {r["programs"]} | {r["per_sm"]:.1f} | '
+            f'{r["warps"]} | {regs} | {passes} |'
+        )
+    print()
+    print('| step | stage (N×C×H×W) | modules | fewest programs per SM | most registers | passes per module |')
+    print('|---|---|---:|---:|---:|---:|')
+    for st in census_stages(res):
+        print(
+            f'| {st["mode"]} | {"×".join(map(str, st["shape"]))} | {st["modules"]} | {st["per_sm"]:.1f} | '
+            f'{st["registers"]} | {st["passes"]:g} |'
+        )
+    s = res['summary']
+    print(
+        f'full-size launches: at least {s["min_programs_per_sm"]:.2f} programs per SM; registers at most '
+        + ', '.join(f'{v} (sm_{a})' for a, v in s['max_registers'].items())
+        + f'; spills {s["spills"]}'
+    )
+    for mode, per_batch in s['floors'].items():
+        for batch, f in sorted(per_batch.items()):
+            print(
+                f'{mode}, batch {batch}: the kernels move {f["bytes"] / 1e9:.3f} GB of full-size tensors: floor '
+                f'{f["floor_ms"]:.3f} ms at {args.bandwidth} TB/s'
+                + (f' ({f["unmeasured"]} kernels without counted passes)' if f['unmeasured'] else '')
+            )
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    import argparse
+
+    from benchmark import model_options
+    from toolkit import DEFAULT_BANDWIDTH_TBS, device_sms
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_options(parser)
+    parser.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'], default='bfloat16')
+    parser.add_argument('--small-shape', type=int, nargs=4, default=(1, 3, 64, 64), metavar=('N', 'C', 'H', 'W'))
+    parser.add_argument('--batches', type=int, nargs='+', help='these batch sizes (default: N of --shape)')
+    parser.add_argument('--per-kernel', action='store_true', help='also the table per kernel')
+    parser.add_argument('--sms', type=int, default=device_sms('cpu'), help='streaming multiprocessors (an H200: 132)')
+    parser.add_argument('--archs', type=int, nargs='+', default=[90], help='compile targets, e.g. 80 90 100 120')
+    parser.add_argument(
+        '--bandwidth', type=float, default=DEFAULT_BANDWIDTH_TBS, help='memory bandwidth in TB/s (an H200: 4.8)'
+    )
+    parser.add_argument(
+        '--passes', action='store_true', help='print module_passes() for every kind (NCHW and channels-last) and stop'
+    )
+    parser.add_argument('--json', help='write the results here too')
+    parser.add_argument('--passes-job', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.passes_job:
+        job = json.loads(args.passes_job)
+        job['dtype'] = getattr(torch, job['dtype'].replace('torch.', ''))
+        print(json.dumps(module_passes(**job)))
+        return
+    if args.passes:
+        res = {fmt: module_passes(channels_last=fmt == 'channels_last') for fmt in ('nchw', 'channels_last')}
+        print(json.dumps(res, indent=1))
+    else:
+        res = run_census(args)
+        print_census(args, res)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(args=vars(args), **res), f, indent=1)
+
+
 if __name__ == '__main__':
-    sys.exit(_main(sys.argv[1:]))
+    if os.environ.get('TRITON_INTERPRET') != '1':  # read when triton is imported: run again in the interpreter
+        os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, TRITON_INTERPRET='1'))
+    main()
