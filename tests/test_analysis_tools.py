@@ -107,8 +107,12 @@ def test_gpu_bench_dry_run_gives_ratios_and_floors(tmp_path):
     assert set(rows) == {'plain', 'cbam_plugin', 'se_plugin'}
     assert res['bandwidth'] == toolkit.DEFAULT_BANDWIDTH_TBS * 1e12 and not res['bandwidth_measured']
     # the floor is the counted passes over the attention inputs' bytes (16 blocks) at the bandwidth
-    moved = 2 * 4 * sum(
-        c * h * w for c, h, w, n in ((32, 8, 8, 3), (64, 4, 4, 4), (128, 2, 2, 6), (256, 1, 1, 3)) for _ in range(n)
+    moved = (
+        2
+        * 4
+        * sum(
+            c * h * w for c, h, w, n in ((32, 8, 8, 3), (64, 4, 4, 4), (128, 2, 2, 6), (256, 1, 1, 3)) for _ in range(n)
+        )
     )
     for name, kind in (('cbam_plugin', 'cbam_plugin'), ('se_plugin', 'se_plugin')):
         want = toolkit.floor_ms(res['passes'][kind]['train']['total'], moved, res['bandwidth'])
