@@ -125,12 +125,13 @@ def check_finite() -> bool:
     return _flag('CBAM_DET_CHECK_FINITE')
 
 
-def set_check_finite(enabled: Optional[bool]) -> bool:
+def set_check_finite(enabled: Optional[bool]) -> Optional[bool]:
     """Turn the opt-in NaN/Inf check of the attention modules' inputs on or off (None: follow
-    ``CBAM_DET_CHECK_FINITE`` again); returns the previous setting. In training, one batch with a
-    NaN or Inf poisons a BatchNorm's running statistics for good; the check costs one pass over
-    the input, so it is off by default."""
-    previous = check_finite()
+    ``CBAM_DET_CHECK_FINITE`` again); returns the previous setting (None where it followed the
+    variable), which restores it when passed back. In training, one batch with a NaN or Inf
+    poisons a BatchNorm's running statistics for good; the check costs one pass over the input,
+    so it is off by default."""
+    previous = _state['check_finite']
     _state['check_finite'] = None if enabled is None else bool(enabled)
     return previous
 

@@ -53,10 +53,13 @@ def test_switches_follow_the_environment_and_their_setters(monkeypatch):
     assert config.check_finite()
     previous = config.set_check_finite(False)
     try:
-        assert previous and not config.check_finite()
+        assert previous is None and not config.check_finite()
+        assert config.set_check_finite(True) is False and config.check_finite()
     finally:
-        config.set_check_finite(None)
+        config.set_check_finite(previous)  # passing the previous setting back restores it
     assert config.check_finite()
+    monkeypatch.setenv('CBAM_DET_CHECK_FINITE', '0')
+    assert not config.check_finite()  # following the variable again
     for name, fn in (('CBAM_DET_NO_EXT', config.no_ext), ('CBAM_DET_CHECK_FINITE', config.check_finite)):
         monkeypatch.setenv(name, 'yes')
         with pytest.raises(ValueError, match=rf"{name}='yes'; allowed: 0 or 1"):

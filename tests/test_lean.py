@@ -66,9 +66,10 @@ def test_fast_path_under_bf16_autocast(monkeypatch):
         y_fast, g_fast = run(randomised(32).train(), x, True, monkeypatch)
         y_slow, g_slow = run(randomised(32).train(), x, False, monkeypatch)
     assert y_fast.dtype == torch.bfloat16
-    torch.testing.assert_close(y_fast.float(), y_slow.float(), rtol=2e-2, atol=2e-2)
-    for a, b in zip(g_fast, g_slow):
-        torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-2)
+    # bfloat16 throughout: the bound is bfloat16's (8-bit mantissa); a gradient is a sum over the
+    # H·W pixels of bf16-rounded terms (the float32 test above holds the arithmetic itself tightly)
+    numerics.assert_close(y_fast, y_slow, dtype=torch.bfloat16)
+    numerics.assert_grads_close(g_fast, g_slow, dtype=torch.bfloat16, terms=x.shape[2] * x.shape[3])
 
 
 def test_kernels_cover_the_paper_module_only():

@@ -9,7 +9,7 @@ its bandwidth floor.
 
 Variants (same ResNet-50, torchvision/mmdet "pytorch" style, ``zero_init_residual`` off so
 the attention sees real activations): ``plain``; ``cbam_eager`` (the obvious eager CBAM with
-our weights, cbam_det.utils.eager); ``cbam_timm`` (timm's ``CbamModule``, when timm is
+our weights, eager_reference.py); ``cbam_timm`` (timm's ``CbamModule``, when timm is
 installed); ``cbam_plugin`` (ours after each block's last BN, ``inplace=True`` as mmdet's
 ResNet builds it); ``cbam_fused`` (ours with the last BN folded in, AttnResNet's
 ``fuse_attention``); ``cbam_torch`` (the plugin on the ``torch`` backend); ``se_plugin``;
@@ -43,6 +43,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 import torch
 import torch.nn as nn
 from census import module_passes
+from eager_reference import EagerCBAM
 from toolkit import (
     DEFAULT_BANDWIDTH_TBS,
     ResNet50,
@@ -55,7 +56,6 @@ from toolkit import (
 )
 
 from cbam_det import BAM, CBAM, SE, kernels
-from cbam_det.utils.eager import EagerCBAM
 
 
 def timm_cbam() -> Optional[Callable[[int], nn.Module]]:

@@ -270,18 +270,18 @@ def mmdet_model(
     """A model built with mmdet's registry (needs mmcv) for ``variant``: ``plain`` (no
     attention), ``attn`` (the attention as configured), ``attn_inplace`` (with
     ``inplace=True``), ``reference`` (``attn`` with the attention replaced by the plain eager
-    implementation, cbam_det.utils.eager).
+    implementation, eager_reference.py).
 
     ``config``: a detector config, of which the backbone + neck is built (deterministic work, no
     NMS or sampling); else a ``backbone`` (``r18``...``r152``) that trains every BN, with CBAM/SE
     in every block (``path='plugin'``: mmdet's ResNet with ``plugins=`` at ``position``;
     ``'attn_resnet'``: cbam_det's AttnResNet, the last BN fused) or BAM after stages 1-3.
     ``zero_init_residual=False`` by default so that attention sees real activations."""
+    from eager_reference import to_reference
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
     import cbam_det  # noqa: F401  (only registration)
-    from cbam_det.utils.eager import to_reference
 
     register_all_modules()
     if config:

@@ -1,14 +1,16 @@
 """The obvious eager implementations of CBAM (Woo et al., ECCV 2018, eq. 1-3), SE (Hu et al.,
 CVPR 2018) and BAM (Park et al., BMVC 2018, eq. 1-4), as one writes them first: adaptive
 pools, two MLP calls, ``cat``, out-of-place products. The benchmarks' baseline: each wraps one
-of our modules and recomputes it with its weights (no kernels, no memory savings).
+of our modules and recomputes it with its weights (no kernels, no memory savings). A measuring
+tool's baseline, not part of the package.
 """
 
+import toolkit  # noqa: F401  (only to put the repository on sys.path)
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.layers import BAM, CBAM, SE
+from cbam_det.models.layers import BAM, CBAM, SE
 
 __all__ = ['EagerCBAM', 'EagerSE', 'EagerBAM', 'to_reference']
 
