@@ -68,8 +68,8 @@ _FLOAT_DTYPES = 'float16, bfloat16, float32 or float64'
 def autocast_off(device: torch.device) -> ContextManager:
     """Autocast switched off for ``device`` (the gates' small layers run in their own dtype);
     nothing to switch on a device without autocast (e.g. ``meta``)."""
-    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.4
-    if available is not None and not available(device.type):
+    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.4; not traceable in 2.5
+    if available is not None and not torch.compiler.is_compiling() and not available(device.type):
         return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)
 
