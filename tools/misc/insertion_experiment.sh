@@ -41,8 +41,8 @@ for name, v in rows:
     step0 = json.loads(open(os.path.join(work, f'{v}-step0.json')).read().split(': ', 1)[1])
     cells = [(step0['coco/bbox_mAP'], step0['coco/bbox_mAP_50'])]
     scalars = sorted(glob.glob(os.path.join(work, v, '*', 'vis_data', 'scalars.json')))[-1]
-    vals = [json.loads(line) for line in open(scalars)]
-    vals = {r['step']: r for r in vals if 'coco/bbox_mAP' in r}
-    cells += [(vals[k]['coco/bbox_mAP'], vals[k]['coco/bbox_mAP_50']) for k in (100, 200, 300, 400)]
+    vals = [r for r in map(json.loads, open(scalars)) if 'coco/bbox_mAP' in r]  # after 100, 200, 300, 400
+    assert len(vals) == 4, f'{v}: {len(vals)} evaluations in {scalars}, expected 4'
+    cells += [(r['coco/bbox_mAP'], r['coco/bbox_mAP_50']) for r in vals]
     print(f'| {name} | ' + ' | '.join(f'{m:.3f} / {m50:.3f}' for m, m50 in cells) + ' |')
 EOF
