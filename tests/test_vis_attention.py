@@ -122,7 +122,7 @@ def test_side_by_side_files(demo_models, demo_images, tmp_path):
     single = V.run(V.parse_args([*demo_models['cbam'], demo_images[0], '--out-dir', str(tmp_path / 'one')]))
     for path in written:
         size = osp.getsize(path)
-        assert 10_000 < size < 300_000, size
+        assert 10_000 < size < 1_000_000, size  # a picture, not a blank or a dump (PNG size follows the seed)
         w, h = Image.open(path).size
         assert w > 4 * h / 2  # one row per model, 2 + 4 stage panels per row
     assert Image.open(written[0]).size[1] > 1.8 * Image.open(single[0]).size[1]  # two rows against one
