@@ -49,6 +49,8 @@ __all__ = [
     'module_step',
     'module_launches',
     'module_passes',
+    'kernel_passes',
+    'kernel_key',
     'resnet50_stages',
     'cspdarknet_s_stages',
     'ssdlite_mobilenetv2_stages',
@@ -433,7 +435,7 @@ PASS_SHAPE = (2, 256, 200, 336)
 COUNT_SHAPE = (1, 24, 5, 9)
 
 
-def _kernel_key(launch: Launch) -> str:
+def kernel_key(launch: Launch) -> str:
     """A kernel and its constant flags, without its tile sizes (a kernel's passes do not depend on them)."""
     flags = [(n, v) for n, kind, v in launch.spec if kind == 'const' and n not in ('BC', 'BHW', 'BLOCK')]
     return json.dumps([launch.kernel, flags])
@@ -448,11 +450,35 @@ def _kernel_passes(kind: str, train: bool, dtype: torch.dtype, channels_last: bo
         module_step(kind, x, train)
     out: Dict[str, float] = {}
     for launch in launches:
-        key = _kernel_key(launch)
+        key = kernel_key(launch)
         if key in out and abs(out[key] - launch.passes) > 1e-9:
             raise RuntimeError(f'census: {launch.kernel} moved {launch.passes} and {out[key]} passes in one step')
         out[key] = launch.passes
     return out
+
+
+def _in_interpreter(function: str, **job) -> object:
+    """``function(**job)`` of this module run in a fresh process in Triton's interpreter (a
+    process that compiles kernels cannot count bytes); ``dtype`` travels as its name."""
+    env = dict(os.environ, TRITON_INTERPRET='1', CBAM_DET_LAYERS_ONLY='1')
+    job = dict(job, dtype=str(job['dtype']))
+    cmd = [sys.executable, os.path.abspath(__file__), '--job', json.dumps(dict(function=function, kwargs=job))]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f'census: the interpreter process failed:\n{out.stderr[-3000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def kernel_passes(
+    kinds: Sequence[str] = KINDS, dtype: torch.dtype = torch.bfloat16, channels_last: bool = False
+) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{kind: {'train' | 'inference': {kernel key: full-size passes}}}: each kernel's reads and
+    writes of full-size tensors in one module step, counted in Triton's interpreter (a fresh
+    interpreter process when this one compiles kernels). Keys as :func:`kernel_key`."""
+    if not T.INTERPRETED:
+        return _in_interpreter('kernel_passes', kinds=list(kinds), dtype=dtype, channels_last=channels_last)
+    modes = (('train', True), ('inference', False))
+    return {kind: {mode: _kernel_passes(kind, train, dtype, channels_last) for mode, train in modes} for kind in kinds}
 
 
 def module_passes(
@@ -476,13 +502,9 @@ def module_passes(
       argument read once and each output written once;
     - ``total``: the three. Runs in a fresh interpreter process when this one compiles kernels."""
     if not T.INTERPRETED:
-        env = dict(os.environ, TRITON_INTERPRET='1', CBAM_DET_LAYERS_ONLY='1')
-        job = dict(kinds=list(kinds), shape=list(shape), dtype=str(dtype), channels_last=channels_last, sms=sms)
-        cmd = [sys.executable, os.path.abspath(__file__), '--passes-job', json.dumps(job)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f'census: the interpreter process failed:\n{out.stderr[-3000:]}')
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return _in_interpreter(
+            'module_passes', kinds=list(kinds), shape=list(shape), dtype=dtype, channels_last=channels_last, sms=sms
+        )
     x = torch.empty(tuple(shape), device='meta', dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
@@ -495,7 +517,7 @@ def module_passes(
             traffic = TorchTraffic()
             with recording(execute=False, sms=sms) as launches:
                 module_step(kind, x, train, measure=traffic.counting)
-            kernels = sum(counted[_kernel_key(launch)] for launch in launches)
+            kernels = sum(counted[kernel_key(launch)] for launch in launches)
             small = sum(t.numel() * t.element_size() for launch in launches for t in launch.tensors if t.dim() != 4)
             result[kind][mode] = dict(
                 total=round(kernels + (small + traffic.bytes) / full, 3),
@@ -684,12 +706,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         '--passes', action='store_true', help='print module_passes() for every kind (NCHW and channels-last) and stop'
     )
     parser.add_argument('--json', help='write the results here too')
-    parser.add_argument('--passes-job', help=argparse.SUPPRESS)
+    parser.add_argument('--job', help=argparse.SUPPRESS)  # _in_interpreter's
     args = parser.parse_args(argv)
-    if args.passes_job:
-        job = json.loads(args.passes_job)
-        job['dtype'] = getattr(torch, job['dtype'].replace('torch.', ''))
-        print(json.dumps(module_passes(**job)))
+    if args.job:
+        job = json.loads(args.job)
+        kwargs = dict(job['kwargs'], dtype=getattr(torch, job['kwargs']['dtype'].replace('torch.', '')))
+        function = {'module_passes': module_passes, 'kernel_passes': kernel_passes}[job['function']]
+        print(json.dumps(function(**kwargs)))
         return
     if args.passes:
         res = {fmt: module_passes(channels_last=fmt == 'channels_last') for fmt in ('nchw', 'channels_last')}

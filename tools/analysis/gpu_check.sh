@@ -4,22 +4,27 @@
 #
 #   bash tools/analysis/gpu_check.sh [OUT_DIR]            # default work_dirs/gpu_check
 #   bash tools/analysis/gpu_check.sh --dry-run [OUT_DIR]  # the same steps on the CPU
+#   STEPS="tests kernels bench" bash tools/analysis/gpu_check.sh OUT_DIR   # some steps only
 #
 # 1. installs requirements/gpu_check.txt from wheelhouse/gpu (made beforehand by
 #    tools/analysis/gpu_wheelhouse.sh; ~6 MB, carried with the tree) into OUT_DIR/site,
 #    unless mmengine and mmdet import already; cbam_det runs with CBAM_DET_LAYERS_ONLY=1
 #    (attention layers and kernels: no mmcv needed);
-# 2. the GPU test subset with TRITON_INTERPRET=0 (the Triton kernels compiled, on CUDA tensors):
-#    tests/test_backends.py (against the torch backend) and tests/test_triton_safety.py (self-check,
-#    per-launch fallback, device guard, ties and NaN, low precision, launchers); then every
-#    specialization of the shipped detection configs compiled for this GPU's architecture
-#    (tests/test_kernel_census.py's slow compile test, checked for registers, spills, FMA, NaN max);
-# 3. tools/analysis/gpu_bench.py at 2x3x800x1344, float32 and bf16 autocast: plain
+# 2. `tests`: the GPU test subset with TRITON_INTERPRET=0 (the Triton kernels compiled, on CUDA
+#    tensors): tests/test_backends.py (against the torch backend) and tests/test_triton_safety.py
+#    (self-check, per-launch fallback, device guard, ties and NaN, low precision, launchers);
+#    beside it, on the CPU cores, every specialization of the shipped detection configs compiled
+#    for this GPU's architecture (tests/test_kernel_census.py's slow compile test, checked for
+#    registers, spills, FMA, NaN max);
+#    `kernels`: tools/analysis/kernel_bandwidth.py, each kernel's GB/s at the stage-1 and stage-4
+#    shapes against the measured copy bandwidth; writes OUT_DIR/kernel_bandwidth.{json,md};
+# 3. `bench`: tools/analysis/gpu_bench.py at 2x3x800x1344, float32 and bf16 autocast: plain
 #    ResNet-50, the eager reference CBAM, timm's CbamModule, ours as plugin and fused (CBAM
 #    in all 16 blocks), SE, BAM x3, channels-last; each beside its bandwidth floor; writes
 #    OUT_DIR/gpu_bench.{json,md};
-# 4. the torch.compile variants (bf16) into OUT_DIR/compiled/.
-# Logs go to OUT_DIR/*.log; each step has a time limit, the whole within 13 minutes.
+# 4. `compiled`: the torch.compile variants (bf16) into OUT_DIR/compiled/.
+# Logs go to OUT_DIR/*.log; each step has a time limit: tests, kernels and bench within 8
+# minutes, compiled within 5 (two device calls fit one session's 15 minutes of device time).
 #
 # --dry-run: the test subset in Triton's interpreter on CPU tensors, and the benchmark on
 # the CPU at 2x3x32x32 (ResNet-50 at width 8) with every cbam_det variant on the triton backend (interpreted); the
@@ -30,6 +35,11 @@ DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 OUT=${1:-work_dirs/gpu_check}
 PY=${PYTHON:-python3}
+STEPS=${STEPS:-tests kernels bench compiled}
+for s in $STEPS; do
+    case $s in tests|kernels|bench|compiled) ;; *) echo "gpu_check: STEPS: unknown step '$s'; allowed: tests kernels bench compiled" >&2; exit 2;; esac
+done
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 start=$(date +%s)
@@ -59,45 +69,63 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.
 assert 'mmcv' not in sys.modules, 'layers-only import pulled in mmcv'
 EOF
 
-# 2. the GPU test subset (the ahead-of-time compile test is for machines without a GPU)
+# 2. the GPU test subset (the ahead-of-time compile test runs beside it on the CPU cores)
 if [ "$DRY" = 1 ]; then export TRITON_INTERPRET=1; else export TRITON_INTERPRET=0; fi
-say "tests/test_backends.py tests/test_triton_safety.py (TRITON_INTERPRET=$TRITON_INTERPRET)"
 rc_tests=0
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_triton_safety.py -o addopts="" \
-    -m "not slow" -k "not compiles_within" > "$OUT/tests.log" 2>&1 || rc_tests=$?
-tail -3 "$OUT/tests.log"
-ARCH=$("$PY" -c 'import torch; c = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0); print(f"{c[0]}{c[1]}")')
-say "every detection specialization compiled for sm_$ARCH"
-# (on the GPU machine's 16 cores about a minute; the dry run compiles the same on this machine's cores)
-if [ "$DRY" = 1 ]; then compile_limit=900; else compile_limit=180; fi
-timeout $compile_limit "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_census.py -o addopts="" -m slow \
-    -k "every_detection_specialization and sm_$ARCH" > "$OUT/compile.log" 2>&1 || rc_tests=$?
-tail -3 "$OUT/compile.log"
+if want tests; then
+    ARCH=$("$PY" -c 'import torch; c = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0); print(f"{c[0]}{c[1]}")')
+    if [ "$DRY" = 1 ]; then compile_limit=900; tests_limit=600; else compile_limit=190; tests_limit=190; fi
+    say "tests/test_backends.py tests/test_triton_safety.py (TRITON_INTERPRET=$TRITON_INTERPRET), beside them every detection specialization compiled for sm_$ARCH"
+    timeout $compile_limit "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_census.py -o addopts="" -m slow \
+        -k "every_detection_specialization and sm_$ARCH" > "$OUT/compile.log" 2>&1 &
+    compile_pid=$!
+    timeout $tests_limit "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_triton_safety.py -o addopts="" \
+        -m "not slow" -k "not compiles_within" > "$OUT/tests.log" 2>&1 || rc_tests=$?
+    tail -3 "$OUT/tests.log"
+    wait $compile_pid || rc_tests=$?
+    tail -3 "$OUT/compile.log"
+fi
+
+# the kernels' achieved bandwidth
+rc_bench=0
+if want kernels; then
+    say "kernel bandwidth"
+    if [ "$DRY" = 1 ]; then
+        timeout 300 "$PY" tools/analysis/kernel_bandwidth.py --device cpu --shapes 1 24 5 9 --out-dir "$OUT" \
+            > "$OUT/kernels.log" 2>&1 || rc_bench=$?
+    else
+        timeout 90 "$PY" tools/analysis/kernel_bandwidth.py --out-dir "$OUT" > "$OUT/kernels.log" 2>&1 || rc_bench=$?
+    fi
+    tail -4 "$OUT/kernels.log"
+fi
 
 # 3. the benchmark (floors from the kernels' passes, counted in Triton's interpreter)
-say "benchmark"
-rc_bench=0
-if [ "$DRY" = 1 ]; then
-    timeout 420 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 2 3 32 32 --base-width 8 --repeats 1 --warmup 0 \
-        --backend triton --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
-else
-    timeout 260 "$PY" tools/analysis/gpu_bench.py --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
+if want bench; then
+    say "benchmark"
+    if [ "$DRY" = 1 ]; then
+        timeout 420 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 2 3 32 32 --base-width 8 --repeats 1 --warmup 0 \
+            --backend triton --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
+    else
+        timeout 170 "$PY" tools/analysis/gpu_bench.py --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
+    fi
+    tail -25 "$OUT/bench.log"
 fi
-tail -25 "$OUT/bench.log"
 
 # 4. torch.compile: the plain network, ours (auto: the torch path) and the eager reference,
 #    bf16 only, last and time-limited (inductor compiles for minutes); a failure is reported, not fatal
-say "benchmark, torch.compile variants"
 rc_compiled=0
-if [ "$DRY" = 1 ]; then
-    timeout 600 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 2 3 32 32 --base-width 8 --repeats 1 --warmup 1 \
-        --dtypes float32 --variants plain_compiled cbam_compiled cbam_eager_compiled --out-dir "$OUT/compiled" \
-        > "$OUT/bench_compiled.log" 2>&1 || rc_compiled=$?
-else
-    timeout 300 "$PY" tools/analysis/gpu_bench.py --dtypes bfloat16 --repeats 5 \
-        --variants plain_compiled cbam_compiled cbam_eager_compiled --out-dir "$OUT/compiled" \
-        > "$OUT/bench_compiled.log" 2>&1 || rc_compiled=$?
+if want compiled; then
+    say "benchmark, torch.compile variants"
+    if [ "$DRY" = 1 ]; then
+        timeout 600 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 2 3 32 32 --base-width 8 --repeats 1 --warmup 1 \
+            --dtypes float32 --variants plain_compiled cbam_compiled cbam_eager_compiled --out-dir "$OUT/compiled" \
+            > "$OUT/bench_compiled.log" 2>&1 || rc_compiled=$?
+    else
+        timeout 280 "$PY" tools/analysis/gpu_bench.py --dtypes bfloat16 --repeats 5 \
+            --variants plain_compiled cbam_compiled cbam_eager_compiled --out-dir "$OUT/compiled" \
+            > "$OUT/bench_compiled.log" 2>&1 || rc_compiled=$?
+    fi
+    tail -8 "$OUT/bench_compiled.log"
 fi
-tail -8 "$OUT/bench_compiled.log"
-say "done: tests rc=$rc_tests, benchmark rc=$rc_bench, compiled rc=$rc_compiled; results in $OUT"
+say "done ($STEPS): tests rc=$rc_tests, benchmark rc=$rc_bench, compiled rc=$rc_compiled; results in $OUT"
 exit $(( rc_tests || rc_bench ))
