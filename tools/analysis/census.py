@@ -51,6 +51,8 @@ __all__ = [
     'module_passes',
     'kernel_passes',
     'kernel_key',
+    'counted_passes',
+    'load_counted_passes',
     'resnet50_stages',
     'cspdarknet_s_stages',
     'ssdlite_mobilenetv2_stages',
@@ -529,6 +531,35 @@ def module_passes(
     return result
 
 
+#: the (dtype, channels-last) pairs of :func:`counted_passes`' per-kernel passes
+PASS_LAYOUTS = ((torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False))
+
+
+def _layout_name(dtype: torch.dtype, channels_last: bool) -> str:
+    return f'{str(dtype).replace("torch.", "")}-{"channels_last" if channels_last else "nchw"}'
+
+
+def counted_passes() -> dict:
+    """Everything the GPU tools take from Triton's interpreter, for a machine whose interpreter
+    cannot run (the GPU machine's triton 3.6 with its numpy): ``module`` (:func:`module_passes`
+    of every kind, bf16 NCHW) and ``kernels`` (:func:`kernel_passes` per :data:`PASS_LAYOUTS`)."""
+    return dict(
+        module=module_passes(KINDS),
+        kernels={_layout_name(d, cl): kernel_passes(KINDS, dtype=d, channels_last=cl) for d, cl in PASS_LAYOUTS},
+    )
+
+
+def load_counted_passes(path: Optional[str]) -> Optional[dict]:
+    """:func:`counted_passes` as written by ``census.py --counted-passes PATH`` (None: no file)."""
+    if path is None:
+        return None
+    with open(path) as f:
+        res = json.load(f)
+    if set(res) != {'module', 'kernels'}:
+        raise ValueError(f'{path}: not a file of census.py --counted-passes (keys {sorted(res)})')
+    return res
+
+
 def as_dict(launch: Launch) -> dict:
     """A launch as JSON-ready data (with programs and passes)."""
     d = {f.name: getattr(launch, f.name) for f in fields(launch) if f.name != 'tensors'}
@@ -706,6 +737,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         '--passes', action='store_true', help='print module_passes() for every kind (NCHW and channels-last) and stop'
     )
     parser.add_argument('--json', help='write the results here too')
+    parser.add_argument(
+        '--counted-passes', metavar='PATH', help="write counted_passes() (for the GPU tools' --passes) here and stop"
+    )
     parser.add_argument('--job', help=argparse.SUPPRESS)  # _in_interpreter's
     args = parser.parse_args(argv)
     if args.job:
@@ -713,6 +747,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         kwargs = dict(job['kwargs'], dtype=getattr(torch, job['kwargs']['dtype'].replace('torch.', '')))
         function = {'module_passes': module_passes, 'kernel_passes': kernel_passes}[job['function']]
         print(json.dumps(function(**kwargs)))
+        return
+    if args.counted_passes:
+        with open(args.counted_passes, 'w') as f:
+            json.dump(counted_passes(), f, indent=1)
         return
     if args.passes:
         res = {fmt: module_passes(channels_last=fmt == 'channels_last') for fmt in ('nchw', 'channels_last')}

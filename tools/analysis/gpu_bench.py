@@ -42,7 +42,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
-from census import module_passes
+from census import load_counted_passes, module_passes
 from eager_reference import EagerCBAM
 from toolkit import (
     DEFAULT_BANDWIDTH_TBS,
@@ -221,6 +221,9 @@ def main() -> None:
     parser.add_argument(
         '--bandwidth', type=float, default=DEFAULT_BANDWIDTH_TBS, help='TB/s where it cannot be measured (an H200: 4.8)'
     )
+    parser.add_argument(
+        '--passes', help="census.py --counted-passes's file (default: counted here, in Triton's interpreter)"
+    )
     parser.add_argument('--out-dir', required=True)
     args = parser.parse_args()
     if args.backend:
@@ -232,7 +235,9 @@ def main() -> None:
     wanted = ['plain'] + [specs[v].baseline for v in args.variants] + list(args.variants)
     args.variants = list(dict.fromkeys(wanted))
     device = torch.device(args.device)
-    passes = module_passes(sorted({specs[v].kind for v in args.variants if specs[v].kind}))
+    kinds = sorted({specs[v].kind for v in args.variants if specs[v].kind})
+    counted = load_counted_passes(args.passes)
+    passes = {k: counted['module'][k] for k in kinds} if counted else module_passes(kinds)
     bandwidth = copy_bandwidth(device, args.bandwidth)
     res = dict(
         environment=environment(device),

@@ -23,6 +23,10 @@
 #    in all 16 blocks), SE, BAM x3, channels-last; each beside its bandwidth floor; writes
 #    OUT_DIR/gpu_bench.{json,md};
 # 4. `compiled`: the torch.compile variants (bf16) into OUT_DIR/compiled/.
+# PASSES=FILE (default wheelhouse/gpu/passes.json, written by gpu_wheelhouse.sh): the passes the
+# floors need, from `python tools/analysis/census.py --counted-passes FILE` on another machine;
+# they are counted in Triton's interpreter, which fails on the GPU machine's triton 3.6 with its
+# numpy ("only 0-dimensional arrays can be converted to Python scalars").
 # Logs go to OUT_DIR/*.log; each step has a time limit: tests, kernels and bench within 8
 # minutes, compiled within 5 (two device calls fit one session's 15 minutes of device time).
 #
@@ -40,6 +44,7 @@ for s in $STEPS; do
     case $s in tests|kernels|bench|compiled) ;; *) echo "gpu_check: STEPS: unknown step '$s'; allowed: tests kernels bench compiled" >&2; exit 2;; esac
 done
 want() { [[ " $STEPS " == *" $1 "* ]]; }
+if [ -z "${PASSES:-}" ] && [ -f wheelhouse/gpu/passes.json ]; then PASSES=$(pwd)/wheelhouse/gpu/passes.json; fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 start=$(date +%s)
@@ -94,7 +99,7 @@ if want kernels; then
         timeout 300 "$PY" tools/analysis/kernel_bandwidth.py --device cpu --shapes 1 24 5 9 --out-dir "$OUT" \
             > "$OUT/kernels.log" 2>&1 || rc_bench=$?
     else
-        timeout 90 "$PY" tools/analysis/kernel_bandwidth.py --out-dir "$OUT" > "$OUT/kernels.log" 2>&1 || rc_bench=$?
+        timeout 90 "$PY" tools/analysis/kernel_bandwidth.py ${PASSES:+--passes "$PASSES"} --out-dir "$OUT" > "$OUT/kernels.log" 2>&1 || rc_bench=$?
     fi
     tail -4 "$OUT/kernels.log"
 fi
@@ -106,7 +111,7 @@ if want bench; then
         timeout 420 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 2 3 32 32 --base-width 8 --repeats 1 --warmup 0 \
             --backend triton --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
     else
-        timeout 170 "$PY" tools/analysis/gpu_bench.py --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
+        timeout 170 "$PY" tools/analysis/gpu_bench.py ${PASSES:+--passes "$PASSES"} --out-dir "$OUT" > "$OUT/bench.log" 2>&1 || rc_bench=$?
     fi
     tail -25 "$OUT/bench.log"
 fi
@@ -121,7 +126,7 @@ if want compiled; then
             --dtypes float32 --variants plain_compiled cbam_compiled cbam_eager_compiled --out-dir "$OUT/compiled" \
             > "$OUT/bench_compiled.log" 2>&1 || rc_compiled=$?
     else
-        timeout 280 "$PY" tools/analysis/gpu_bench.py --dtypes bfloat16 --repeats 5 \
+        timeout 280 "$PY" tools/analysis/gpu_bench.py ${PASSES:+--passes "$PASSES"} --dtypes bfloat16 --repeats 5 \
             --variants plain_compiled cbam_compiled cbam_eager_compiled --out-dir "$OUT/compiled" \
             > "$OUT/bench_compiled.log" 2>&1 || rc_compiled=$?
     fi

@@ -28,10 +28,19 @@ import json
 import os
 import os.path as osp
 import statistics
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from census import KINDS, _describe, kernel_key, kernel_passes, module_step
+from census import (
+    KINDS,
+    PASS_LAYOUTS,
+    _describe,
+    _layout_name,
+    kernel_key,
+    kernel_passes,
+    load_counted_passes,
+    module_step,
+)
 from toolkit import DEFAULT_BANDWIDTH_TBS, copy_bandwidth, environment
 
 from cbam_det.kernels import triton_gate as T
@@ -41,7 +50,7 @@ __all__ = ['STAGE_SHAPES', 'LAYOUTS', 'step_launches', 'measure']
 #: ResNet-50's stage-1 and stage-4 block outputs in a Faster R-CNN step (batch 2, 800×1344)
 STAGE_SHAPES = {'stage1': (2, 256, 200, 336), 'stage4': (2, 2048, 25, 42)}
 #: (dtype, channels-last) pairs measured
-LAYOUTS = ((torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False))
+LAYOUTS = PASS_LAYOUTS
 
 
 def step_launches(kind: str, x: torch.Tensor, train: bool) -> List[dict]:
@@ -78,12 +87,17 @@ def measure(
     device: torch.device,
     bandwidth: float,
     layouts: Sequence[Tuple[torch.dtype, bool]] = LAYOUTS,
+    counted_file: Optional[dict] = None,
 ) -> List[dict]:
-    """One row per distinct launch (kernel, specialization, grid, shape) of ``kinds``' steps."""
+    """One row per distinct launch (kernel, specialization, grid, shape) of ``kinds``' steps;
+    the per-kernel passes from ``counted_file`` (:func:`census.load_counted_passes`) or counted."""
     rows: List[dict] = []
     done = set()
     for dtype, channels_last in layouts:
-        counted = kernel_passes(kinds, dtype=dtype, channels_last=channels_last)
+        if counted_file is not None:
+            counted = counted_file['kernels'][_layout_name(dtype, channels_last)]
+        else:
+            counted = kernel_passes(kinds, dtype=dtype, channels_last=channels_last)
         for stage, shape in shapes.items():
             x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0)).to(device, dtype)
             if channels_last:
@@ -164,6 +178,9 @@ def main() -> None:
         '--shapes', type=int, nargs=4, action='append', metavar=('N', 'C', 'H', 'W'), help='instead of the stage shapes'
     )
     parser.add_argument('--bandwidth', type=float, default=DEFAULT_BANDWIDTH_TBS, help='TB/s where it is not measured')
+    parser.add_argument(
+        '--passes', help="census.py --counted-passes's file (default: counted here, in Triton's interpreter)"
+    )
     parser.add_argument('--out-dir', required=True)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -182,7 +199,7 @@ def main() -> None:
     )
     os.makedirs(args.out_dir, exist_ok=True)
     for layout in LAYOUTS:  # written after each, so a run stopped at its time limit keeps what it measured
-        res['rows'] += measure(args.kinds, shapes, device, bandwidth, [layout])
+        res['rows'] += measure(args.kinds, shapes, device, bandwidth, [layout], load_counted_passes(args.passes))
         with open(osp.join(args.out_dir, 'kernel_bandwidth.json'), 'w') as f:
             json.dump(res, f, indent=1)
         text = table(res)

@@ -113,7 +113,7 @@ def step_fns(
     its compiled form)."""
     from cbam_det import kernels
 
-    run = run or model
+    run = model if run is None else run  # (a compiled module has no truth value)
 
     def ctx():
         return torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None)
