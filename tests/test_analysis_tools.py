@@ -132,3 +132,19 @@ def test_census_command_prints_grids_registers_and_passes(tmp_path):
     assert res['summary']['spills'] == 0 and res['summary']['max_registers']['90'] <= 128
     assert {r['mode'] for r in res['rows']} == {'train', 'inference'}
     assert 'passes per module' in text
+
+
+def test_host_overhead_takes_the_triton_path_with_launches_skipped(monkeypatch):
+    """host_overhead.py measures each path's host time; its Triton path is the real one (the
+    kernels' launchers run and every launch reaches the observer, which skips it)."""
+    from cbam_det.kernels import triton_gate
+
+    if not triton_gate.INTERPRETED:
+        pytest.skip("host_overhead needs Triton's interpreter")
+    host = analysis_tool('host_overhead')
+    skipped = []
+    monkeypatch.setattr(host, '_skip', lambda kernel, *a: skipped.append(kernel.fn.__name__))
+    res = host.measure(shape=(2, 16, 3, 3), repeats=1, steps=1, warmup=1)
+    want = {'cbam_eager', 'cbam_torch', 'cbam_triton', 'se_torch', 'se_triton', 'bam_torch', 'bam_triton'}
+    assert want <= set(res) and all(v > 0 for v in res.values())
+    assert {'_channel_pool_kernel', '_input_grad_kernel', '_se_grads_kernel', '_bam_grads_kernel'} <= set(skipped)

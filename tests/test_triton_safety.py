@@ -383,3 +383,30 @@ def test_launchers_refuse_empty_tensors_and_mismatched_outputs():
         triton_gate.apply_gates(z, None, None, gc, None, torch.empty(2, 8, 4, 5, device=DEVICE))
     with pytest.raises(ValueError, match='NCHW- or channels-last-contiguous'):
         triton_gate.apply_gates(z, None, None, gc, None, torch.empty(2, 16, 4, 4, device=DEVICE)[:, ::2])
+
+
+def test_launch_planning_arithmetic_matches_tritons():
+    """The host-side ⌈a/b⌉ and next power of two are plain Python (triton.cdiv and
+    triton.next_power_of_2 are JIT functions: microseconds per call) and agree with Triton's."""
+    import triton
+
+    for a in list(range(1, 300)) + [2**20 - 1, 2**20, 2**20 + 1, 2 * 256 * 200 * 336]:
+        assert triton_gate._pow2(a) == triton.next_power_of_2(a), a
+        for b in (1, 2, 3, 7, 16, 64, 1024):
+            assert triton_gate._cdiv(a, b) == triton.cdiv(a, b), (a, b)
+
+
+def test_a_launch_forms_its_specialization_key_only_once_something_failed(monkeypatch):
+    """The key (an inspection of the kernel's signature, the largest host cost of a launch) is
+    not formed while no specialization has failed; after a failure every launch checks it."""
+    m = randomised(CBAM(24, 4))
+    x = torch.randn(2, 24, 5, 7, generator=numerics.generator(0)).to(DEVICE)
+    formed = []
+    real = triton_gate._spec_key
+    monkeypatch.setattr(triton_gate, '_spec_key', lambda *a: formed.append(a[0]) or real(*a))
+    monkeypatch.setattr(triton_gate, '_failed', {})
+    grads(m, x, auto_fallback=True)
+    assert formed == []
+    triton_gate._failed[('no such kernel', 4, ())] = 'injected'
+    grads(m, x, auto_fallback=True)
+    assert len(formed) >= 5  # every launch of a CBAM step (forward and backward)

@@ -533,14 +533,19 @@ def observe(observer: Callable, sms: Optional[int] = None) -> Iterator[None]:
         _observer[0], _observed_sms[0] = previous
 
 
+@functools.lru_cache(maxsize=None)
+def _parameter_names(fn: Callable) -> Tuple[str, ...]:
+    import inspect
+
+    return tuple(inspect.signature(fn).parameters)
+
+
 def specialization(kernel, args: tuple, meta: dict, warps: int) -> List[list]:
     """What Triton's JIT specializes a launch on, as ``[name, kind, value]`` per parameter:
     tensors by dtype and 16-byte alignment, ints by value 1 and divisibility by 16 (the value is
     kept), None and constants by value; warps come with the key (:func:`_spec_key`)."""
-    import inspect
-
     fn = getattr(kernel, 'fn', kernel)
-    names = list(inspect.signature(fn).parameters)
+    names = _parameter_names(fn)
     spec = []
     for name, value in zip(names, list(args) + [meta[k] for k in names[len(args) :]]):
         if name in meta:
@@ -600,6 +605,16 @@ def sm_count(device: torch.device) -> int:
     return _sms[index]
 
 
+def _cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ in plain Python (``triton.cdiv`` is a JIT function: microseconds per call on the host)."""
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two ≥ n (n ≥ 1), in plain Python like :func:`_cdiv`."""
+    return 1 << (n - 1).bit_length()
+
+
 class _Tiles(NamedTuple):
     """Tile of a full-size tensor: BC channels × BHW pixels, the long side on the contiguous axis."""
 
@@ -614,7 +629,7 @@ def _tiles(strides: Tuple[int, int, int], c: int, hw: int, per_pixel: bool = Fal
     the warps) that are long in pixels (NCHW: 256 pixels × 8 channels; channels-last: 16
     channels, one 32-byte sector of bf16, × 128 pixels), so the float32 partial-sum buffer is
     1/128 (1/64) of a bf16 activation."""
-    pow2 = triton.next_power_of_2
+    pow2 = _pow2
     tile = 2 * TILE if per_pixel else TILE
     if strides[1] == 1:  # channels-last (or H = W = 1)
         bc = min(16 if per_pixel else 64, pow2(c))
@@ -630,9 +645,9 @@ def _splits(tiles: int, rows: int, target: int) -> Tuple[int, int]:
     partial-sum buffer and a sum over it."""
     if 2 * rows >= target:
         return 1, tiles
-    want = max(1, min(tiles, triton.cdiv(target, max(rows, 1))))
-    per = triton.cdiv(tiles, want)
-    return triton.cdiv(tiles, per), per
+    want = max(1, min(tiles, _cdiv(target, max(rows, 1))))
+    per = _cdiv(tiles, want)
+    return _cdiv(tiles, per), per
 
 
 def _launch(kernel, grid: Tuple[int, ...], *args, warps: int = WARPS, **meta) -> None:
@@ -647,9 +662,11 @@ def _launch(kernel, grid: Tuple[int, ...], *args, warps: int = WARPS, **meta) ->
 
     observer = _observer[0]
     allowed = fallback_enabled()
-    key = _spec_key(kernel, args, meta, warps) if allowed or _failed else None
-    if allowed and key in _failed:
-        raise _UseTwin(key)
+    key = None
+    if allowed and _failed:  # the key costs host time: formed only once some specialization failed
+        key = _spec_key(kernel, args, meta, warps)
+        if key in _failed:
+            raise _UseTwin(key)
     try:
         if observer is None:
             run()
@@ -769,7 +786,7 @@ def _plan(z: torch.Tensor, st, over_hw: bool) -> _Plan:
     grid (pixel blocks, S, N); S from :func:`_splits` for ``WAVES`` × the device's SMs."""
     n, c, hw = _dims(z)
     t = _tiles(st, c, hw, per_pixel=not over_hw)
-    cb, nb = triton.cdiv(c, t.bc), triton.cdiv(hw, t.bhw)
+    cb, nb = _cdiv(c, t.bc), _cdiv(hw, t.bhw)
     target = WAVES * sm_count(z.device)
     if over_hw:
         s, per = _splits(nb, n * cb, target)
@@ -781,7 +798,7 @@ def _plan(z: torch.Tensor, st, over_hw: bool) -> _Plan:
 def _tile_grid(z: torch.Tensor, st) -> Tuple[_Tiles, Tuple[int, int, int]]:
     n, c, hw = _dims(z)
     t = _tiles(st, c, hw)
-    return t, (triton.cdiv(hw, t.bhw), triton.cdiv(c, t.bc), n)
+    return t, (_cdiv(hw, t.bhw), _cdiv(c, t.bc), n)
 
 
 # ---------------------------------------------------------------- launchers
@@ -833,7 +850,7 @@ def affine_extreme(zmax: torch.Tensor, zmin: torch.Tensor, a: torch.Tensor, b: t
     out = torch.empty_like(zmax)
     nc, block = zmax.numel(), 256
     _launch(
-        _affine_extreme_kernel, (triton.cdiv(nc, block),), zmax, zmin, _small(a), _small(b), out, zmax.shape[1], nc,
+        _affine_extreme_kernel, (_cdiv(nc, block),), zmax, zmin, _small(a), _small(b), out, zmax.shape[1], nc,
         BLOCK=block,
     )  # fmt: skip
     return out
