@@ -109,7 +109,8 @@ def main() -> None:
     torch.set_num_threads(1)
     res = measure(tuple(args.shape), args.repeats, args.steps)
     base = res['cbam_eager']
-    print(f'host µs per forward + backward at {"x".join(map(str, args.shape))} (CPU, 1 thread), median of {args.repeats}')
+    shape = 'x'.join(map(str, args.shape))
+    print(f'host µs per forward + backward at {shape} (CPU, 1 thread), median of {args.repeats}')
     print('| path | µs | × eager CBAM |\n|---|---:|---:|')
     for name, us in res.items():
         print(f'| {name} | {us:.0f} | {us / base:.2f} |')
