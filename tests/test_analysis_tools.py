@@ -97,15 +97,38 @@ def test_benchmark_command_prints_ratios_to_the_plain_network(tmp_path):
 
 
 def test_gpu_bench_dry_run_gives_ratios_and_floors(tmp_path):
+    """Floors from a counted-passes file (census.py --counted-passes, as the GPU machine reads
+    them), the training step alone with --modes train."""
+    passes = {
+        k: {'train': {'total': t}, 'inference': {'total': i}}
+        for k, t, i in (('cbam_plugin', 10.0, 4.0), ('se_plugin', 7.0, 3.0))
+    }
+    (tmp_path / 'passes.json').write_text(json.dumps(dict(module=passes, kernels={})))
     _run(
         osp.join(ANALYSIS, 'gpu_bench.py'),
-        *('--device', 'cpu', '--shape', '2', '3', '32', '32', '--base-width', '8', '--repeats', '1'),
+        *(
+            '--device',
+            'cpu',
+            '--shape',
+            '2',
+            '3',
+            '32',
+            '32',
+            '--base-width',
+            '8',
+            '--repeats',
+            '1',
+            '--modes',
+            'train',
+        ),
         *('--warmup', '0', '--dtypes', 'float32', '--variants', 'cbam_plugin', 'se_plugin', '--out-dir', str(tmp_path)),
+        *('--passes', str(tmp_path / 'passes.json')),
     )
     res = json.loads((tmp_path / 'gpu_bench.json').read_text())
     rows = res['results']['float32']
     assert set(rows) == {'plain', 'cbam_plugin', 'se_plugin'}
     assert res['bandwidth'] == toolkit.DEFAULT_BANDWIDTH_TBS * 1e12 and not res['bandwidth_measured']
+    assert res['passes'] == passes
     # the floor is the counted passes over the attention inputs' bytes (16 blocks) at the bandwidth
     moved = (
         2
@@ -114,9 +137,9 @@ def test_gpu_bench_dry_run_gives_ratios_and_floors(tmp_path):
             c * h * w for c, h, w, n in ((32, 8, 8, 3), (64, 4, 4, 4), (128, 2, 2, 6), (256, 1, 1, 3)) for _ in range(n)
         )
     )
-    for name, kind in (('cbam_plugin', 'cbam_plugin'), ('se_plugin', 'se_plugin')):
-        want = toolkit.floor_ms(res['passes'][kind]['train']['total'], moved, res['bandwidth'])
-        assert rows[name]['train_floor_ms'] == pytest.approx(want)
+    for name, train_passes in (('cbam_plugin', 10.0), ('se_plugin', 7.0)):
+        assert rows[name]['train_floor_ms'] == pytest.approx(toolkit.floor_ms(train_passes, moved, res['bandwidth']))
+        assert rows[name]['train'] > 0 and rows[name]['inference'] is None and 'inference_floor_ms' not in rows[name]
     assert (tmp_path / 'gpu_bench.md').read_text().count('| float32 |') == 3
 
 

@@ -107,6 +107,7 @@ def variants(width: int = 64) -> Dict[str, Variant]:
 
 
 DEFAULT_VARIANTS = [n for n, v in variants().items() if not v.compiled]
+MODES = ('inference', 'train')
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -146,17 +147,18 @@ def measure(args, device: torch.device, amp: Optional[torch.dtype], passes: dict
         models[name] = model
         run = torch.compile(model) if v.compiled else model
         fns[name] = step_fns(model, xin, amp=amp, backend=v.backend, run=run)
-    times = time_alternating(fns, device, args.repeats, args.warmup)
+    times = time_alternating(fns, device, args.repeats, args.warmup, kinds=args.modes)
     names = list(specs)
     result = {}
     for n in names:
-        result[n] = {k: statistics.median(v) * 1e3 for k, v in times[n].items()}
+        result[n] = {k: statistics.median(times[n][k]) * 1e3 if k in times[n] else None for k in MODES}
         # CUDA only: a CPU's resident-set peak means little after the other variants ran here
-        result[n]['train_peak_bytes'] = peak_step_bytes(fns[n]['train'], device) if device.type == 'cuda' else None
+        cuda_train = device.type == 'cuda' and 'train' in args.modes
+        result[n]['train_peak_bytes'] = peak_step_bytes(fns[n]['train'], device) if cuda_train else None
     for n in names:
         r, v = result[n], specs[n]
         base = result['plain']
-        for k in ('inference', 'train'):
+        for k in args.modes:
             r[f'{k}_x'] = r[k] / base[k]
             if v.baseline != 'plain' and v.baseline in result:
                 r[f'{k}_x_baseline'] = r[k] / result[v.baseline][k]
@@ -165,8 +167,8 @@ def measure(args, device: torch.device, amp: Optional[torch.dtype], passes: dict
         if v.kind is not None:
             moved = attention_bytes(models[n], x, amp)
             ref = result.get(v.baseline, base)
-            for k, mode in (('inference', 'inference'), ('train', 'train')):
-                floor = floor_ms(passes[v.kind][mode]['total'], moved, bandwidth)
+            for k in args.modes:
+                floor = floor_ms(passes[v.kind][k]['total'], moved, bandwidth)
                 r[f'{k}_floor_ms'] = floor
                 r[f'{k}_extra_ms'] = r[k] - ref[k]
                 r[f'{k}_x_floor'] = r[f'{k}_extra_ms'] / floor
@@ -199,7 +201,7 @@ def table(res: dict) -> str:
                 ratio = _fmt(r, f'{k}_x')
                 if f'{k}_x_baseline' in r:
                     ratio += f' ({r[f"{k}_x_baseline"]:.3f})'
-                cells += [f'{r[k]:.2f}', ratio, _fmt(r, f'{k}_extra_ms', '.2f'), _fmt(r, f'{k}_floor_ms', '.3g')]
+                cells += [_fmt(r, k, '.2f'), ratio, _fmt(r, f'{k}_extra_ms', '.2f'), _fmt(r, f'{k}_floor_ms', '.3g')]
                 cells.append(_fmt(r, f'{k}_x_floor', '.2f'))
             cells += ['-' if mem is None else f'{mem / 2**20:.0f}', _fmt(r, 'memory_x')]
             lines.append('| ' + ' | '.join(cells) + ' |')
@@ -214,6 +216,7 @@ def main() -> None:
     parser.add_argument('--shape', type=int, nargs=4, default=(2, 3, 800, 1344), metavar=('N', 'C', 'H', 'W'))
     parser.add_argument('--dtypes', nargs='+', default=['float32', 'bfloat16'], choices=['float32', 'bfloat16'])
     parser.add_argument('--variants', nargs='+', default=DEFAULT_VARIANTS, help='subset of the variants')
+    parser.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES, help='what is timed')
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--base-width', type=int, default=64, help='ResNet-50 width (64); smaller for dry runs')

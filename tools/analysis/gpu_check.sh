@@ -123,10 +123,10 @@ if want compiled; then
     say "benchmark, torch.compile variants"
     if [ "$DRY" = 1 ]; then
         timeout 600 "$PY" tools/analysis/gpu_bench.py --device cpu --shape 2 3 32 32 --base-width 8 --repeats 1 --warmup 1 \
-            --dtypes float32 --variants plain_compiled cbam_compiled cbam_eager_compiled --out-dir "$OUT/compiled" \
+            --dtypes float32 --modes train --variants plain_compiled cbam_compiled cbam_eager_compiled --out-dir "$OUT/compiled" \
             > "$OUT/bench_compiled.log" 2>&1 || rc_compiled=$?
     else
-        timeout 280 "$PY" tools/analysis/gpu_bench.py ${PASSES:+--passes "$PASSES"} --dtypes bfloat16 --repeats 5 \
+        timeout 420 "$PY" tools/analysis/gpu_bench.py ${PASSES:+--passes "$PASSES"} --dtypes bfloat16 --modes train --repeats 5 \
             --variants plain_compiled cbam_compiled cbam_eager_compiled --out-dir "$OUT/compiled" \
             > "$OUT/bench_compiled.log" 2>&1 || rc_compiled=$?
     fi
