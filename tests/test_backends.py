@@ -317,6 +317,56 @@ def test_probe_reports_a_failing_kernel_and_warns_once(monkeypatch):
     assert kernels.probe_triton(DEVICE, torch.float32, force=True)
 
 
+@needs_triton
+def test_the_self_check_runs_the_cases_each_module_class_registers(monkeypatch):
+    """The probe knows no module class: each registers its own cases (AttentionModule subclasses
+    with kernel_check_cases), and a registered case that disagrees with PyTorch fails the probe."""
+    from cbam_det.kernels import dispatch
+
+    assert {CBAM, SE, BAM} <= set(dispatch._CHECKED)
+
+    class Doubled(nn.Module):  # the triton backend's answer, twice: far from the torch backend's
+        def __init__(self):
+            super().__init__()
+            self.inner = CBAM(dispatch.CHECK_CHANNELS, 4)
+
+        def forward(self, x):
+            y = self.inner(x)
+            return y * 2 if kernels.get_backend() == 'triton' else y
+
+    class Checked:
+        @classmethod
+        def kernel_check_cases(cls):
+            return [(Doubled, False)]
+
+    monkeypatch.setattr(dispatch, '_CHECKED', list(dispatch._CHECKED))
+    assert kernels.probe_triton(DEVICE, torch.float32, force=True)
+    dispatch.register_self_check(Checked)
+    with pytest.warns(UserWarning, match='failed their self-check.*Doubled: relative difference'):
+        assert not kernels.probe_triton(DEVICE, torch.float32, force=True)
+    monkeypatch.undo()
+    assert kernels.probe_triton(DEVICE, torch.float32, force=True)
+    with pytest.raises(TypeError, match='has no kernel_check_cases'):
+        dispatch.register_self_check(int)
+
+
+def test_nothing_under_kernels_imports_the_modules():
+    """The one import circle of the package is gone: the kernels read nothing from models/."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(kernels.__file__).parent
+    for path in sorted(root.glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = ('.' * node.level) + (node.module or '')
+            elif isinstance(node, ast.Import):
+                name = ','.join(a.name for a in node.names)
+            else:
+                continue
+            assert 'models' not in name, f'{path.name} imports {name}'
+
+
 # ---------------------------------------------------------------- ahead of time, for real GPUs (last: it
 # compiles what the tests above launched)
 

@@ -26,7 +26,7 @@ break that runs eagerly: ``torch.compiler.disable``).
 
 import contextlib
 import warnings
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ __all__ = [
     'select_backend',
     'exporting',
     'probe_triton',
+    'register_self_check',
     'attend',
     'bam_refine',
     'spatial_conv',
@@ -253,38 +254,51 @@ def _isolated(device: torch.device) -> Iterator[None]:
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
-def _run_probe(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    from ..models.layers import BAM, CBAM, SE
+#: the module classes whose own self-check cases :func:`probe_triton` runs, in registration order
+_CHECKED: List[type] = []
+#: the channels of every self-check case (input 2 × 24 × 5 × 7)
+CHECK_CHANNELS = 24
 
+
+def register_self_check(cls: type) -> None:
+    """Have :func:`probe_triton` run ``cls.kernel_check_cases()``: ``[(make, with_bn), ...]``,
+    each ``make()`` a module of :data:`CHECK_CHANNELS` channels run on the ``triton`` and the
+    ``torch`` backend (after a BatchNorm with ``with_bn``: ``forward_with_bn``). The attention
+    module classes register themselves (``models/layers/base.py``), so nothing here imports them."""
+    if not callable(getattr(cls, 'kernel_check_cases', None)):
+        raise TypeError(f'register_self_check: {cls.__name__} has no kernel_check_cases()')
+    if cls not in _CHECKED:
+        _CHECKED.append(cls)
+
+
+def _run_probe(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     try:
         with _isolated(device):
-            return _compare_backends(device, dtype, (CBAM, SE, BAM))
+            return _compare_backends(device, dtype, [case for cls in _CHECKED for case in cls.kernel_check_cases()])
     except Exception as e:  # a compile error, a launch failure: report, never crash auto
         return f'{type(e).__name__}: {e}'
 
 
-def _compare_backends(device: torch.device, dtype: torch.dtype, classes) -> Optional[str]:
-    CBAM, SE, BAM = classes
+def _compare_backends(device: torch.device, dtype: torch.dtype, cases) -> Optional[str]:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 24, 5, 7, generator=gen).to(device)
-    w = torch.randn(2, 24, 5, 7, generator=gen).to(device)
+    x = torch.randn(2, CHECK_CHANNELS, 5, 7, generator=gen).to(device)
+    w = torch.randn(2, CHECK_CHANNELS, 5, 7, generator=gen).to(device)
     tol = 1e-3 if dtype == torch.float32 else 6e-2
-    for make in (lambda: CBAM(24, 4), lambda: SE(24, 4), lambda: BAM(24, 4, 1, combine='sum')):
-        for with_bn in (False, True):
-            if with_bn and not isinstance(make(), (CBAM, SE)):
-                continue
-            outs = []
-            for name in ('triton', 'torch'):
-                torch.manual_seed(0)  # inside _isolated: the caller's generators are restored after
-                m = make().to(device).train()
-                bn = nn.BatchNorm2d(24).to(device) if with_bn else None
-                xi = x.to(dtype).requires_grad_()
-                with use_backend(name):
-                    y = m.forward_with_bn(xi, bn) if bn is not None else m(xi)
-                    (gx,) = torch.autograd.grad((y.float() * w).sum(), [xi])
-                outs.append((y.detach().float(), gx.float()))
-            for a, b in zip(*outs):
-                err = float((a - b).abs().max()) / (float(b.abs().max()) + 1e-6)
-                if not err <= tol:
-                    return f'{type(m).__name__}: relative difference {err:.2e} from PyTorch'
+    if not cases:
+        return 'no module class registered a self-check (cbam_det.kernels.dispatch.register_self_check)'
+    for make, with_bn in cases:
+        outs = []
+        for name in ('triton', 'torch'):
+            torch.manual_seed(0)  # inside _isolated: the caller's generators are restored after
+            m = make().to(device).train()
+            bn = nn.BatchNorm2d(CHECK_CHANNELS).to(device) if with_bn else None
+            xi = x.to(dtype).requires_grad_()
+            with use_backend(name):
+                y = m.forward_with_bn(xi, bn) if bn is not None else m(xi)
+                (gx,) = torch.autograd.grad((y.float() * w).sum(), [xi])
+            outs.append((y.detach().float(), gx.float()))
+        for a, b in zip(*outs):
+            err = float((a - b).abs().max()) / (float(b.abs().max()) + 1e-6)
+            if not err <= tol:
+                return f'{type(m).__name__}: relative difference {err:.2e} from PyTorch'
     return None

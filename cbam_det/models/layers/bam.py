@@ -17,7 +17,7 @@ two 3×3 convs with dilation d, each conv followed by BatchNorm2d and ReLU, and 
 ablation F' = F ⊗ M(F). The official code computes x · (1 + σ(C·S)): ``combine='product'``.
 """
 
-from typing import Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -103,6 +103,12 @@ class BAM(AttentionModule):
     """
 
     _abbr_ = 'bam'
+
+    @classmethod
+    def kernel_check_cases(cls) -> List[Tuple[Callable[[], nn.Module], bool]]:
+        """The Triton self-check's case (``kernels.dispatch.register_self_check``): 'sum', one dilated conv."""
+        c = kernels.dispatch.CHECK_CHANNELS
+        return [(lambda: cls(c, 4, 1, combine='sum'), False)]
 
     def __init__(
         self,

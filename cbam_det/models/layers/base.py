@@ -38,6 +38,8 @@ class AttentionModule(BaseModule):
             if known is not None and known.__qualname__ != cls.__qualname__:
                 raise ValueError(f'{cls.__name__}._abbr_={abbr!r} is already the abbreviation of {known.__name__}')
             ATTENTION_MODULES[abbr] = cls
+        if 'kernel_check_cases' in cls.__dict__:  # the Triton self-check runs the class's own cases
+            kernels.dispatch.register_self_check(cls)
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ The official spatial gate concatenates [max; mean] where the paper writes [avg; 
 ``spatial_pool='max_avg'`` reproduces it; the default follows the paper.
 """
 
-from typing import Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -157,6 +157,12 @@ class CBAM(AttentionModule):
     """
 
     _abbr_ = 'cbam'
+
+    @classmethod
+    def kernel_check_cases(cls) -> List[Tuple[Callable[[], nn.Module], bool]]:
+        """The Triton self-check's cases (``kernels.dispatch.register_self_check``): alone and after a BatchNorm."""
+        c = kernels.dispatch.CHECK_CHANNELS
+        return [(lambda: cls(c, 4), False), (lambda: cls(c, 4), True)]
 
     def __init__(
         self,

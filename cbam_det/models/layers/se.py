@@ -5,7 +5,7 @@ Hu, Shen, Sun, "Squeeze-and-Excitation Networks", CVPR 2018, https://arxiv.org/a
 It equals CBAM's channel attention with average pooling only (CBAM paper, Table 1).
 """
 
-from typing import Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,12 @@ class SE(AttentionModule):
     _abbr_ = 'se'
     fusable_with_bn = True
     kernel_variant = 'se'
+
+    @classmethod
+    def kernel_check_cases(cls) -> List[Tuple[Callable[[], nn.Module], bool]]:
+        """The Triton self-check's cases (``kernels.dispatch.register_self_check``): alone and after a BatchNorm."""
+        c = kernels.dispatch.CHECK_CHANNELS
+        return [(lambda: cls(c, 4), False), (lambda: cls(c, 4), True)]
 
     def __init__(
         self,
