@@ -27,9 +27,10 @@ DEPLOY_VENV := $(CURDIR)/.venv/deploy
 deploy-env:
 	STACK=upstream VENV=$(DEPLOY_VENV) bash tools/setup_env.sh
 	$(DEPLOY_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/deploy.txt
-	@# the test requirements' onnxscript (for torch's dynamo exporter) needs onnx >= 1.17; mmdeploy's onnx
-	@# 1.14.1 replaced it, and nothing in this environment exports with dynamo: remove it, then prove the set
-	$(DEPLOY_VENV)/bin/python -m pip uninstall -q -y onnxscript
+	@# the test requirements' onnxscript and its onnx-ir (for torch's dynamo exporter) need onnx >= 1.16/1.17;
+	@# mmdeploy's onnx 1.14.1 replaced it, and nothing in this environment exports with dynamo: remove them,
+	@# then prove the set
+	$(DEPLOY_VENV)/bin/python -m pip uninstall -q -y onnxscript onnx-ir
 	$(DEPLOY_VENV)/bin/python -m pip check
 
 demo: setup
