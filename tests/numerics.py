@@ -27,8 +27,10 @@ that the tests still find what matters and never what a CPU's rounding decides.
 
 Gradients of one step are judged against the largest gradient of the step
 (:func:`assert_grads_close`): a parameter's gradient is a sum over the batch and the pixels of
-terms of about that size, so its rounding is theirs, however much they cancel (a bias right
-before a training BatchNorm has a true gradient of 0 and float noise is all it holds).
+terms of about that size, so its rounding is theirs, however much they cancel. A bias right
+before a training BatchNorm has a true gradient of 0 and float noise is all it holds; its terms
+are the BN input's gradients, which a BN over few values can make far larger than any
+parameter's gradient, so such a bias is judged against those terms (tests/test_attention_family.py).
 
 Tests that assert bitwise equality (one computation run twice, in place against out of place on
 the same kernels) use ``rtol=0, atol=0`` directly: they check the code path, not the arithmetic.
