@@ -148,7 +148,8 @@ def test_census_command_prints_grids_registers_and_passes(tmp_path):
     out = tmp_path / 'census.json'
     text = _run(
         osp.join(ANALYSIS, 'census.py'),
-        *('--backbone', 'r18', '--shape', '1', '3', '256', '256', '--small-shape', '1', '3', '32', '32'),
+        *('--backbone', 'r18', '--path', 'attn_resnet', '--shape', '1', '3', '256', '256'),
+        *('--small-shape', '1', '3', '64', '64'),
         *('--archs', '90', '--json', str(out)),
     )
     res = json.loads(out.read_text())
@@ -171,3 +172,10 @@ def test_host_overhead_takes_the_triton_path_with_launches_skipped(monkeypatch):
     want = {'cbam_eager', 'cbam_torch', 'cbam_triton', 'se_torch', 'se_triton', 'bam_torch', 'bam_triton'}
     assert want <= set(res) and all(v > 0 for v in res.values())
     assert {'_channel_pool_kernel', '_input_grad_kernel', '_se_grads_kernel', '_bam_grads_kernel'} <= set(skipped)
+
+
+def test_a_basic_block_backbone_with_plugins_is_refused_by_name():
+    """mmdet's BasicBlock (r18/r34) takes no plugins: the tools say so and name the way out."""
+    with pytest.raises(ValueError, match="BasicBlock takes no plugins; use path 'attn_resnet'"):
+        toolkit.mmdet_model('attn', backbone='r18', attention='cbam', path='plugin')
+    assert toolkit.mmdet_model('plain', backbone='r18', path='plugin') is not None

@@ -294,6 +294,11 @@ def mmdet_model(
         model = _Dense(MODELS.build(ConfigDict(cfg)))
     else:
         depth = int(backbone.lstrip('r'))
+        if depth in (18, 34) and path == 'plugin' and attention in ('cbam', 'se') and variant != 'plain':
+            raise ValueError(
+                f"backbone {backbone!r} with path 'plugin': mmdet's BasicBlock takes no plugins; "
+                f"use path 'attn_resnet' (--path attn_resnet) or a bottleneck depth (r50/r101/r152)"
+            )
         cfg = dict(
             type='AttnResNet' if path == 'attn_resnet' else 'ResNet',
             depth=depth,
