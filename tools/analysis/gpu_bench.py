@@ -34,9 +34,6 @@ Needs torch and cbam_det's layers only; the measuring is toolkit.py's.
 """
 
 import argparse
-import json
-import os
-import os.path as osp
 import statistics
 from typing import Callable, Dict, List, NamedTuple, Optional
 
@@ -53,6 +50,7 @@ from toolkit import (
     peak_step_bytes,
     step_fns,
     time_alternating,
+    write_results,
 )
 
 from cbam_det import BAM, CBAM, SE, kernels
@@ -256,12 +254,8 @@ def main() -> None:
         amp = None if dtype == 'float32' else torch.bfloat16
         res['results'][dtype] = measure(args, device, amp, passes, bandwidth)
         print(f'{dtype}: done', flush=True)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(osp.join(args.out_dir, 'gpu_bench.json'), 'w') as f:
-        json.dump(res, f, indent=1)
     text = table(res)
-    with open(osp.join(args.out_dir, 'gpu_bench.md'), 'w') as f:
-        f.write(text)
+    write_results(args.out_dir, 'gpu_bench', res, text)
     print(text)
 
 

@@ -24,9 +24,6 @@ and ``kernel_bandwidth.md``.
 """
 
 import argparse
-import json
-import os
-import os.path as osp
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -41,7 +38,7 @@ from census import (
     load_counted_passes,
     module_step,
 )
-from toolkit import DEFAULT_BANDWIDTH_TBS, copy_bandwidth, environment
+from toolkit import DEFAULT_BANDWIDTH_TBS, copy_bandwidth, environment, write_results
 
 from cbam_det.kernels import triton_gate as T
 
@@ -197,14 +194,11 @@ def main() -> None:
         shapes=shapes,
         rows=[],
     )
-    os.makedirs(args.out_dir, exist_ok=True)
+    counted = load_counted_passes(args.passes)
     for layout in LAYOUTS:  # written after each, so a run stopped at its time limit keeps what it measured
-        res['rows'] += measure(args.kinds, shapes, device, bandwidth, [layout], load_counted_passes(args.passes))
-        with open(osp.join(args.out_dir, 'kernel_bandwidth.json'), 'w') as f:
-            json.dump(res, f, indent=1)
+        res['rows'] += measure(args.kinds, shapes, device, bandwidth, [layout], counted)
         text = table(res)
-        with open(osp.join(args.out_dir, 'kernel_bandwidth.md'), 'w') as f:
-            f.write(text)
+        write_results(args.out_dir, 'kernel_bandwidth', res, text)
     print(text)
 
 

@@ -13,6 +13,8 @@ CPU), the streaming-multiprocessor count is the kernels' own default
 
 import contextlib
 import datetime
+import json
+import os
 import os.path as osp
 import platform
 import statistics
@@ -44,6 +46,7 @@ __all__ = [
     'ResNet50',
     'mmdet_model',
     'environment',
+    'write_results',
 ]
 
 #: memory bandwidth in TB/s assumed where it cannot be measured: an H200's data-sheet 4.8 TB/s
@@ -85,6 +88,15 @@ def copy_bandwidth(device, default_tbs: float = DEFAULT_BANDWIDTH_TBS) -> float:
         sync(device)
         times.append(time.perf_counter() - t)
     return 2 * src.numel() * 4 / statistics.median(times[2:])
+
+
+def write_results(out_dir: str, name: str, res: dict, text: str) -> None:
+    """``res`` as ``out_dir/name.json`` and its table ``text`` as ``out_dir/name.md``."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(osp.join(out_dir, f'{name}.json'), 'w') as f:
+        json.dump(res, f, indent=1)
+    with open(osp.join(out_dir, f'{name}.md'), 'w') as f:
+        f.write(text)
 
 
 def floor_ms(passes: float, nbytes: float, bandwidth: float) -> float:
