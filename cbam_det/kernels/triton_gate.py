@@ -8,15 +8,16 @@ pool, apply = 4; backward: gate gradients = 2, spatial-pool gradient = 1, input 
 the BatchNorm's backward folded into it), SE 7 times (3 + 2 + 2); :mod:`.triton_attend` is
 the autograd that drives them.
 
-Launches fill the GPU: a reduction with few outputs per program is split over pixel blocks
-(or channel blocks) until the grid has at least ``4 ×`` the device's SMs, where the tensor has
-that many tiles; the partial results are added in a fixed order by a second stage (a PyTorch
-sum over the split axis): deterministic, no atomics. Tiles are up to 1024 elements, 64 along the
+Launches fill the GPU: a reduction with few outputs per program is split over pixel blocks (or
+channel blocks) until the grid has at least ``4 ×`` the device's SMs, where the tensor has that
+many tiles; the partial results are added in a fixed order by a second stage (a PyTorch sum
+over the split axis): deterministic, no atomics. Tiles are up to 1024 elements, 64 along the
 contiguous axis (H×W for NCHW, C for channels-last), at 4 warps (8 elements per thread and
-tensor); the reductions over C, which write per-channel partial sums per pixel block, take
-2048-element tiles long in pixels at 8 warps (16 for the one that also forms a folded BN's
-sums), so that their partial-sum buffers stay at 1/64 of an activation or less. Every kernel
-stays under 128 registers per thread with triton 3.1 to 3.7 (the compile test checks).
+tensor; the NCHW reductions over H×W at 8, faster there on an H200: ``OVER_HW_WARPS``); the
+reductions over C, which write per-channel partial sums per pixel block, take 2048-element
+tiles long in pixels at 8 warps (16 for the one that also forms a folded BN's sums), so that
+their partial-sum buffers stay at 1/64 of an activation or less. Every kernel stays under 128
+registers per thread with triton 3.1 to 3.7 (the compile test checks).
 
 - full-size tensors: float32, float16 or bfloat16, NCHW or channels-last (any other layout,
   and any view with gaps, is made contiguous first), any C, H, W ≥ 1;
@@ -90,6 +91,12 @@ DEFAULT_SMS = 132
 WAVES = 4  # split reductions until the grid has WAVES × SMs programs (where the tensor allows)
 TILE = 1024  # elements per tile
 WARPS = 4
+#: warps of the split reductions over H×W (per (n, c) outputs); None: 8 for NCHW, where the
+#: tile's 1024 elements lie along H×W, and WARPS for channels-last. Measured on an H200 (bf16,
+#: kernel alone): NCHW stage 1 channel pool 36.6 → 22.7 µs and SE's gradient 46.2 → 35.0 µs at
+#: 8 warps, channels-last stage 4 slower (6.6 → 8.7 µs); tools/analysis/kernel_bandwidth.py
+#: ``--over-hw-warps`` sets an int here to measure others side by side
+OVER_HW_WARPS: Optional[int] = None
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -790,7 +797,8 @@ def _plan(z: torch.Tensor, st, over_hw: bool) -> _Plan:
     target = WAVES * sm_count(z.device)
     if over_hw:
         s, per = _splits(nb, n * cb, target)
-        return _Plan(t, (s, cb, n), per * t.bhw, WARPS)
+        warps = OVER_HW_WARPS or (WARPS if st[1] == 1 else 2 * WARPS)
+        return _Plan(t, (s, cb, n), per * t.bhw, warps)
     s, per = _splits(cb, n * nb, target)
     return _Plan(t, (nb, s, n), per * t.bc, max(WARPS, t.bc * t.bhw // (32 * 8)))
 
@@ -817,7 +825,7 @@ def channel_pool(z: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.T
     a, b = _small(a), _small(b)
     _launch(
         _channel_pool_kernel, p.grid, z, a, b, _small(mu), psum, pmax, zsum, c, hw, p.length, *st,
-        HAS_AFFINE=a is not None, CENTERED=mu is not None, BC=p.tiles.bc, BHW=p.tiles.bhw,
+        HAS_AFFINE=a is not None, CENTERED=mu is not None, BC=p.tiles.bc, BHW=p.tiles.bhw, warps=p.warps,
     )  # fmt: skip
     out = [_total(psum) / hw, pmax[:, 0] if s == 1 else pmax.amax(1)]
     return out if mu is None else out + [_total(zsum, True)]
@@ -832,8 +840,9 @@ def channel_moments(z: torch.Tensor, shift: torch.Tensor) -> List[torch.Tensor]:
     s = p.grid[0]
     out = [_f32(z, n, s, c) for _ in range(4)]
     _launch(
-        _channel_moments_kernel, p.grid, z, _small(shift), *out, c, hw, p.length, *st, BC=p.tiles.bc, BHW=p.tiles.bhw
-    )
+        _channel_moments_kernel, p.grid, z, _small(shift), *out, c, hw, p.length, *st,
+        BC=p.tiles.bc, BHW=p.tiles.bhw, warps=p.warps,
+    )  # fmt: skip
     s1, s2, zmax, zmin = out
     if s > 1:
         zmax, zmin = zmax.amax(1), zmin.amin(1)
@@ -945,7 +954,7 @@ def se_grads(dy: torch.Tensor, z: torch.Tensor, a, b, mu=None) -> List[torch.Ten
     a, b = _small(a), _small(b)
     _launch(
         _se_grads_kernel, p.grid, dy, z, a, b, _small(mu), *out, c, hw, p.length, *st,
-        HAS_AFFINE=a is not None, BN_SUMS=mu is not None, BC=p.tiles.bc, BHW=p.tiles.bhw,
+        HAS_AFFINE=a is not None, BN_SUMS=mu is not None, BC=p.tiles.bc, BHW=p.tiles.bhw, warps=p.warps,
     )  # fmt: skip
     return [_total(t, mu is not None) for t in out[:k]]
 

@@ -24,6 +24,7 @@ and ``kernel_bandwidth.md``.
 """
 
 import argparse
+import itertools
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -85,12 +86,17 @@ def measure(
     bandwidth: float,
     layouts: Sequence[Tuple[torch.dtype, bool]] = LAYOUTS,
     counted_file: Optional[dict] = None,
+    over_hw_warps: Sequence[Optional[int]] = (None,),
 ) -> List[dict]:
-    """One row per distinct launch (kernel, specialization, grid, shape) of ``kinds``' steps;
-    the per-kernel passes from ``counted_file`` (:func:`census.load_counted_passes`) or counted."""
+    """One row per distinct launch (kernel, specialization, warps, grid, shape) of ``kinds``'
+    steps, with the reductions over H×W launched at each of ``over_hw_warps`` (None: the
+    launchers' own rule; the launches that do not change are measured once); the per-kernel passes from ``counted_file``
+    (:func:`census.load_counted_passes`) or counted."""
     rows: List[dict] = []
     done = set()
-    for dtype, channels_last in layouts:
+    default_warps = T.OVER_HW_WARPS
+    for (dtype, channels_last), warps in itertools.product(layouts, over_hw_warps):
+        T.OVER_HW_WARPS = warps
         if counted_file is not None:
             counted = counted_file['kernels'][_layout_name(dtype, channels_last)]
         else:
@@ -128,6 +134,7 @@ def measure(
                             row[k.replace('ms', 'gbs')] = gbs
                             row[k.replace('ms', 'fraction')] = gbs * 1e9 / bandwidth if gbs is not None else None
                         rows.append(row)
+    T.OVER_HW_WARPS = default_warps
     return rows
 
 
@@ -140,9 +147,9 @@ def table(res: dict) -> str:
         f'bytes + other operands once; time: median of triton.testing.do_bench (launch included) and '
         f'of do_bench_cudagraph (kernel alone).',
         '',
-        '| kernel | kind | mode | stage | dtype | layout | grid | MB | µs | GB/s | × copy | graph µs | graph GB/s '
-        '| graph × copy |',
-        '|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|',
+        '| kernel | kind | mode | stage | dtype | layout | grid | warps | MB | µs | GB/s | × copy | graph µs '
+        '| graph GB/s | graph × copy |',
+        '|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
 
     def f(v, spec):
@@ -151,7 +158,7 @@ def table(res: dict) -> str:
     for r in res['rows']:
         lines.append(
             f'| {r["kernel"]} | {r["kind"]} | {r["mode"]} | {r["stage"]} | {r["dtype"]} | {r["layout"]} '
-            f'| {"×".join(map(str, r["grid"]))} | {r["bytes"] / 1e6:.2f} | {f(r["ms"] * 1e3, ".1f")} '
+            f'| {"×".join(map(str, r["grid"]))} | {r["warps"]} | {r["bytes"] / 1e6:.2f} | {f(r["ms"] * 1e3, ".1f")} '
             f'| {f(r["gbs"], ".0f")} | {f(r["fraction"], ".2f")} | {f(r["graph_ms"] * 1e3, ".1f")} '
             f'| {f(r["graph_gbs"], ".0f")} | {f(r["graph_fraction"], ".2f")} |'
         )
@@ -178,6 +185,20 @@ def main() -> None:
     parser.add_argument(
         '--passes', help="census.py --counted-passes's file (default: counted here, in Triton's interpreter)"
     )
+    parser.add_argument(
+        '--layouts',
+        nargs='+',
+        default=[_layout_name(*layout) for layout in LAYOUTS],
+        choices=[_layout_name(*layout) for layout in LAYOUTS],
+    )
+    parser.add_argument(
+        '--over-hw-warps',
+        type=int,
+        nargs='+',
+        default=[None],
+        choices=(1, 2, 4, 8, 16, 32),
+        help="warps of the reductions over H×W (default: the launchers' rule); several are measured side by side",
+    )
     parser.add_argument('--out-dir', required=True)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -196,7 +217,8 @@ def main() -> None:
     )
     counted = load_counted_passes(args.passes)
     for layout in LAYOUTS:  # written after each, so a run stopped at its time limit keeps what it measured
-        res['rows'] += measure(args.kinds, shapes, device, bandwidth, [layout], counted)
+        if _layout_name(*layout) in args.layouts:
+            res['rows'] += measure(args.kinds, shapes, device, bandwidth, [layout], counted, args.over_hw_warps)
         text = table(res)
         write_results(args.out_dir, 'kernel_bandwidth', res, text)
     print(text)
