@@ -179,3 +179,24 @@ def test_a_basic_block_backbone_with_plugins_is_refused_by_name():
     with pytest.raises(ValueError, match="BasicBlock takes no plugins; use path 'attn_resnet'"):
         toolkit.mmdet_model('attn', backbone='r18', attention='cbam', path='plugin')
     assert toolkit.mmdet_model('plain', backbone='r18', path='plugin') is not None
+
+
+def test_kernel_bandwidth_measures_the_reductions_at_each_warps_setting_side_by_side():
+    """--over-hw-warps: the reductions over H×W are replayed once per setting (NCHW's own rule
+    is 8 warps, channels-last's 4), every other launch once; the launchers' rule is restored."""
+    from cbam_det.kernels import triton_gate
+
+    if not triton_gate.INTERPRETED:
+        pytest.skip("the dry run needs Triton's interpreter")
+    kb = analysis_tool('kernel_bandwidth')
+    kinds = ['cbam_plugin', 'se_plugin']
+    shapes = {'s': (1, 24, 5, 9)}
+    for channels_last, own in ((False, 8), (True, 4)):
+        rows = kb.measure(kinds, shapes, torch.device('cpu'), 4.8e12, [(torch.float32, channels_last)], None, (None, 2))
+        warps = {}
+        for r in rows:
+            warps.setdefault(r['kernel'], set()).add(r['warps'])
+        assert warps['_channel_pool_kernel'] == warps['_se_grads_kernel'] == {own, 2}, (channels_last, warps)
+        assert warps['_apply_gates_kernel'] == {triton_gate.WARPS}  # not a reduction over H×W: once
+        assert all(r['passes'] > 0 and r['bytes'] > 0 for r in rows)
+    assert triton_gate.OVER_HW_WARPS is None
