@@ -367,6 +367,36 @@ def test_nothing_under_kernels_imports_the_modules():
             assert 'models' not in name, f'{path.name} imports {name}'
 
 
+def test_both_kernel_sets_declare_their_abilities_and_the_kernels_probe_nothing():
+    """The C++ and Triton kernel sets declare the same optional abilities (a value or None), and
+    nothing under kernels/ probes a module or a kernel set with getattr/hasattr: a module is read
+    through the contract of models/layers/base.py (kernel_variant, fusable_with_bn, inplace,
+    kernel_gates, gate, gate_scale)."""
+    import ast
+    import pathlib
+
+    from cbam_det.kernels import triton_gate
+    from cbam_det.ops import gate_ext
+
+    sets = [triton_gate] + ([gate_ext()] if gate_ext() is not None else [])
+    for ext in sets:
+        assert isinstance(ext.CENTERED_SUMS, bool)
+        for name in ('affine_extreme', 'gated_infer'):
+            assert getattr(ext, name) is None or callable(getattr(ext, name)), (ext, name)
+    if len(sets) == 2:
+        assert (triton_gate.gated_infer is None) != (sets[1].gated_infer is None)
+    root = pathlib.Path(kernels.__file__).parent
+    for path in sorted(root.glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ('getattr', 'hasattr')
+            ):
+                target = ast.unparse(node.args[0])
+                assert target not in ('module', 'ext', 'ctx.module'), f'{path.name}: {ast.unparse(node)}'
+
+
 # ---------------------------------------------------------------- ahead of time, for real GPUs (last: it
 # compiles what the tests above launched)
 

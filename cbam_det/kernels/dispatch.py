@@ -66,7 +66,7 @@ def exporting() -> bool:
 
 
 def _variant_problem(module: Optional[nn.Module]) -> Optional[str]:
-    if module is None or getattr(module, 'kernel_variant', None) is not None:
+    if module is None or module.kernel_variant is not None:
         return None
     return f'{type(module).__name__}({module.extra_repr()}) is an ablation variant the kernels do not cover'
 
@@ -177,7 +177,7 @@ def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = No
     if name == 'triton':
         from .triton_attend import GatedAttention as function
     with fallback(get_backend() == 'auto'):  # auto: a failing Triton launch is computed with PyTorch
-        return _eager(fused.gated_attention)(_ext(name), module, x, bn, getattr(module, 'inplace', False), function)
+        return _eager(fused.gated_attention)(_ext(name), module, x, bn, module.inplace, function)
 
 
 def bam_refine(module: nn.Module, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,8 @@ class _BNState(NamedTuple):
 
 def _gates(module: nn.Module) -> Tuple[nn.Module, Optional[nn.Module], bool]:
     """(channel gate, spatial gate or None, whether the channel gate uses max pooling)."""
-    cg = module.channel_gate
-    return cg, getattr(module, 'spatial_gate', None), cg.pool == 'avg_max'
+    cg, sg = module.kernel_gates()
+    return cg, sg, cg.pool == 'avg_max'
 
 
 def _moments(ext, z: torch.Tensor) -> tuple:
@@ -120,7 +120,7 @@ def _channel_pools(ext, z: torch.Tensor, bn: Optional[_BNState], a, b, moments: 
     kernels keep it for backward (``ext.CENTERED_SUMS``; else None). For the fused block from the
     moments of z: z ↦ a·z + b is monotone, so the max is a·max(z) + b (a ≥ 0) or a·min(z) + b,
     rounded as the kernels round x."""
-    centered = bn is not None and getattr(ext, 'CENTERED_SUMS', False)
+    centered = bn is not None and ext.CENTERED_SUMS
     if bn is None or not bn.from_moments:
         if centered:
             return tuple(ext.channel_pool(z, a, b, bn.mean))
@@ -128,7 +128,7 @@ def _channel_pools(ext, z: torch.Tensor, bn: Optional[_BNState], a, b, moments: 
     shift, s1, _, zmax, zmin = moments if moments is not None else _moments(ext, z)
     hw = z.shape[2] * z.shape[3]
     row_mean = shift.double() + s1 / hw
-    extreme = getattr(ext, 'affine_extreme', None)  # the Triton kernels: x rounded as they round it
+    extreme = ext.affine_extreme  # the Triton kernels: x rounded as they round it (C++: None)
     mx = extreme(zmax, zmin, a, b) if extreme is not None else torch.where(a >= 0, a * zmax + b, a * zmin + b)
     zsum = s1 - hw * (bn.mean.double() - shift.double()) if centered else None
     return (a.double() * row_mean + b.double()).float(), mx, zsum
@@ -489,7 +489,7 @@ def gated_attention(
         return function.apply(z, None, module, bn, inplace and bn is None, ext, *params)
     with torch.no_grad():
         out = z if inplace else None
-        args = _infer_args(module, bn) if hasattr(ext, 'gated_infer') and not recording() else None
+        args = _infer_args(module, bn) if ext.gated_infer is not None and not recording() else None
         if args is not None:  # the whole module in one compiled call
             return ext.gated_infer(z, *args, out)
         _, s = _forward_gates(module, ext, z, bn)
@@ -501,7 +501,7 @@ def _infer_args(module: nn.Module, bn: Optional[nn.BatchNorm2d]) -> Optional[tup
     """The arguments of the kernels' ``gated_infer`` (after z) when inference can run in one
     call: float32 parameters, and every BatchNorm (the folded one, the spatial gate's) using
     its running statistics, so that nothing is updated; else None."""
-    if getattr(module, 'gate_scale', None) is not None:  # the one-call kernel forms σ itself
+    if module.gate_scale is not None:  # the one-call kernel forms σ itself
         return None
     cg, sg, use_max = _gates(module)
     tensors = [cg.fc1.weight, cg.fc1.bias, cg.fc2.weight, cg.fc2.bias]

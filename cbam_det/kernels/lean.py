@@ -36,9 +36,9 @@ def attend(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     mmdeploy's own marks (autograd functions with a symbolic) broke its export
     ("Dangling node reference"; mmdeploy#2102, YOLOX + CBAM).
     """
-    variant = getattr(module, 'kernel_variant', None)
+    variant = module.kernel_variant
     grad = torch.is_grad_enabled() and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
-    inplace = getattr(module, 'inplace', False) and not torch.is_grad_enabled()
+    inplace = module.inplace and not torch.is_grad_enabled()
     if variant is None or (variant == 'cbam' and not grad and not inplace):
         return module.reference(x)
     cg, gate = module.channel_gate, module.gate  # gate: σ, or σ normalised to 1 at 0 (identity mode)

@@ -86,6 +86,8 @@ __all__ = [
 INTERPRETED = config.triton_interpreted()
 #: the pools also give Σ_hw (z − μ) of a folded BN, kept for backward (:mod:`.fused` asks)
 CENTERED_SUMS = True
+#: the C++ kernels' one-call inference of a whole module; the Triton kernels have none
+gated_infer = None
 #: streaming multiprocessors assumed where there is no CUDA device (an H200)
 DEFAULT_SMS = 132
 WAVES = 4  # split reductions until the grid has WAVES × SMs programs (where the tensor allows)

@@ -1,6 +1,6 @@
 """Common base of the attention modules (CBAM, SE, BAM): arguments, initialisation, freezing."""
 
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
@@ -87,8 +87,20 @@ class AttentionModule(BaseModule):
                 nn.init.zeros_(m.bias)
         self._init_special()
 
+    # ---- the module <-> kernel contract: the kernels (cbam_det.kernels) read these and nothing else
+    #: the kernels' variant of this module ('cbam', 'se', 'bam'), None where they do not cover it
+    #: (the ``torch`` backend then runs :meth:`reference`)
+    kernel_variant: Optional[str] = None
     #: whether :meth:`forward_with_bn` can fold the preceding BatchNorm into the module's kernels
     fusable_with_bn = False
+    #: the caller does not read the input again (subclasses that support it take it as an argument)
+    inplace = False
+
+    def kernel_gates(self) -> Tuple[nn.Module, Optional[nn.Module]]:
+        """(channel gate, spatial gate or None): the small graphs the kernels' autograd runs
+        between their full-size passes, for the ``'cbam'`` and ``'se'`` variants; the gate
+        function is :meth:`gate` and its scale ``gate_scale``."""
+        raise NotImplementedError(f'{type(self).__name__} has no gates for the kernels (kernel_variant is None)')
 
     def forward_with_bn(self, z: torch.Tensor, bn: nn.Module) -> torch.Tensor:
         """``self(bn(z))``: the module applied to the output of the BatchNorm ``bn``.

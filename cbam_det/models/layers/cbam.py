@@ -233,6 +233,10 @@ class CBAM(AttentionModule):
         kernels.record.note(self, **applied)
         return x
 
+    def kernel_gates(self) -> Tuple[nn.Module, Optional[nn.Module]]:
+        """(channel gate, spatial gate): what the kernels' autograd runs between their passes."""
+        return self.channel_gate, self.spatial_gate
+
     @property
     def kernel_variant(self) -> Optional[str]:
         """``'cbam'`` for the configurations the kernels cover (the paper's module and the

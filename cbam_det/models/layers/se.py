@@ -65,6 +65,10 @@ class SE(AttentionModule):
         self._normalise_gates(0.5)  # identity mode: 2σ(·), 1 at zero logits
         self.reset_parameters()
 
+    def kernel_gates(self) -> Tuple[nn.Module, Optional[nn.Module]]:
+        """(the channel gate, None): SE has no spatial gate."""
+        return self.channel_gate, None
+
     def _init_special(self) -> None:
         if self.init_mode == 'identity':  # zero logits: the normalised gate is exactly 1
             nn.init.zeros_(self.channel_gate.fc2.weight)

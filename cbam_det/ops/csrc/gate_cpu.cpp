@@ -871,4 +871,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bam_grads", &bam_grads);
   m.def("spatial_conv", &spatial_conv);
   m.def("spatial_conv_grad", &spatial_conv_grad);
+  // abilities, declared as the Triton kernels declare theirs (cbam_det/kernels/triton_gate.py):
+  // the pools give no centred sums of a folded BN, and no kernel rounds a folded BN's extremes
+  m.attr("CENTERED_SUMS") = false;
+  m.attr("affine_extreme") = pybind11::none();
 }
