@@ -284,7 +284,10 @@ def test_triton_low_precision(dtype):
         err = max(float((a - b).abs().max()) / float(b.abs().max()) for a, b in zip(got[:2], ref[:2]))
         if backend == 'triton':
             triton_err = err
-    assert triton_err <= max(2 * err, 2e-2), (triton_err, err)
+    # the output itself is rounded to ``dtype``: a few ulps of it (numerics.tolerance at one term)
+    # are the floor; above it, at most twice the torch backend's error in that dtype
+    floor = max(2e-2, numerics.tolerance(1.0, terms=1, dtype=dtype))
+    assert triton_err <= max(2 * err, floor), (triton_err, err, floor)
 
 
 @needs_triton
