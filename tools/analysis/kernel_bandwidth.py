@@ -95,46 +95,48 @@ def measure(
     rows: List[dict] = []
     done = set()
     default_warps = T.OVER_HW_WARPS
-    for (dtype, channels_last), warps in itertools.product(layouts, over_hw_warps):
-        T.OVER_HW_WARPS = warps
-        if counted_file is not None:
-            counted = counted_file['kernels'][_layout_name(dtype, channels_last)]
-        else:
-            counted = kernel_passes(kinds, dtype=dtype, channels_last=channels_last)
-        for stage, shape in shapes.items():
-            x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0)).to(device, dtype)
-            if channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            for kind in kinds:
-                for mode, train in (('train', True), ('inference', False)):
-                    for seen in step_launches(kind, x, train):
-                        launch = seen['launch']
-                        ident = (launch.key(), launch.grid, launch.shape)
-                        if ident in done:
-                            continue
-                        done.add(ident)
-                        passes = counted[kind][mode][kernel_key(launch)]
-                        nbytes = passes * (launch.full_elements or 0) + seen['small_bytes']
-                        t = _timed(seen['run'], device)
-                        row = dict(
-                            kernel=launch.kernel,
-                            kind=kind,
-                            mode=mode,
-                            stage=stage,
-                            dtype=str(dtype).replace('torch.', ''),
-                            layout='channels_last' if channels_last else 'nchw',
-                            grid=list(launch.grid),
-                            warps=launch.warps,
-                            passes=passes,
-                            bytes=nbytes,
-                            **t,
-                        )
-                        for k in ('ms', 'graph_ms'):
-                            gbs = nbytes / (t[k] * 1e-3) / 1e9 if t[k] == t[k] else None
-                            row[k.replace('ms', 'gbs')] = gbs
-                            row[k.replace('ms', 'fraction')] = gbs * 1e9 / bandwidth if gbs is not None else None
-                        rows.append(row)
-    T.OVER_HW_WARPS = default_warps
+    try:  # the launchers' rule comes back even when a launch fails
+        for (dtype, channels_last), warps in itertools.product(layouts, over_hw_warps):
+            T.OVER_HW_WARPS = warps
+            if counted_file is not None:
+                counted = counted_file['kernels'][_layout_name(dtype, channels_last)]
+            else:
+                counted = kernel_passes(kinds, dtype=dtype, channels_last=channels_last)
+            for stage, shape in shapes.items():
+                x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0)).to(device, dtype)
+                if channels_last:
+                    x = x.to(memory_format=torch.channels_last)
+                for kind in kinds:
+                    for mode, train in (('train', True), ('inference', False)):
+                        for seen in step_launches(kind, x, train):
+                            launch = seen['launch']
+                            ident = (launch.key(), launch.grid, launch.shape)
+                            if ident in done:
+                                continue
+                            done.add(ident)
+                            passes = counted[kind][mode][kernel_key(launch)]
+                            nbytes = passes * (launch.full_elements or 0) + seen['small_bytes']
+                            t = _timed(seen['run'], device)
+                            row = dict(
+                                kernel=launch.kernel,
+                                kind=kind,
+                                mode=mode,
+                                stage=stage,
+                                dtype=str(dtype).replace('torch.', ''),
+                                layout='channels_last' if channels_last else 'nchw',
+                                grid=list(launch.grid),
+                                warps=launch.warps,
+                                passes=passes,
+                                bytes=nbytes,
+                                **t,
+                            )
+                            for k in ('ms', 'graph_ms'):
+                                gbs = nbytes / (t[k] * 1e-3) / 1e9 if t[k] == t[k] else None
+                                row[k.replace('ms', 'gbs')] = gbs
+                                row[k.replace('ms', 'fraction')] = gbs * 1e9 / bandwidth if gbs is not None else None
+                            rows.append(row)
+    finally:
+        T.OVER_HW_WARPS = default_warps
     return rows
 
 
