@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ..config import BACKENDS, get_backend, set_backend, use_backend
-from . import fused, lean
+from . import fused, graph, lean
+from .library import convs
 from .policy import fallback
 from .record import note
 
@@ -173,6 +174,8 @@ def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = No
     name = select_backend(x, module, bn)
     if name == 'torch':
         return lean.attend(module, x if bn is None else bn(x))
+    if name == 'cpu' and torch.compiler.is_compiling():  # the ops in the compiled graph
+        return graph.attend(module, x if bn is None else bn(x))
     function = None
     if name == 'triton':
         from .triton_attend import GatedAttention as function
@@ -187,6 +190,8 @@ def bam_refine(module: nn.Module, x: torch.Tensor, c: torch.Tensor, s: torch.Ten
     if name == 'torch':
         return module.refine(x, c, s)
     product = module.combine == 'product'
+    if name == 'cpu' and torch.compiler.is_compiling():
+        return graph.bam_refine(x, c, s, product, module.residual)
     with fallback(get_backend() == 'auto'):
         return _eager(fused.bam_gate)(_ext(name), x, c, s, product, module.residual, module.inplace)
 
@@ -196,7 +201,7 @@ def spatial_conv(desc: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     the ``cpu`` backend (a generic convolution is 2-10× slower on this shape), PyTorch's
     (cuDNN on CUDA) on the others."""
     if select_backend(desc) == 'cpu' and conv.weight.dtype == torch.float32:
-        return _eager(fused.spatial_conv)(desc, conv.weight)
+        return convs.spatial_conv(desc, conv.weight.contiguous())
     return conv(desc)
 
 
@@ -204,7 +209,7 @@ def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(x)`` for BAM's 1×1 reduction: the compiled kernel on the ``cpu`` backend with at
     most 512 input channels (with more, PyTorch's is the faster one: docs/performance.md)."""
     if select_backend(x) == 'cpu' and x.shape[1] <= 512 and conv.weight.dtype == torch.float32:
-        return _eager(fused.pointwise_conv)(x, conv.weight, conv.bias)
+        return convs.pointwise_conv(x, conv.weight.reshape(conv.weight.shape[0], -1).contiguous(), conv.bias)
     return conv(x)
 
 

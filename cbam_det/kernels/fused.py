@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..ops import gate_ext
 from .policy import fallback, fallback_enabled
 from .record import note, recording
 
@@ -32,8 +31,6 @@ __all__ = [
     'gated_attention',
     'gated_forward',
     'bam_gate',
-    'spatial_conv',
-    'pointwise_conv',
     'bn_node_readable',
 ]
 
@@ -561,56 +558,3 @@ def bam_gate(
     if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or s.requires_grad):
         return _BAMGate.apply(x, c2, s2, product, residual, ext)
     return ext.bam_apply(x, c2, s2, product, residual, x if inplace else None)
-
-
-class _SpatialConv(torch.autograd.Function):
-    """k×k conv, one output channel, zero padding k // 2, no bias (CBAM eq. 3's f^{7×7})."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor):
-        weight = weight.contiguous()
-        ctx.save_for_backward(x, weight)
-        return gate_ext().spatial_conv(x, weight)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        dx, dw = gate_ext().spatial_conv_grad(dout.contiguous(), x, weight, *ctx.needs_input_grad)
-        return dx, dw
-
-
-def spatial_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.conv2d(x, weight, padding=k // 2)`` for a (1, Cin, k, k) float32 ``weight`` with
-    the compiled CPU kernels (float32 CPU tensors)."""
-    return _SpatialConv.apply(x, weight)
-
-
-class _PointwiseConv(torch.autograd.Function):
-    """1×1 conv, stride 1, no padding (BAM eq. 4's f^{1×1}_0): forward on the compiled
-    kernel; backward: d input on the kernels, d weight as a batched matrix product."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
-        w2 = weight.reshape(weight.shape[0], -1).contiguous()
-        ctx.save_for_backward(x, w2)
-        ctx.weight_shape = weight.shape
-        return gate_ext().pointwise_conv(x, w2, None if bias is None else bias.contiguous())
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout: torch.Tensor):
-        x, w2 = ctx.saved_tensors
-        n, c, h, w = x.shape
-        dout = dout.contiguous()
-        d = dout.view(n, -1, h * w)
-        want_x, want_w, want_b = ctx.needs_input_grad
-        dx = gate_ext().pointwise_conv_input_grad(dout, w2) if want_x else None
-        dw = torch.bmm(d, x.view(n, c, h * w).transpose(1, 2)).sum(0).view(ctx.weight_shape) if want_w else None
-        return dx, dw, (d.sum((0, 2)) if want_b else None)
-
-
-def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias)`` for a (O, C, 1, 1) float32 ``weight``, forward on the
-    compiled CPU kernels (float32 CPU tensors)."""
-    return _PointwiseConv.apply(x, weight, bias)

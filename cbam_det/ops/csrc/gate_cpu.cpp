@@ -387,7 +387,7 @@ at::Tensor apply_gates(const at::Tensor& z, const OptT& a, const OptT& b, const 
 }
 
 // Gradients of the gates from dy: dg_c = Σ_hw dy·x·g_s (N, C) and dg_s = Σ_c dy·x·g_c (N, HW);
-// with g_s also the number of channels where x·g_c equals the spatial max s_max (N, HW).
+// with s_max also the number of channels where x·g_c equals it (N, HW; else undefined).
 std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, const OptT& a, const OptT& b,
                                    const at::Tensor& gc, const OptT& gs, const OptT& smax) {
   check(dy, "dy"); check(z, "z"); check(gc, "gc");
@@ -405,11 +405,11 @@ std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, co
     });
     return {dgc, at::Tensor(), at::Tensor()};
   }
-  TORCH_CHECK(smax.has_value(), "gs needs smax");
-  check(*smax, "smax");
-  auto dgs = at::empty({N, HW}, z.options()), cnt = at::empty({N, HW}, z.options());
-  float *dgsp = dgs.data_ptr<float>(), *cntp = cnt.data_ptr<float>();
-  const float* mp = smax->data_ptr<float>();
+  if (smax.has_value()) check(*smax, "smax");
+  auto dgs = at::empty({N, HW}, z.options());
+  auto cnt = smax.has_value() ? at::empty({N, HW}, z.options()) : at::Tensor();
+  float *dgsp = dgs.data_ptr<float>(), *cntp = smax.has_value() ? cnt.data_ptr<float>() : nullptr;
+  const float* mp = ptr_or_null(smax);  // without it the tie count is not formed
   const int64_t nb = (HW + kBlock - 1) / kBlock;
   std::vector<double> part(N * nb * C);
   dispatch_affine(af, [&](auto tag) {
@@ -418,7 +418,7 @@ std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, co
       float ds[kBlock], k[kBlock];
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n = t / nb, blk = t % nb, h0 = blk * kBlock, w = std::min(kBlock, HW - h0);
-        const float *s = sp + n * HW + h0, *m = mp + n * HW + h0;
+        const float *s = sp + n * HW + h0, *m = mp ? mp + n * HW + h0 : nullptr;
         std::fill(ds, ds + w, 0.f);
         std::fill(k, k + w, 0.f);
         for (int64_t c = 0; c < C; ++c) {
@@ -435,18 +435,18 @@ std::vector<at::Tensor> gate_grads(const at::Tensor& dy, const at::Tensor& z, co
             const vf x = kA ? va * load(p + j) + vb : load(p + j), u = load(q + j) * x;
             acc += u * load(s + j);
             store(ds + j, load(ds + j) + u * vg);
-            store(k + j, load(k + j) + (x * vg == load(m + j) ? one : zero));
+            if (m) store(k + j, load(k + j) + (x * vg == load(m + j) ? one : zero));
           }
           for (; j < w; ++j) {
             const float x = xv<kA>(p[j], sa, sb), u = q[j] * x;
             acc[0] += u * s[j];
             ds[j] += u * g;
-            k[j] += x * g == m[j] ? 1.f : 0.f;
+            if (m) k[j] += x * g == m[j] ? 1.f : 0.f;
           }
           part[(n * nb + blk) * C + c] = hsum(acc);
         }
         std::copy(ds, ds + w, dgsp + n * HW + h0);
-        std::copy(k, k + w, cntp + n * HW + h0);
+        if (m) std::copy(k, k + w, cntp + n * HW + h0);
       }
     });
   });
