@@ -27,10 +27,13 @@ Also read here, not ours: ``TRITON_INTERPRET`` (Triton's interpreter, for the ke
 import contextlib
 import os
 import os.path as osp
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
+
+import torch
 
 __all__ = [
     'BACKENDS',
+    'fixed_when_compiled',
     'get_backend',
     'set_backend',
     'use_backend',
@@ -49,6 +52,17 @@ __all__ = [
 ]
 
 BACKENDS = ('auto', 'torch', 'cpu', 'triton')
+_F = TypeVar('_F', bound=Callable)
+
+
+def fixed_when_compiled(fn: _F) -> _F:
+    """``fn`` (no arguments), evaluated when ``torch.compile`` traces a caller and kept in the
+    graph as a constant, with no guard: a compiled model keeps the switches it was compiled under
+    (a later change takes effect in eager code at once, in a compiled model after
+    ``torch._dynamo.reset()`` or a new ``torch.compile``). Without this, dynamo would guard on the
+    whole environment (``os.environ``) and on this module's state."""
+    return torch.compiler.assume_constant_result(fn)
+
 _state: dict = {'backend': None, 'check_finite': None}
 
 
@@ -90,6 +104,7 @@ def _check_backend(name: str, source: str) -> str:
     return name
 
 
+@fixed_when_compiled
 def get_backend() -> str:
     """The requested backend: :func:`set_backend`'s, else ``$CBAM_DET_BACKEND``, else ``'auto'``."""
     if _state['backend'] is not None:
@@ -118,6 +133,7 @@ def use_backend(name: str) -> Iterator[None]:
 # ---------------------------------------------------------------- checks
 
 
+@fixed_when_compiled
 def check_finite() -> bool:
     """Whether the attention modules refuse NaN/Inf inputs in a training step."""
     if _state['check_finite'] is not None:

@@ -93,9 +93,9 @@ def _cpu_problem(x: torch.Tensor, module, bn) -> Optional[str]:
         return 'lower-precision CPU autocast is on'
     problem = _traced_problem() or _variant_problem(module) or _bn_problem(bn)
     if problem is None:
-        from ..ops import gate_ext
+        from ..ops import ext_ready
 
-        if gate_ext() is None:
+        if not ext_ready():
             problem = 'the C++ kernels are not compiled here (no compiler, or CBAM_DET_NO_EXT=1; see the warning)'
     return problem
 

@@ -17,11 +17,14 @@ from typing import Dict, Iterator, Optional
 import torch
 from torch import nn
 
+from ..config import fixed_when_compiled
+
 __all__ = ['record_attention', 'note', 'recording']
 
 _active: list = []
 
 
+@fixed_when_compiled
 def recording() -> bool:
     """Whether a :func:`record_attention` block is open (the backends then expose their gates)."""
     return bool(_active)
@@ -40,7 +43,7 @@ def record_attention() -> Iterator[Dict[nn.Module, Dict[str, torch.Tensor]]]:
 
 def note(module: nn.Module, **maps: Optional[torch.Tensor]) -> None:
     """Record ``maps`` (name → tensor, leading dim N) for ``module`` in every open recording."""
-    if not _active:
+    if not recording():
         return
     entry = {name: _shaped(name, t.detach().float().clone()) for name, t in maps.items() if t is not None}
     for store in _active:

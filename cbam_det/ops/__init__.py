@@ -27,7 +27,7 @@ import torch
 
 from .. import config
 
-__all__ = ['gate_ext', 'build_dir', 'cpu_arch']
+__all__ = ['gate_ext', 'ext_ready', 'build_dir', 'cpu_arch']
 
 _SRC = osp.join(osp.dirname(__file__), 'csrc', 'gate_cpu.cpp')
 _NAME = 'cbam_det_gate_cpu'
@@ -99,3 +99,9 @@ def gate_ext(verbose: bool = False) -> Optional[object]:
                 stacklevel=2,
             )
     return _state['ext']
+
+
+@config.fixed_when_compiled
+def ext_ready() -> bool:
+    """Whether :func:`gate_ext` gives the compiled kernels (compiling them if needed)."""
+    return gate_ext() is not None
