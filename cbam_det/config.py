@@ -57,13 +57,17 @@ _F = TypeVar('_F', bound=Callable)
 
 def fixed_when_compiled(fn: _F) -> _F:
     """``fn`` (no arguments), evaluated when ``torch.compile`` traces a caller and kept in the
-    graph as a constant, with no guard: a compiled model keeps the switches it was compiled under
-    (a later change takes effect in eager code at once, in a compiled model after
-    ``torch._dynamo.reset()`` or a new ``torch.compile``). Without this, dynamo would guard on the
-    whole environment (``os.environ``) and on this module's state."""
+    graph as a constant, with no guard: for what a process does not change while it runs (the
+    environment variables, whether the C++ kernels compiled). Without this, dynamo would guard on
+    the whole environment (``os.environ``) and on cbam_det's caches."""
     return torch.compiler.assume_constant_result(fn)
 
-_state: dict = {'backend': None, 'check_finite': None}
+
+# the requests of set_backend / set_check_finite (None: follow the environment). Plain module
+# globals: under torch.compile dynamo guards on their values, so a compiled model recompiles
+# when they change (one guard each), and on nothing else here
+_backend: Optional[str] = None
+_check_finite: Optional[bool] = None
 
 
 def env(name: str, default: Optional[str] = None) -> Optional[str]:
@@ -104,40 +108,46 @@ def _check_backend(name: str, source: str) -> str:
     return name
 
 
-@fixed_when_compiled
 def get_backend() -> str:
     """The requested backend: :func:`set_backend`'s, else ``$CBAM_DET_BACKEND``, else ``'auto'``."""
-    if _state['backend'] is not None:
-        return _state['backend']
+    return _backend if _backend is not None else _env_backend()
+
+
+@fixed_when_compiled
+def _env_backend() -> str:
     return _check_backend(env('CBAM_DET_BACKEND', 'auto'), 'CBAM_DET_BACKEND')
 
 
 def set_backend(name: Optional[str]) -> Optional[str]:
     """Request ``name`` for every later call (None: follow ``$CBAM_DET_BACKEND`` again);
     returns the previous request."""
-    previous = _state['backend']
-    _state['backend'] = None if name is None else _check_backend(name, 'backend')
+    global _backend
+    previous = _backend
+    _backend = None if name is None else _check_backend(name, 'backend')
     return previous
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """``with use_backend('torch'):`` — the backend for the calls inside the block."""
+    global _backend
     previous = set_backend(name)
     try:
         yield
     finally:
-        _state['backend'] = previous
+        _backend = previous
 
 
 # ---------------------------------------------------------------- checks
 
 
-@fixed_when_compiled
 def check_finite() -> bool:
     """Whether the attention modules refuse NaN/Inf inputs in a training step."""
-    if _state['check_finite'] is not None:
-        return _state['check_finite']
+    return _check_finite if _check_finite is not None else _env_check_finite()
+
+
+@fixed_when_compiled
+def _env_check_finite() -> bool:
     return _flag('CBAM_DET_CHECK_FINITE')
 
 
@@ -147,8 +157,9 @@ def set_check_finite(enabled: Optional[bool]) -> Optional[bool]:
     variable), which restores it when passed back. In training, one batch with a NaN or Inf
     poisons a BatchNorm's running statistics for good; the check costs one pass over the input,
     so it is off by default."""
-    previous = _state['check_finite']
-    _state['check_finite'] = None if enabled is None else bool(enabled)
+    global _check_finite
+    previous = _check_finite
+    _check_finite = None if enabled is None else bool(enabled)
     return previous
 
 

@@ -25,7 +25,7 @@ def bam_apply(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) ->
 
 
 @bam_apply.register_kernel('cuda')
-def _(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) -> Tensor:
+def cuda_bam_apply(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) -> Tensor:
     return _kernels.cuda('bam_apply').bam_apply(x, c, s, product, residual, None)
 
 
@@ -61,7 +61,9 @@ def bam_grads(
 
 
 @bam_grads.register_kernel('cuda')
-def _(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) -> Tuple[Tensor, Tensor, Tensor]:
+def cuda_bam_grads(
+    dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool
+) -> Tuple[Tensor, Tensor, Tensor]:
     dx, dc, ds = _kernels.cuda('bam_grads').bam_grads(dy, x, c, s, product, residual)
     return dx, dc, ds
 
@@ -69,3 +71,7 @@ def _(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool
 @bam_grads.register_fake
 def _(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) -> Tuple[Tensor, Tensor, Tensor]:
     return torch.empty_like(x), torch.empty_like(c, dtype=torch.float32), torch.empty_like(s, dtype=torch.float32)
+
+
+#: each op's CUDA kernel by op name (tests run them in Triton's interpreter on CPU tensors)
+CUDA_KERNELS = {'bam_apply': cuda_bam_apply, 'bam_grads': cuda_bam_grads}

@@ -46,7 +46,7 @@ def channel_pool(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 @channel_pool.register_kernel('cuda')
-def _(x: Tensor) -> Tuple[Tensor, Tensor]:
+def cuda_channel_pool(x: Tensor) -> Tuple[Tensor, Tensor]:
     avg, mx = _kernels.cuda('channel_pool').channel_pool(x, None, None)
     return avg, mx
 
@@ -83,7 +83,7 @@ def spatial_pool(x: Tensor, gc: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 @spatial_pool.register_kernel('cuda')
-def _(x: Tensor, gc: Tensor) -> Tuple[Tensor, Tensor]:
+def cuda_spatial_pool(x: Tensor, gc: Tensor) -> Tuple[Tensor, Tensor]:
     avg, mx = _kernels.cuda('spatial_pool').spatial_pool(x, None, None, gc)
     return avg, mx
 
@@ -126,7 +126,7 @@ def apply_gates(x: Tensor, gc: Tensor, gs: Optional[Tensor]) -> Tensor:
 
 
 @apply_gates.register_kernel('cuda')
-def _(x: Tensor, gc: Tensor, gs: Optional[Tensor]) -> Tensor:
+def cuda_apply_gates(x: Tensor, gc: Tensor, gs: Optional[Tensor]) -> Tensor:
     return _kernels.cuda('apply_gates').apply_gates(x, None, None, gc, gs, None)
 
 
@@ -173,7 +173,7 @@ def gate_grads(dy: Tensor, x: Tensor, gc: Tensor, gs: Tensor) -> Tuple[Tensor, T
 
 
 @gate_grads.register_kernel('cuda')
-def _(dy: Tensor, x: Tensor, gc: Tensor, gs: Tensor) -> Tuple[Tensor, Tensor]:
+def cuda_gate_grads(dy: Tensor, x: Tensor, gc: Tensor, gs: Tensor) -> Tuple[Tensor, Tensor]:
     dgc, dgs, _ = _kernels.cuda('gate_grads').gate_grads(dy, x, None, None, gc, gs, gs)  # its tie count: unused
     return dgc, dgs
 
@@ -191,7 +191,7 @@ def se_gate_grad(dy: Tensor, x: Tensor) -> Tensor:
 
 
 @se_gate_grad.register_kernel('cuda')
-def _(dy: Tensor, x: Tensor) -> Tensor:
+def cuda_se_gate_grad(dy: Tensor, x: Tensor) -> Tensor:
     return _kernels.cuda('se_gate_grad').se_grads(dy, x, None, None)[0]
 
 
@@ -211,7 +211,7 @@ def spatial_pool_grad(x: Tensor, gc: Tensor, smax: Tensor, w_avg: Tensor, w_max:
 
 
 @spatial_pool_grad.register_kernel('cuda')
-def _(x: Tensor, gc: Tensor, smax: Tensor, w_avg: Tensor, w_max: Tensor) -> Tensor:
+def cuda_spatial_pool_grad(x: Tensor, gc: Tensor, smax: Tensor, w_avg: Tensor, w_max: Tensor) -> Tensor:
     # the launcher also counts the channel max's ties (against its cmax argument): unused here
     return _kernels.cuda('spatial_pool_grad').spatial_pool_grad(x, None, None, gc, smax, w_avg, w_max, gc)[0]
 
@@ -219,3 +219,14 @@ def _(x: Tensor, gc: Tensor, smax: Tensor, w_avg: Tensor, w_max: Tensor) -> Tens
 @spatial_pool_grad.register_fake
 def _(x: Tensor, gc: Tensor, smax: Tensor, w_avg: Tensor, w_max: Tensor) -> Tensor:
     return _small(x.shape[0], x.shape[1], x)
+
+
+#: each op's CUDA kernel by op name (tests run them in Triton's interpreter on CPU tensors)
+CUDA_KERNELS = {
+    'channel_pool': cuda_channel_pool,
+    'spatial_pool': cuda_spatial_pool,
+    'apply_gates': cuda_apply_gates,
+    'gate_grads': cuda_gate_grads,
+    'se_gate_grad': cuda_se_gate_grad,
+    'spatial_pool_grad': cuda_spatial_pool_grad,
+}
