@@ -77,7 +77,8 @@ def main() -> None:
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
-            json.dump({'args': vars(args), 'environment': environment('cpu'), 'rows': rows, 'times': times}, f, indent=1)
+            res = {'args': vars(args), 'environment': environment('cpu'), 'rows': rows, 'times': times}
+            json.dump(res, f, indent=1)
     sys.stdout.flush()
 
 
