@@ -11,7 +11,9 @@ Backends:
   in float32, float16 or bfloat16, NCHW or channels-last; CPU tensors only in Triton's
   interpreter (``TRITON_INTERPRET=1`` set before cbam_det is imported), which is for tests.
 - ``auto`` (default): ``cpu`` where it applies, else ``triton`` on CUDA tensors, else
-  ``torch``; ``torch`` while tracing, exporting to ONNX or compiling with ``torch.compile``.
+  ``torch``; ``torch`` while tracing or exporting to ONNX; under ``torch.compile`` what was
+  measured cheaper there (:func:`_compiled_auto`: the ops for CBAM's and SE's training step on
+  the CPU, else ``torch``).
 
 The choice: ``set_backend(name)`` / ``with use_backend(name):`` over the environment variable
 ``CBAM_DET_BACKEND`` (read at every call), over ``auto``. A backend named explicitly that
@@ -20,8 +22,13 @@ another. The kernels cover CBAM as in the paper (channel first, [avg; max] chann
 [avg; max] or the official [max; avg] spatial pooling), SE, and BAM with ``combine`` 'sum'
 or 'product'; ``auto`` runs the other ablation variants on ``torch``.
 
-Under ``torch.compile`` an explicitly named kernel backend runs outside the graph (a graph
-break that runs eagerly: ``torch.compiler.disable``).
+Under ``torch.compile`` (and ``torch.export``) the ``cpu`` backend is a graph of the
+``cbam_det::`` operators (:mod:`.library`, composed in :mod:`.graph`) with no graph break: the
+PyTorch dispatcher runs each op's CPU kernel, inductor fuses what lies between them. The
+``triton`` backend, named explicitly, still runs outside the graph there (a graph break that runs
+eagerly, ``torch.compiler.disable``): its ops' CUDA kernels are registered, but the compiled path
+has not been checked on a GPU. The backend request is part of a compiled graph's guards (a
+``use_backend`` change recompiles); the environment variables are read when the graph is traced.
 """
 
 import contextlib
@@ -136,8 +143,10 @@ def select_backend(x: torch.Tensor, module: Optional[nn.Module] = None, bn: Opti
     if name == 'torch':
         return name
     if name == 'auto':
-        if exporting() or torch.compiler.is_compiling():
+        if exporting():
             return 'torch'
+        if torch.compiler.is_compiling():
+            return _compiled_auto(x, module, bn)
         if _cpu_problem(x, module, bn) is None:
             return 'cpu'
         if x.device.type == 'cuda' and _triton_problem(x, module, bn) is None and probe_triton(x.device, x.dtype):
@@ -151,6 +160,18 @@ def select_backend(x: torch.Tensor, module: Optional[nn.Module] = None, bn: Opti
             f'{problem}. Allowed backends: {", ".join(BACKENDS)}; auto picks one that applies.'
         )
     return name
+
+
+def _compiled_auto(x: torch.Tensor, module: Optional[nn.Module], bn: Optional[nn.Module]) -> str:
+    """``auto`` under ``torch.compile``, as measured (docs/performance.md, "Under torch.compile"):
+    CBAM's and SE's training step on the CPU is cheaper as the graph of ``cbam_det::`` ops; inference
+    is cheaper on inductor's ``torch`` path (it fuses the eval-mode BN before the module into the
+    pools, which the ops cannot take), and so is everything not measured compiled with the ops
+    (BAM, the convs, CUDA)."""
+    measured = module is not None and module.kernel_variant in ('cbam', 'se')
+    if measured and x.device.type == 'cpu' and torch.is_grad_enabled() and _cpu_problem(x, module, bn) is None:
+        return 'cpu'
+    return 'torch'
 
 
 def _ext(name: str):
@@ -174,7 +195,7 @@ def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = No
     name = select_backend(x, module, bn)
     if name == 'torch':
         return lean.attend(module, x if bn is None else bn(x))
-    if name == 'cpu' and torch.compiler.is_compiling():  # the ops in the compiled graph
+    if name == 'cpu' and torch.compiler.is_compiling():  # the ops in the compiled or exported graph
         return graph.attend(module, x if bn is None else bn(x))
     function = None
     if name == 'triton':

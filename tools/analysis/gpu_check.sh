@@ -11,8 +11,10 @@
 #    unless mmengine and mmdet import already; cbam_det runs with CBAM_DET_LAYERS_ONLY=1
 #    (attention layers and kernels: no mmcv needed);
 # 2. `tests`: the GPU test subset with TRITON_INTERPRET=0 (the Triton kernels compiled, on CUDA
-#    tensors): tests/test_backends.py (against the torch backend) and tests/test_triton_safety.py
-#    (self-check, per-launch fallback, device guard, ties and NaN, low precision, launchers);
+#    tensors): tests/test_backends.py (against the torch backend), tests/test_triton_safety.py
+#    (self-check, per-launch fallback, device guard, ties and NaN, low precision, launchers) and
+#    tests/test_ops.py's CUDA tests (opcheck of the ops on CUDA, their Triton kernels against the
+#    C++ ones where those compile);
 #    beside it, on the CPU cores, every specialization of the shipped detection configs compiled
 #    for this GPU's architecture (tests/test_kernel_census.py's slow compile test, checked for
 #    registers, spills, FMA, NaN max);
@@ -80,12 +82,13 @@ rc_tests=0
 if want tests; then
     ARCH=$("$PY" -c 'import torch; c = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0); print(f"{c[0]}{c[1]}")')
     if [ "$DRY" = 1 ]; then compile_limit=900; tests_limit=600; else compile_limit=190; tests_limit=190; fi
-    say "tests/test_backends.py tests/test_triton_safety.py (TRITON_INTERPRET=$TRITON_INTERPRET), beside them every detection specialization compiled for sm_$ARCH"
+    say "tests/test_backends.py tests/test_triton_safety.py tests/test_ops.py -k cuda (TRITON_INTERPRET=$TRITON_INTERPRET), beside them every detection specialization compiled for sm_$ARCH"
     timeout $compile_limit "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_census.py -o addopts="" -m slow \
         -k "every_detection_specialization and sm_$ARCH" > "$OUT/compile.log" 2>&1 &
     compile_pid=$!
-    timeout $tests_limit "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_triton_safety.py -o addopts="" \
-        -m "not slow" -k "not compiles_within" > "$OUT/tests.log" 2>&1 || rc_tests=$?
+    timeout $tests_limit "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_triton_safety.py \
+        tests/test_ops.py -o addopts="" -m "not slow" -k "not compiles_within and (not test_ops or cuda)" \
+        > "$OUT/tests.log" 2>&1 || rc_tests=$?
     tail -3 "$OUT/tests.log"
     wait $compile_pid || rc_tests=$?
     tail -3 "$OUT/compile.log"
