@@ -195,8 +195,8 @@ NETWORKS = {
     'attnresnet18-bam': dict(type='AttnResNet', depth=18, base_channels=16, bam=dict(type='BAM', reduction=4)),
 }
 NETWORK_OPS = {
-    'resnet50-cbam-plugin': {'channel_pool', 'spatial_pool', 'spatial_conv'},  # the gates applied by PyTorch
-    'attnresnet50-se-fused': {'channel_pool'},
+    'resnet50-cbam-plugin': {'channel_pool', 'spatial_pool', 'apply_gates', 'spatial_conv'},
+    'attnresnet50-se-fused': {'channel_pool', 'apply_gates'},
     'attnresnet18-bam': {'bam_apply', 'pointwise_conv'},
 }
 
@@ -333,4 +333,4 @@ def test_auto_under_compile_takes_what_was_measured_cheaper(mode):
     with kernels.use_backend('auto'), torch.set_grad_enabled(mode == 'train'):
         explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0
-    assert _graph_ops(explanation) == ({'channel_pool', 'spatial_pool'} if mode == 'train' else set())
+    assert _graph_ops(explanation) == ({'channel_pool', 'spatial_pool', 'apply_gates'} if mode == 'train' else set())

@@ -3,22 +3,19 @@ al., BMVC 2018, eq. 1-2) composed from the ``cbam_det`` operators (:mod:`.librar
 graphs between them (shared MLP, k×k conv and BN, sigmoids) as ordinary PyTorch operations.
 
 This is what ``torch.compile`` traces on the kernel backends: a graph of registered ops with no
-break (the pools and the spatial conv; the gates are applied by PyTorch operations, see
-:func:`apply_gates`), whose backward autograd forms from each op's ``register_autograd`` and
-inductor fuses (the full-size input-gradient terms become one pass). In eager mode the
+break, whose backward autograd forms from each op's ``register_autograd`` and inductor fuses (the
+full-size input-gradient terms of the three gating ops become one pass). In eager mode the
 backends run :mod:`.fused` instead, whose single autograd node keeps the census's pass counts
 without a compiler (:mod:`.triton_attend` on CUDA). Without a folded BatchNorm and without
 in-place writes: under ``torch.compile`` inductor plans the memory.
 """
-
-from typing import Optional
 
 import torch
 from torch import nn
 
 from .library import bam, gates
 
-__all__ = ['attend', 'apply_gates', 'bam_refine']
+__all__ = ['attend', 'bam_refine']
 
 
 def attend(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -32,17 +29,7 @@ def attend(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if sg is not None:
         savg, smax = gates.spatial_pool(x, gc)
         gs = module.gate(sg.logits(savg.view(n, 1, h, w), smax.view(n, 1, h, w))).reshape(n, h * w)
-    return apply_gates(x, gc, gs)
-
-
-def apply_gates(x: torch.Tensor, gc: torch.Tensor, gs: Optional[torch.Tensor]) -> torch.Tensor:
-    """x ⊗ g_c ⊗ g_s with PyTorch operations, not the ``cbam_det::apply_gates`` op: a pointwise
-    product that inductor fuses with what follows (a block's residual addition and ReLU), which an
-    opaque op prevents; the training step measured 1.02× the compiled plain ResNet-50 this way
-    against 1.20× with the op (docs/performance.md, "Under torch.compile")."""
-    n, c, h, w = x.shape
-    g = gc[:, :, None, None] if gs is None else gc[:, :, None, None] * gs.view(n, 1, h, w)
-    return x * g.to(x.dtype)
+    return gates.apply_gates(x, gc, gs)
 
 
 def bam_refine(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, residual: bool) -> torch.Tensor:

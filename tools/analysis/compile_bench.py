@@ -12,9 +12,6 @@ Variants (the models built by ``toolkit.mmdet_model``, real activations):
 - ``ours_compiled``: the same under ``torch.compile``: the ``cbam_det::`` ops in inductor's graph;
 - ``torch_compiled``: the ``torch`` backend under ``torch.compile`` (inductor's own kernels for the
   attention);
-- ``ours_compiled_apply_op``: as ``ours_compiled`` with the gates applied by the
-  ``cbam_det::apply_gates`` op instead of PyTorch's x·g_c·g_s (which inductor fuses with the
-  residual addition and ReLU that follow): the op against inductor's fusion;
 - ``auto_compiled``: what ``auto`` runs under ``torch.compile``.
 
 Times: inference = eval-mode forward under no_grad, training step = train-mode forward +
@@ -39,24 +36,8 @@ VARIANTS = (
     'ours_eager',
     'ours_compiled',
     'torch_compiled',
-    'ours_compiled_apply_op',
     'auto_compiled',
 )
-
-
-def _patched(run):
-    """``run`` with ``graph.apply_gates`` swapped for the ``cbam_det::apply_gates`` op during the
-    call (the compiled graph guards on that function: the swap compiles a graph of its own)."""
-    from cbam_det.kernels import graph
-
-    def call(x):
-        fn, graph.apply_gates = graph.apply_gates, graph.gates.apply_gates
-        try:
-            return run(x)
-        finally:
-            graph.apply_gates = fn
-
-    return call
 
 
 def build_steps(args) -> Dict[str, Dict[str, object]]:
@@ -70,8 +51,6 @@ def build_steps(args) -> Dict[str, Dict[str, object]]:
         compiled = name.endswith('compiled')
         backend = {'ours': args.backend, 'torch': 'torch', 'auto': 'auto'}.get(name.split('_')[0], 'auto')
         run = torch.compile(model) if compiled else model
-        if name == 'ours_compiled_apply_op':
-            run = _patched(run)
         steps[name] = step_fns(model, x, backend=backend, run=run)
     return steps
 

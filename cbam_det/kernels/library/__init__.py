@@ -7,7 +7,9 @@ keeps them in its graph (their fakes give the shapes), ``torch.library.opcheck``
 - :mod:`.bam`: BAM's bam_apply, bam_grads;
 - :mod:`.convs`: spatial_conv(_grad), pointwise_conv(_input_grad) (CPU only).
 
-:mod:`cbam_det.kernels.graph` composes the attention modules from them.
+:mod:`cbam_det.kernels.graph` composes the attention modules from them for ``torch.compile`` and
+``torch.export``. The eager backends call the same C++ and Triton kernels through :mod:`..fused`, whose one
+autograd node per module keeps the census's pass counts without a compiler.
 """
 
 from . import bam, convs, gates  # noqa: F401  (imported to register the ops)
