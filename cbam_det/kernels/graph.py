@@ -2,9 +2,10 @@
 al., BMVC 2018, eq. 1-2) composed from the ``cbam_det`` operators (:mod:`.library`), with the small
 graphs between them (shared MLP, k×k conv and BN, sigmoids) as ordinary PyTorch operations.
 
-This is what ``torch.compile`` traces on the kernel backends: a graph of registered ops with no
-break, whose backward autograd forms from each op's ``register_autograd`` and inductor fuses (the
-full-size input-gradient terms of the three gating ops become one pass). In eager mode the
+This is what ``torch.compile`` and ``torch.export`` trace on the ``cpu`` backend: a graph of
+registered ops with no break, whose backward autograd forms from each op's ``register_autograd``
+(the full-size input-gradient terms of the three gating ops are PyTorch operations that inductor
+can fuse into one pass; docs/performance.md counts the passes). In eager mode the
 backends run :mod:`.fused` instead, whose single autograd node keeps the census's pass counts
 without a compiler (:mod:`.triton_attend` on CUDA). Without a folded BatchNorm and without
 in-place writes: under ``torch.compile`` inductor plans the memory.

@@ -11,7 +11,7 @@ ordinary PyTorch operations (:mod:`cbam_det.kernels.graph`), so that autograd an
 them. Each op below is one unit: its schema (``custom_op``), CPU kernel (the C++ module), CUDA
 kernel (the Triton launchers, opaque to inductor), fake (shapes, strides and dtypes for tracing)
 and autograd (``register_autograd``: the full-size parts of each backward as PyTorch operations,
-which inductor fuses into one pass with the other ops' input gradients; the reductions over
+which inductor can fuse into one pass with the other ops' input gradients; the reductions over
 (dy, x) as the two gradient ops). Gates, pooled maps and their gradients are float32 and
 contiguous; x is float32 NCHW on the CPU kernels (float32/float16/bfloat16, NCHW or
 channels-last on CUDA). Max-pool gradients are shared evenly between tied maxima, as ``amax``.
