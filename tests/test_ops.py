@@ -324,13 +324,18 @@ def test_export_keeps_the_ops():
 
 
 @pytest.mark.parametrize('mode', ['train', 'eval'])
-def test_auto_under_compile_takes_what_was_measured_cheaper(mode):
+@pytest.mark.parametrize('kind', ['cbam', 'se'])
+def test_auto_under_compile_takes_what_was_measured_cheaper(kind, mode):
     """``auto`` under torch.compile on the CPU: the ops for CBAM's training step, inductor's torch
-    path for inference (docs/performance.md, "Under torch.compile")."""
+    path for inference and for what was not measured compiled (SE) (docs/performance.md,
+    "Under torch.compile")."""
+    from cbam_det import SE
+
     torch._dynamo.reset()
-    model = CBAM(16, 4).train(mode == 'train')
+    model = (CBAM if kind == 'cbam' else SE)(16, 4).train(mode == 'train')
     x = torch.randn(2, 16, 9, 11, requires_grad=mode == 'train')
     with kernels.use_backend('auto'), torch.set_grad_enabled(mode == 'train'):
         explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0
-    assert _graph_ops(explanation) == ({'channel_pool', 'spatial_pool', 'apply_gates'} if mode == 'train' else set())
+    ops = {'channel_pool', 'spatial_pool', 'apply_gates'} if (kind, mode) == ('cbam', 'train') else set()
+    assert _graph_ops(explanation) == ops

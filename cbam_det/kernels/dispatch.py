@@ -12,8 +12,8 @@ Backends:
   interpreter (``TRITON_INTERPRET=1`` set before cbam_det is imported), which is for tests.
 - ``auto`` (default): ``cpu`` where it applies, else ``triton`` on CUDA tensors, else
   ``torch``; ``torch`` while tracing or exporting to ONNX; under ``torch.compile`` what was
-  measured cheaper there (:func:`_compiled_auto`: the ops for CBAM's and SE's training step on
-  the CPU, else ``torch``).
+  measured cheaper there (:func:`_compiled_auto`: the ops for CBAM's training step on the CPU,
+  else ``torch``).
 
 The choice: ``set_backend(name)`` / ``with use_backend(name):`` over the environment variable
 ``CBAM_DET_BACKEND`` (read at every call), over ``auto``. A backend named explicitly that
@@ -164,11 +164,11 @@ def select_backend(x: torch.Tensor, module: Optional[nn.Module] = None, bn: Opti
 
 def _compiled_auto(x: torch.Tensor, module: Optional[nn.Module], bn: Optional[nn.Module]) -> str:
     """``auto`` under ``torch.compile``, as measured (docs/performance.md, "Under torch.compile"):
-    CBAM's and SE's training step on the CPU is cheaper as the graph of ``cbam_det::`` ops; inference
-    is cheaper on inductor's ``torch`` path (it fuses the eval-mode BN before the module into the
-    pools, which the ops cannot take), and so is everything not measured compiled with the ops
-    (BAM, the convs, CUDA)."""
-    measured = module is not None and module.kernel_variant in ('cbam', 'se')
+    CBAM's training step on the CPU is cheaper as the graph of ``cbam_det::`` ops; its inference is
+    cheaper on inductor's ``torch`` path (which fuses the eval-mode BN before the module into the
+    pools; the ops cannot take it). What was not measured compiled with the ops (SE, BAM, the
+    convs, CUDA) keeps the ``torch`` path."""
+    measured = module is not None and module.kernel_variant == 'cbam'
     if measured and x.device.type == 'cpu' and torch.is_grad_enabled() and _cpu_problem(x, module, bn) is None:
         return 'cpu'
     return 'torch'
