@@ -2,8 +2,11 @@
 launchers (:mod:`cbam_det.kernels.triton_gate`) for CUDA tensors."""
 
 from types import ModuleType
+from typing import Optional, Tuple
 
-__all__ = ['cpu', 'cuda']
+import torch
+
+__all__ = ['cpu', 'cuda', 'dense']
 
 
 def cpu(op: str):
@@ -26,3 +29,11 @@ def cuda(op: str) -> ModuleType:
     except ImportError as e:
         raise RuntimeError(f'cbam_det::{op} has no CUDA kernel here: triton cannot be imported ({e})') from e
     return triton_gate
+
+
+def dense(*tensors: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+    """``tensors`` made contiguous (row-major), as the C++ kernels take them. Needed for more than
+    the caller's inputs: a compiled graph may hand an op's backward formula a gradient with other
+    strides than the ones it was traced with (torch 2.5.1 under inductor), and a ``.contiguous()``
+    traced as a no-op in the formula does not fix that."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)

@@ -21,6 +21,7 @@ __all__ = ['bam_apply', 'bam_grads']
 @torch.library.custom_op('cbam_det::bam_apply', mutates_args=(), device_types='cpu')
 def bam_apply(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) -> Tensor:
     """x ⊗ (r + σ(c + s)) (``product``: σ(c·s)), r = 1 if ``residual``, in x's dtype."""
+    x, c, s = _kernels.dense(x, c, s)
     return _kernels.cpu('bam_apply').bam_apply(x, c, s, product, residual, None)
 
 
@@ -56,6 +57,7 @@ def bam_grads(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """BAM's backward in one pass over (dy, x): dx = dy ⊗ (r + σ(t)) (x's shape and dtype),
     dc = Σ_hw g·∂t/∂c (N, C), ds = Σ_c g·∂t/∂s (N, H·W), g = dy·x·σ'(t)."""
+    dy, x, c, s = _kernels.dense(dy, x, c, s)
     dx, dc, ds = _kernels.cpu('bam_grads').bam_grads(dy, x, c, s, product, residual)
     return dx, dc, ds
 

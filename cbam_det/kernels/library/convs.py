@@ -26,6 +26,7 @@ __all__ = ['spatial_conv', 'spatial_conv_grad', 'pointwise_conv', 'pointwise_con
 @torch.library.custom_op('cbam_det::spatial_conv', mutates_args=(), device_types='cpu')
 def spatial_conv(x: Tensor, w: Tensor) -> Tensor:
     """k×k conv of x (N, C, H, W) with w (1, C, k, k), zero padding k // 2: (N, 1, H, W)."""
+    x, w = _kernels.dense(x, w)
     return _kernels.cpu('spatial_conv').spatial_conv(x, w)
 
 
@@ -53,6 +54,7 @@ spatial_conv.register_autograd(_spatial_backward, setup_context=_spatial_setup)
 @torch.library.custom_op('cbam_det::spatial_conv_grad', mutates_args=(), device_types='cpu')
 def spatial_conv_grad(dout: Tensor, x: Tensor, w: Tensor) -> Tuple[Tensor, Tensor]:
     """(d x, d w) of :func:`spatial_conv` from dout (N, 1, H, W)."""
+    dout, x, w = _kernels.dense(dout, x, w)
     dx, dw = _kernels.cpu('spatial_conv_grad').spatial_conv_grad(dout, x, w, True, True)
     return dx, dw
 
@@ -68,6 +70,7 @@ def _(dout: Tensor, x: Tensor, w: Tensor) -> Tuple[Tensor, Tensor]:
 @torch.library.custom_op('cbam_det::pointwise_conv', mutates_args=(), device_types='cpu')
 def pointwise_conv(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
     """1×1 conv of x (N, C, H, W) with w (O, C) and an optional bias (O,): (N, O, H, W)."""
+    x, w, bias = _kernels.dense(x, w, bias)
     return _kernels.cpu('pointwise_conv').pointwise_conv(x, w, bias)
 
 
@@ -97,6 +100,7 @@ pointwise_conv.register_autograd(_pointwise_backward, setup_context=_pointwise_s
 @torch.library.custom_op('cbam_det::pointwise_conv_input_grad', mutates_args=(), device_types='cpu')
 def pointwise_conv_input_grad(dout: Tensor, w: Tensor) -> Tensor:
     """d x of :func:`pointwise_conv` from dout (N, O, H, W): (N, C, H, W)."""
+    dout, w = _kernels.dense(dout, w)
     return _kernels.cpu('pointwise_conv_input_grad').pointwise_conv_input_grad(dout, w)
 
 

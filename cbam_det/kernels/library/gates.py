@@ -41,6 +41,7 @@ def _hw(x: Tensor) -> int:
 @torch.library.custom_op('cbam_det::channel_pool', mutates_args=(), device_types='cpu')
 def channel_pool(x: Tensor) -> Tuple[Tensor, Tensor]:
     """(mean, max) over H×W of ``x``: two (N, C) float32 tensors."""
+    (x,) = _kernels.dense(x)
     avg, mx = _kernels.cpu('channel_pool').channel_pool(x, None, None)
     return avg, mx
 
@@ -78,6 +79,7 @@ channel_pool.register_autograd(_channel_pool_backward, setup_context=_channel_po
 @torch.library.custom_op('cbam_det::spatial_pool', mutates_args=(), device_types='cpu')
 def spatial_pool(x: Tensor, gc: Tensor) -> Tuple[Tensor, Tensor]:
     """(mean, max) over C of ``x``·g_c, g_c (N, C): two (N, H·W) float32 tensors."""
+    x, gc = _kernels.dense(x, gc)
     avg, mx = _kernels.cpu('spatial_pool').spatial_pool(x, None, None, gc)
     return avg, mx
 
@@ -122,6 +124,7 @@ spatial_pool.register_autograd(_spatial_pool_backward, setup_context=_spatial_po
 @torch.library.custom_op('cbam_det::apply_gates', mutates_args=(), device_types='cpu')
 def apply_gates(x: Tensor, gc: Tensor, gs: Optional[Tensor]) -> Tensor:
     """y = x·g_c[n, c]·g_s[n, hw] in x's dtype, g_c (N, C), g_s (N, H·W) or None (SE)."""
+    x, gc, gs = _kernels.dense(x, gc, gs)
     return _kernels.cpu('apply_gates').apply_gates(x, None, None, gc, gs, None)
 
 
@@ -168,6 +171,7 @@ def _format(x: Tensor) -> torch.memory_format:
 def gate_grads(dy: Tensor, x: Tensor, gc: Tensor, gs: Tensor) -> Tuple[Tensor, Tensor]:
     """The gates' gradients of y = x·g_c·g_s in one pass over (dy, x): Σ_hw dy·x·g_s (N, C)
     and Σ_c dy·x·g_c (N, H·W)."""
+    dy, x, gc, gs = _kernels.dense(dy, x, gc, gs)
     dgc, dgs, _ = _kernels.cpu('gate_grads').gate_grads(dy, x, None, None, gc, gs, None)
     return dgc, dgs
 
@@ -187,6 +191,7 @@ def _(dy: Tensor, x: Tensor, gc: Tensor, gs: Tensor) -> Tuple[Tensor, Tensor]:
 def se_gate_grad(dy: Tensor, x: Tensor) -> Tensor:
     """SE's gate gradient of y = x·g_c: Σ_hw dy·x (N, C), one pass over (dy, x)."""
     gc = x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)  # read by nothing without g_s
+    dy, x = _kernels.dense(dy, x)
     return _kernels.cpu('se_gate_grad').gate_grads(dy, x, None, None, gc, None, None)[0]
 
 
@@ -207,6 +212,7 @@ def _(dy: Tensor, x: Tensor) -> Tensor:
 def spatial_pool_grad(x: Tensor, gc: Tensor, smax: Tensor, w_avg: Tensor, w_max: Tensor) -> Tensor:
     """g_c's gradient through the spatial pooling, Σ_hw x·(w_avg + [x·g_c = s_max]·w_max)
     (N, C), with w_avg = d(savg)/C and w_max = d(smax)/ties per pixel (N, H·W)."""
+    x, gc, smax, w_avg, w_max = _kernels.dense(x, gc, smax, w_avg, w_max)
     return _kernels.cpu('spatial_pool_grad').spatial_pool_grad(x, None, None, gc, smax, w_avg, w_max)
 
 
