@@ -43,8 +43,7 @@ def _setup(ctx, inputs, output) -> None:
 
 def _backward(ctx, dy: Tensor) -> Tuple[Optional[Tensor], ...]:
     x, c, s = ctx.saved_tensors
-    fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
-    dx, dc, ds = bam_grads(dy.contiguous(memory_format=fmt), x, c, s, ctx.product, ctx.residual)
+    dx, dc, ds = bam_grads(dy, x, c, s, ctx.product, ctx.residual)  # each kernel takes dy's layout itself
     return dx, dc, ds, None, None
 
 

@@ -145,7 +145,6 @@ def _apply_gates_setup(ctx, inputs, output) -> None:
 def _apply_gates_backward(ctx, dy: Tensor) -> Tuple[Optional[Tensor], ...]:
     x, gc, gs = ctx.saved_tensors
     n, c, h, w = x.shape
-    dy = dy.contiguous(memory_format=_format(x))
     dx = dgc = dgs = None
     if ctx.needs_input_grad[0]:
         scale = gc[:, :, None, None] if gs is None else gc[:, :, None, None] * gs.view(n, 1, h, w)
@@ -158,10 +157,6 @@ def _apply_gates_backward(ctx, dy: Tensor) -> Tuple[Optional[Tensor], ...]:
 
 
 apply_gates.register_autograd(_apply_gates_backward, setup_context=_apply_gates_setup)
-
-
-def _format(x: Tensor) -> torch.memory_format:
-    return torch.contiguous_format if x.is_contiguous() else torch.channels_last
 
 
 # ---------------------------------------------------------------- gate_grads, se_gate_grad
