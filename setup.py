@@ -26,7 +26,7 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['cbam_det', 'cbam_det.*']),
     # the fused CPU kernels are compiled from this source on first use
-    package_data={'cbam_det.ops': ['csrc/*.cpp']},
+    package_data={'cbam_det.ops': ['csrc/*.cpp', 'csrc/*.h']},
     python_requires='>=3.9',
     install_requires=[],
     license='Apache-2.0',

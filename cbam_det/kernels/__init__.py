@@ -1,6 +1,7 @@
 """Acceleration of the attention modules, in one place: backends ``torch``, ``cpu`` (compiled
-C++), ``triton`` (GPU), chosen per call by :func:`select_backend` (``auto``) or by the switch
-``CBAM_DET_BACKEND`` / :func:`set_backend` / :func:`use_backend`. See :mod:`.dispatch`."""
+C++), ``triton`` (GPU), chosen by :func:`select_backend` (``auto``) or by the switch
+``CBAM_DET_BACKEND`` / :func:`set_backend` / :func:`use_backend` (:mod:`.dispatch`); the kernels
+as ``torch.ops.cbam_det`` operator families (:mod:`.library`)."""
 
 from .dispatch import (
     BACKENDS,
@@ -13,7 +14,6 @@ from .dispatch import (
     probe_triton,
     select_backend,
     set_backend,
-    spatial_conv,
     use_backend,
 )
 from .record import record_attention
@@ -30,6 +30,5 @@ __all__ = [
     'record_attention',
     'select_backend',
     'set_backend',
-    'spatial_conv',
     'use_backend',
 ]

@@ -1,47 +1,43 @@
-"""One switch for the attention modules' acceleration (CBAM, SE, BAM): which backend runs
-their full-size steps.
+"""One switch for the attention modules' acceleration (CBAM, SE, BAM): which backend runs them.
 
 Backends:
 
 - ``torch``: PyTorch operations only (:mod:`.lean`'s memory-lean autograd functions for the
   paper's CBAM, the modules' own equations otherwise). Runs everywhere, exports, compiles.
-- ``cpu``: the compiled C++ kernels (:mod:`cbam_det.ops`) through :mod:`.fused`: float32,
-  contiguous NCHW CPU tensors.
-- ``triton``: the Triton kernels (:mod:`.triton_gate`) through :mod:`.fused`: CUDA tensors
-  in float32, float16 or bfloat16, NCHW or channels-last; CPU tensors only in Triton's
-  interpreter (``TRITON_INTERPRET=1`` set before cbam_det is imported), which is for tests.
-- ``auto`` (default): ``cpu`` where it applies, else ``triton`` on CUDA tensors, else
-  ``torch``; ``torch`` while tracing or exporting to ONNX; under ``torch.compile`` what was
-  measured cheaper there (:func:`_compiled_auto`: the ops for CBAM's training step on the CPU,
-  else ``torch``).
+- ``cpu``: the op families' C++ kernels (:mod:`.library`): float32, contiguous NCHW CPU tensors.
+- ``triton``: the op families' Triton kernels: CUDA tensors in float32, float16 or bfloat16,
+  NCHW or channels-last; CPU tensors only in Triton's interpreter (``TRITON_INTERPRET=1`` set
+  before cbam_det is imported), which is for tests.
+- ``auto`` (default): ``cpu`` where it applies, else ``triton`` on CUDA tensors (after a
+  once-per-device self-check, :func:`probe_triton`), else ``torch``; ``torch`` while tracing or
+  exporting to ONNX; under ``torch.compile`` what was measured cheaper there (:func:`_compiled_auto`).
 
 The choice: ``set_backend(name)`` / ``with use_backend(name):`` over the environment variable
-``CBAM_DET_BACKEND`` (read at every call), over ``auto``. A backend named explicitly that
-cannot run a call raises :class:`BackendUnavailable` saying why; it is never replaced by
-another. The kernels cover CBAM as in the paper (channel first, [avg; max] channel pooling,
-[avg; max] or the official [max; avg] spatial pooling), SE, and BAM with ``combine`` 'sum'
-or 'product'; ``auto`` runs the other ablation variants on ``torch``.
+``CBAM_DET_BACKEND`` (read at every call), over ``auto``. A backend named explicitly that cannot
+run a call raises :class:`BackendUnavailable` saying why; it is never replaced by another. Under
+``auto`` a failing Triton launch is computed by the op's PyTorch twin (warned once); a backend
+named explicitly raises it. The kernels cover CBAM as in the paper (channel first, [avg; max]
+channel pooling, [avg; max] or the official [max; avg] spatial pooling), SE, and BAM with
+``combine`` 'sum' or 'product'; ``auto`` runs the other ablation variants on ``torch``.
 
-Under ``torch.compile`` (and ``torch.export``) the ``cpu`` backend is a graph of the
-``cbam_det::`` operators (:mod:`.library`, composed in :mod:`.graph`) with no graph break: the
-PyTorch dispatcher runs each op's CPU kernel, inductor fuses what lies between them. The
-``triton`` backend, named explicitly, still runs outside the graph there (a graph break that runs
-eagerly, ``torch.compiler.disable``): its ops' CUDA kernels are registered, but the compiled path
-has not been checked on a GPU. The backend request is part of a compiled graph's guards (a
-``use_backend`` change recompiles); the environment variables are read when the graph is traced.
+What a call costs the host is decided once: the backend for a module, its mode, the input's
+device, dtype and layout, autocast and grad mode is cached on the module (:func:`_backend_for`),
+and the op family caches what it passes the kernels. Eager mode and ``torch.compile`` call the
+same ``cbam_det::`` ops (a compiled graph holds them with no break; the backend request is one of
+its guards, the environment variables are read when the graph is traced).
 """
 
 import contextlib
 import warnings
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..config import BACKENDS, get_backend, set_backend, use_backend
-from . import fused, graph, lean
-from .library import convs
-from .policy import fallback
+from . import lean
+from .library import bam as bam_ops
+from .library import gates as gate_ops
 from .record import note
 
 __all__ = [
@@ -56,8 +52,8 @@ __all__ = [
     'register_self_check',
     'attend',
     'bam_refine',
-    'spatial_conv',
     'pointwise_conv',
+    'bn_node_readable',
 ]
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -80,8 +76,8 @@ def _variant_problem(module: Optional[nn.Module]) -> Optional[str]:
 
 
 def _bn_problem(bn: Optional[nn.Module]) -> Optional[str]:
-    if bn is not None and type(bn) is not nn.BatchNorm2d:
-        return f'only a plain nn.BatchNorm2d folds into the kernels, got {type(bn).__name__}'
+    if bn is not None and (type(bn) is not nn.BatchNorm2d or not bn.affine):
+        return f'only a plain affine nn.BatchNorm2d folds into the kernels, got {bn!r}'
     return None
 
 
@@ -107,29 +103,18 @@ def _cpu_problem(x: torch.Tensor, module, bn) -> Optional[str]:
     return problem
 
 
-def _triton_device_problem(x: torch.Tensor) -> Optional[str]:
-    try:
-        from . import triton_gate
-    except ImportError as e:
-        return f'triton cannot be imported ({e})'
-    if x.device.type == 'cpu' and not triton_gate.INTERPRETED:
+def _triton_problem(x: torch.Tensor, module, bn) -> Optional[str]:
+    from . import launch
+
+    if not launch.AVAILABLE:
+        return 'triton cannot be imported here'
+    if x.device.type == 'cpu' and not launch.INTERPRETED:
         return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing cbam_det"
     if x.device.type not in ('cuda', 'cpu'):
         return f'the tensor is on {x.device}; the Triton kernels run on CUDA'
-    return None
-
-
-def _triton_input_problem(x: torch.Tensor, module, bn) -> Optional[str]:
-    """What the Triton kernels cannot take, whatever the device."""
     if x.dtype not in _KERNEL_DTYPES or x.dim() != 4:
         return f'a 4-d float32/float16/bfloat16 tensor is needed, got {x.dtype} of {x.dim()} dims'
-    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-        return 'the Triton kernels take NCHW- or channels-last-contiguous tensors'
     return _traced_problem() or _variant_problem(module) or _bn_problem(bn)
-
-
-def _triton_problem(x: torch.Tensor, module, bn) -> Optional[str]:
-    return _triton_device_problem(x) or _triton_input_problem(x, module, bn)
 
 
 _PROBLEMS = {'cpu': _cpu_problem, 'triton': _triton_problem}
@@ -166,72 +151,224 @@ def _compiled_auto(x: torch.Tensor, module: Optional[nn.Module], bn: Optional[nn
     """``auto`` under ``torch.compile``, as measured (docs/performance.md, "Under torch.compile"):
     CBAM's training step on the CPU is cheaper as the graph of ``cbam_det::`` ops; its inference is
     cheaper on inductor's ``torch`` path (which fuses the eval-mode BN before the module into the
-    pools; the ops cannot take it). What was not measured compiled with the ops (SE, BAM, the
-    convs, CUDA) keeps the ``torch`` path."""
+    pools; the ops cannot take it). What was not measured compiled with the ops (SE, BAM, CUDA)
+    keeps the ``torch`` path."""
     measured = module is not None and module.kernel_variant == 'cbam'
     if measured and x.device.type == 'cpu' and torch.is_grad_enabled() and _cpu_problem(x, module, bn) is None:
         return 'cpu'
     return 'torch'
 
 
-def _ext(name: str):
-    if name == 'cpu':
-        from ..ops import gate_ext
-
-        return gate_ext()
-    from . import triton_gate
-
-    return triton_gate
-
-
-def _eager(fn):
-    """``fn``, run outside the graph when ``torch.compile`` is tracing (the kernels' graph break)."""
-    return torch.compiler.disable(fn) if torch.compiler.is_compiling() else fn
+def _backend_for(module: nn.Module, x: torch.Tensor, bn: Optional[nn.Module]) -> Tuple[str, bool]:
+    """(backend, fallback allowed) for this call, from a cache on the module keyed by everything
+    :func:`select_backend` reads that can change between calls: the request, the input's device,
+    dtype and layout, autocast, grad mode, tracing and compiling. The self-check runs once per
+    device and dtype before ``auto`` first picks ``triton``."""
+    request = get_backend()
+    compiling = torch.compiler.is_compiling()
+    key = (
+        request,
+        x.device,
+        x.dtype,
+        x.dim() == 4 and x.is_contiguous(),
+        torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu'),
+        torch.is_grad_enabled(),
+        compiling,
+        compiling or exporting(),
+        bn is not None and (type(bn) is nn.BatchNorm2d and bn.affine),
+    )
+    cache = module.__dict__.get('_backend_cache')
+    if cache is None:
+        cache = module.__dict__['_backend_cache'] = {}
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = (select_backend(x, module, bn), request == 'auto')
+    return hit
 
 
 def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = None) -> torch.Tensor:
     """CBAM's or SE's gated output ``x ⊗ gates`` (of ``bn(x)`` when ``bn`` is given) on the
-    selected backend; with the module's ``inplace``, written into ``x`` where allowed."""
-    name = select_backend(x, module, bn)
+    selected backend: one op call (``cbam_det::gates``), and one more per BatchNorm whose running
+    statistics move. A plugin fed by a BatchNorm's output folds that BatchNorm in (:func:`_bn_source`)."""
+    name, fallback = _backend_for(module, x, bn)
     if name == 'torch':
         return lean.attend(module, x if bn is None else bn(x))
-    if name == 'cpu' and torch.compiler.is_compiling():  # the ops in the compiled or exported graph
-        return graph.attend(module, x if bn is None else bn(x))
-    function = None
-    if name == 'triton':
-        from .triton_attend import GatedAttention as function
-    with fallback(get_backend() == 'auto'):  # auto: a failing Triton launch is computed with PyTorch
-        return _eager(fused.gated_attention)(_ext(name), module, x, bn, module.inplace, function)
+    if torch.compiler.is_compiling():  # the ops in the compiled graph; the BN stays PyTorch's
+        return gate_ops.attend(module, x if bn is None else bn(x), None, None, False, fallback, compiled=True)
+    source = _bn_source(x) if bn is None and x.requires_grad and torch.is_grad_enabled() else None
+    return gate_ops.attend(module, x, bn, source, name == 'triton', fallback)
 
 
 def bam_refine(module: nn.Module, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """BAM's refinement of ``x`` from its branch logits c (N, C, 1, 1) and s (N, 1, H, W)."""
-    name = select_backend(x, module)
+    name, fallback = _backend_for(module, x, None)
     note(module, bam_channel=c, bam_spatial=s)
     if name == 'torch':
         return module.refine(x, c, s)
     product = module.combine == 'product'
-    if name == 'cpu' and torch.compiler.is_compiling():
-        return graph.bam_refine(x, c, s, product, module.residual)
-    with fallback(get_backend() == 'auto'):
-        return _eager(fused.bam_gate)(_ext(name), x, c, s, product, module.residual, module.inplace)
-
-
-def spatial_conv(desc: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(desc)`` for CBAM's k×k conv with one output channel: the compiled kernel on
-    the ``cpu`` backend (a generic convolution is 2-10× slower on this shape), PyTorch's
-    (cuDNN on CUDA) on the others."""
-    if select_backend(desc) == 'cpu' and conv.weight.dtype == torch.float32:
-        return convs.spatial_conv(desc, conv.weight.contiguous())
-    return conv(desc)
+    return bam_ops.refine(
+        x, c, s, product, module.residual, module.inplace, name == 'triton', fallback, torch.compiler.is_compiling()
+    )
 
 
 def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for BAM's 1×1 reduction: the compiled kernel on the ``cpu`` backend with at
-    most 512 input channels (with more, PyTorch's is the faster one: docs/performance.md)."""
-    if select_backend(x) == 'cpu' and x.shape[1] <= 512 and conv.weight.dtype == torch.float32:
-        return convs.pointwise_conv(x, conv.weight.reshape(conv.weight.shape[0], -1).contiguous(), conv.bias)
+    """``conv(x)`` for BAM's 1×1 reduction: the C++ kernel on the ``cpu`` backend with at most 512
+    input channels (with more, PyTorch's is the faster one: docs/performance.md)."""
+    if x.shape[1] <= 512 and conv.weight.dtype == torch.float32 and select_backend(x) == 'cpu':
+        return bam_ops.pointwise_conv(x, conv.weight, conv.bias, torch.compiler.is_compiling())
     return conv(x)
+
+
+# ---------------------------------------------------------------- the BatchNorm before a plugin
+
+
+def _hooks_active() -> bool:
+    """Whether ``saved_tensors_hooks`` (activation checkpointing, offloading) are in force: then
+    saved tensors must not be unpacked in forward. Read from torch's stack of default hooks where
+    this torch exposes it (a private function, checked once per process against the probe below),
+    else probed."""
+    top = _state.get('top_hooks')
+    if top is None:
+        top = _state['top_hooks'] = _top_hooks_function()
+    if top is not False:
+        return top() is not None
+    return _hooks_probe()
+
+
+def _top_hooks_function():
+    fn = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
+    if fn is None:
+        return False
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            inside = fn(False) if _takes_arg(fn) else fn()
+        outside = fn(False) if _takes_arg(fn) else fn()
+    except (TypeError, RuntimeError):
+        return False
+    if inside is None or outside is not None or not _hooks_probe_agrees():
+        return False
+    return (lambda: fn(False)) if _takes_arg(fn) else fn
+
+
+def _takes_arg(fn) -> bool:
+    try:
+        fn(False)
+        return True
+    except TypeError:
+        return False
+
+
+def _hooks_probe_agrees() -> bool:
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        inside = _hooks_probe()
+    return inside and not _hooks_probe()
+
+
+def _hooks_probe() -> bool:
+    probe = torch.empty(0, requires_grad=True)
+    with torch.enable_grad():
+        node = probe.sin().grad_fn
+    try:
+        node._raw_saved_self.register_hooks(lambda t: t, lambda t: t)
+    except RuntimeError:  # the default hooks got there first
+        return True
+    except AttributeError:  # a torch without this node field: assume hooks, keep the plain graph
+        return True
+    return False
+
+
+# Fields of torch's ``NativeBatchNormBackward0`` node that :func:`_bn_source` reads. They are
+# not public API: :func:`bn_node_readable` checks once per process that they exist and mean
+# what _bn_source assumes; where they do not, the plugin simply keeps the plain graph.
+_BN_NODE_FIELDS = (
+    '_saved_input',
+    '_saved_weight',
+    '_saved_training',
+    '_saved_eps',
+    '_saved_result1',
+    '_saved_result2',
+    '_saved_running_mean',
+    '_saved_running_var',
+)
+
+
+def bn_node_readable() -> bool:
+    """Whether this torch's BatchNorm autograd node exposes what :func:`_bn_source` reads: probes a
+    small BatchNorm in training and in eval mode once per process (per ``_BN_NODE_FIELDS``)."""
+    fields = _BN_NODE_FIELDS
+    if _state.get('bn_fields') != fields:
+        _state.update(bn_fields=fields, bn_ok=_probe_bn_node(fields))
+    return _state['bn_ok']
+
+
+def _probe_bn_node(fields: Tuple[str, ...]) -> bool:
+    bn = nn.BatchNorm2d(3)
+    z = torch.linspace(-1.0, 2.0, 2 * 3 * 2 * 2).reshape(2, 3, 2, 2).requires_grad_()
+    try:
+        with torch.enable_grad():
+            for training in (True, False):
+                bn.train(training)
+                node = bn(z).grad_fn
+                if type(node).__name__ != 'NativeBatchNormBackward0':
+                    return False
+                saved = {f: getattr(node, f) for f in fields}
+                if (
+                    (saved['_saved_input'] is not None and not torch.equal(saved['_saved_input'], z))
+                    or saved['_saved_weight'] is not None
+                    and not torch.equal(saved['_saved_weight'], bn.weight)
+                    or saved['_saved_training'] is not training
+                    or getattr(node.next_functions[2][0], 'variable', None) is not bn.bias
+                ):
+                    return False
+                if training:
+                    zd = z.detach()
+                    mean, var = zd.mean((0, 2, 3)), zd.var((0, 2, 3), unbiased=False)
+                    if not (
+                        torch.allclose(saved['_saved_result1'], mean)
+                        and torch.allclose(saved['_saved_result2'], (var + bn.eps).rsqrt())
+                    ):
+                        return False
+    except (AttributeError, IndexError, RuntimeError, TypeError):
+        return False
+    return True
+
+
+def _bn_source(x: torch.Tensor) -> Optional[tuple]:
+    """(z, mode, γ, β, mean, invstd or var, eps) when ``x`` = BN(z) is the untouched output of an
+    affine BatchNorm with a trainable bias (PyTorch's native BatchNorm: CPU, or CUDA without
+    cuDNN, as under bfloat16 autocast), read from x's autograd node; else None.
+
+    That node keeps z (the BN's input) for its own backward anyway, so a gate on x can take z, γ
+    and β as its inputs instead: its kernels recompute x = a·z + b, its backward applies the BN
+    backward itself, x need not outlive the gate, and the BN's node drops out of the graph. This
+    is how a plugin after a block's last BN (mmdet ResNet ``position='after_conv3'``) keeps no
+    activation of its own. Mode ``BN_BATCH`` with the batch statistics the BN used (its running
+    statistics were updated by the BN), ``BN_RUNNING`` with its running statistics (eval mode, as
+    ``norm_eval``). Hooks on x (``register_hook``, ``retain_grad``), saved-tensor hooks in force,
+    or a torch whose BN node does not pass :func:`bn_node_readable` keep the plain graph."""
+    node = x.grad_fn
+    if (
+        type(node).__name__ != 'NativeBatchNormBackward0'
+        or x._version != 0
+        or x._backward_hooks
+        or x.retains_grad
+        or not bn_node_readable()
+        or _hooks_active()
+    ):
+        return None
+    weight, bias = node._saved_weight, getattr(node.next_functions[2][0], 'variable', None)
+    if weight is None or bias is None:
+        return None
+    z = node._saved_input
+    if z.shape != x.shape or z.dtype != x.dtype or z.stride() != x.stride():
+        return None
+    eps = node._saved_eps
+    if node._saved_training:
+        return z, gate_ops.BN_BATCH, weight, bias, node._saved_result1, node._saved_result2, eps
+    return z, gate_ops.BN_RUNNING, weight, bias, node._saved_running_mean, node._saved_running_var, eps
+
+
+# ---------------------------------------------------------------- the Triton self-check
 
 
 def probe_triton(device: torch.device, dtype: torch.dtype, force: bool = False) -> bool:
@@ -243,7 +380,7 @@ def probe_triton(device: torch.device, dtype: torch.dtype, force: bool = False) 
     under ``no_grad`` or ``inference_mode``), leaves every random number generator as it found
     it, and does not depend on the caller's autocast, deterministic mode or current device. It
     covers one small shape; every later launch at other shapes, dtypes and layouts is guarded
-    by itself (a failing one falls back to PyTorch: :mod:`.triton_gate`)."""
+    by itself (a failing one falls back to PyTorch under ``auto``)."""
     key = (str(device), dtype)
     if force or key not in _state['triton_ok']:
         _state['triton_ok'][key] = True  # the probe itself runs the kernels

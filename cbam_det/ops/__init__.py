@@ -1,6 +1,9 @@
-"""Fused CPU kernels of cbam_det (``csrc/gate_cpu.cpp``), compiled on first use.
+"""The C++ CPU kernels of cbam_det's op families, compiled on first use: one extension module per
+family, from ``csrc/<family>.cpp`` (with the shared ``csrc/common.h``); a new ``.cpp`` there is a
+new family, found without a list.
 
-:func:`gate_ext` returns the compiled module, or None when it cannot be used: the
+:func:`ext` returns a family's compiled module, :func:`gate_ext` every family's (the first), or
+None when they cannot be used: the
 environment variable ``CBAM_DET_NO_EXT=1`` is set, or compiling failed (no C++ compiler:
 a warning says why once). Callers then use the PyTorch implementation, which gives the
 same results, only slower. The kernels are built for the instruction set named by
@@ -27,11 +30,12 @@ import torch
 
 from .. import config
 
-__all__ = ['gate_ext', 'ext_ready', 'build_dir', 'cpu_arch']
+__all__ = ['FAMILIES', 'ext', 'gate_ext', 'ext_ready', 'build_dir', 'cpu_arch']
 
-_SRC = osp.join(osp.dirname(__file__), 'csrc', 'gate_cpu.cpp')
-_NAME = 'cbam_det_gate_cpu'
-_state: dict = {'tried': False, 'ext': None}
+_CSRC = osp.join(osp.dirname(__file__), 'csrc')
+#: the op families with C++ kernels: ``csrc/<family>.cpp``
+FAMILIES = tuple(sorted(osp.splitext(osp.basename(p))[0] for p in glob.glob(osp.join(_CSRC, '*.cpp'))))
+_state: dict = {'tried': False, 'ext': {}}
 
 
 def cpu_arch() -> str:
@@ -65,28 +69,51 @@ def _cpu_id() -> str:
 
 
 def build_dir() -> str:
-    """Cache folder of the compiled kernels for this source, flags, processor, torch and Python."""
-    with open(_SRC, 'rb') as f:
-        key = hashlib.sha1(f.read() + repr((_flags(), _cpu_id(), torch.__version__, sys.version)).encode())
-    key = key.hexdigest()[:16]
-    return osp.join(config.ext_dir(), key)
+    """Cache folder of the compiled kernels for these sources, flags, processor, torch and Python."""
+    key = hashlib.sha1(repr((_flags(), _cpu_id(), torch.__version__, sys.version)).encode())
+    for name in sorted(os.listdir(_CSRC)):  # reads the sources: a broken install fails here, not at import
+        with open(osp.join(_CSRC, name), 'rb') as f:
+            key.update(name.encode() + f.read())
+    return osp.join(config.ext_dir(), key.hexdigest()[:16])
+
+
+def ext(family: str, verbose: bool = False) -> Optional[object]:
+    """The compiled kernels of ``family`` (one of :data:`FAMILIES`), or None where they cannot be
+    used; every family is compiled once per process, at the first call."""
+    if family not in FAMILIES:
+        raise ValueError(f'cbam_det.ops.ext: unknown family {family!r}; allowed: {", ".join(FAMILIES)}')
+    return _build(verbose).get(family)
 
 
 def gate_ext(verbose: bool = False) -> Optional[object]:
-    """The compiled kernels, or None (PyTorch fallback); compiles once per process if needed."""
+    """Whether the C++ kernels are usable: the first family's module, or None (then the ``cpu``
+    backend cannot run and ``auto`` takes PyTorch)."""
+    return _build(verbose).get(FAMILIES[0]) if FAMILIES else None
+
+
+def _build(verbose: bool) -> dict:
     if config.no_ext():
-        return None
+        return {}
     if not _state['tried']:
         _state['tried'] = True
         from torch.utils.cpp_extension import load
 
         cflags, ldflags = _flags()
         try:
-            path = build_dir()  # reads the source: a broken install fails here, not at import
-            os.makedirs(path, exist_ok=True)
-            _state['ext'] = load(
-                _NAME, [_SRC], extra_cflags=cflags, extra_ldflags=ldflags, build_directory=path, verbose=verbose
-            )
+            path = build_dir()
+            built = {}
+            for family in FAMILIES:
+                folder = osp.join(path, family)
+                os.makedirs(folder, exist_ok=True)
+                built[family] = load(
+                    f'cbam_det_{family}_cpu',
+                    [osp.join(_CSRC, f'{family}.cpp')],
+                    extra_cflags=cflags + [f'-I{_CSRC}'],
+                    extra_ldflags=ldflags,
+                    build_directory=folder,
+                    verbose=verbose,
+                )
+            _state['ext'] = built
         except Exception as e:  # no compiler, no headers, no source: the PyTorch path still works
             if cpu_arch() != 'native':  # asked for by name: an explicit request that cannot be honoured
                 raise RuntimeError(
@@ -96,7 +123,7 @@ def gate_ext(verbose: bool = False) -> Optional[object]:
             warnings.warn(
                 f'cbam_det: could not compile the fused CPU kernels ({type(e).__name__}: {e}); '
                 f'using the slower PyTorch implementation. Set CBAM_DET_NO_EXT=1 to silence this.',
-                stacklevel=2,
+                stacklevel=3,
             )
     return _state['ext']
 

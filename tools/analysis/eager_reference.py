@@ -1,18 +1,25 @@
 """The obvious eager implementations of CBAM (Woo et al., ECCV 2018, eq. 1-3), SE (Hu et al.,
 CVPR 2018) and BAM (Park et al., BMVC 2018, eq. 1-4), as one writes them first: adaptive
 pools, two MLP calls, ``cat``, out-of-place products. The benchmarks' baseline: each wraps one
-of our modules and recomputes it with its weights (no kernels, no memory savings). A measuring
-tool's baseline, not part of the package.
+of our modules and recomputes it with its weights (no kernels, no memory savings). Beside them
+:class:`TimmStyleCBAM`, timm's ``CbamModule`` written out (timm is no dependency): the host-time
+yardstick of tools/analysis/host_census.py. A measuring tool's baselines, not part of the package.
 """
 
-import toolkit  # noqa: F401  (only to put the repository on sys.path)
+import os.path as osp
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbam_det.models.layers import BAM, CBAM, SE
+_REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if _REPO not in sys.path:  # run from a clone without an install
+    sys.path.insert(0, _REPO)
 
-__all__ = ['EagerCBAM', 'EagerSE', 'EagerBAM', 'to_reference']
+from cbam_det.models.layers import BAM, CBAM, SE  # noqa: E402
+
+__all__ = ['EagerCBAM', 'EagerSE', 'EagerBAM', 'TimmStyleCBAM', 'to_reference']
 
 
 class _Eager(nn.Module):
@@ -55,6 +62,28 @@ class EagerBAM(_Eager):
             s = F.relu(bn(conv(s)))
         s = sa.final(s)
         return x + x * torch.sigmoid(c.expand_as(x) + s.expand_as(x)).to(x.dtype)
+
+
+class TimmStyleCBAM(nn.Module):
+    """timm's ``CbamModule`` (``timm/layers/cbam.py``) written out: the channel MLP as two 1×1
+    convs on the (N, C, 1, 1) mean and max, the spatial gate a 7×7 conv + BatchNorm on
+    [mean; max] over channels, sigmoid gates, out-of-place products (the paper's CBAM, one
+    of the most used implementations of it)."""
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+        super().__init__()
+        rd = max(channels // reduction, 1)
+        self.fc1 = nn.Conv2d(channels, rd, 1, bias=False)
+        self.fc2 = nn.Conv2d(rd, channels, 1, bias=False)
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_avg = self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)), inplace=True))
+        x_max = self.fc2(F.relu(self.fc1(x.amax((2, 3), keepdim=True)), inplace=True))
+        x = x * torch.sigmoid(x_avg + x_max)
+        x_attn = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.bn(self.conv(x_attn)))
 
 
 def to_reference(model: nn.Module) -> nn.Module:

@@ -1,36 +1,32 @@
-"""cbam_det's kernels as PyTorch operators in the ``cbam_det`` namespace (``torch.ops.cbam_det.*``):
-the PyTorch dispatcher picks the device's kernel (C++ on CPU, Triton on CUDA), ``torch.compile``
-keeps them in its graph (their fakes give the shapes), ``torch.library.opcheck`` tests them.
+"""cbam_det's operator families (``torch.ops.cbam_det.*``): each file holds one family's schemas, CPU
+kernels (C++, ``cbam_det/ops/csrc/<family>.cpp``), CUDA kernels (Triton), PyTorch twin (what a
+failing Triton launch computes under ``auto``), fakes (for ``torch.compile``) and autograd (one
+node per call), side by side. The eager backends and ``torch.compile`` call the same ops.
 
-- :mod:`.gates`: CBAM's and SE's channel_pool, spatial_pool, apply_gates, gate_grads,
-  se_gate_grad, spatial_pool_grad;
-- :mod:`.bam`: BAM's bam_apply, bam_grads;
-- :mod:`.convs`: spatial_conv(_grad), pointwise_conv(_input_grad) (CPU only).
-
-:mod:`cbam_det.kernels.graph` composes the attention modules from them for ``torch.compile`` and
-``torch.export``. The eager backends call the same C++ and Triton kernels through :mod:`..fused`, whose one
-autograd node per module keeps the census's pass counts without a compiler.
+- :mod:`.gates`: CBAM (Woo et al., ECCV 2018) and SE (Hu et al., CVPR 2018): ``gates``,
+  ``gates_``, ``gates_backward``, ``update_stats_``;
+- :mod:`.bam`: BAM (Park et al., BMVC 2018): ``bam_apply``, ``bam_apply_``, ``bam_backward``,
+  ``pointwise_conv``, ``pointwise_conv_input_grad``.
 """
 
-from . import bam, convs, gates  # noqa: F401  (imported to register the ops)
+import torch
+
+from . import bam, gates  # noqa: F401  (imported to register the ops)
 
 #: every op of the namespace, by name (``torch.ops.cbam_det.<name>``)
 OPS = {
-    op._name: op
-    for op in (
-        gates.channel_pool,
-        gates.spatial_pool,
-        gates.apply_gates,
-        gates.gate_grads,
-        gates.se_gate_grad,
-        gates.spatial_pool_grad,
-        bam.bam_apply,
-        bam.bam_grads,
-        convs.spatial_conv,
-        convs.spatial_conv_grad,
-        convs.pointwise_conv,
-        convs.pointwise_conv_input_grad,
+    name: getattr(torch.ops.cbam_det, name).default
+    for name in (
+        'gates',
+        'gates_',
+        'gates_backward',
+        'update_stats_',
+        'bam_apply',
+        'bam_apply_',
+        'bam_backward',
+        'pointwise_conv',
+        'pointwise_conv_input_grad',
     )
 }
 
-__all__ = ['OPS', 'gates', 'bam', 'convs']
+__all__ = ['OPS', 'gates', 'bam']

@@ -9,11 +9,11 @@ import torch
 __all__ = ['cpu', 'cuda', 'dense']
 
 
-def cpu(op: str):
-    """The C++ kernels (``cbam_det/ops``); raises naming ``op`` where they are not compiled."""
-    from ...ops import gate_ext
+def cpu(op: str, family: str = 'gates'):
+    """The C++ kernels of ``family`` (``cbam_det/ops``); raises naming ``op`` where they are not compiled."""
+    from ...ops import ext as family_ext
 
-    ext = gate_ext()
+    ext = family_ext(family)
     if ext is None:
         raise RuntimeError(
             f'cbam_det::{op} has no CPU kernel here: the C++ kernels are not compiled (no compiler, or '

@@ -1,78 +1,356 @@
-"""BAM's refinement F ⊗ (1 + M(F)) (Park et al., BMVC 2018, eq. 1-2) as the PyTorch operator
-``cbam_det::bam_apply``, with the reduction its backward uses, ``cbam_det::bam_grads``.
+"""BAM (Park et al., BMVC 2018) as an operator family, ``cbam_det::bam_apply``: the refinement
+F ⊗ (r + M(F)) of eq. 1-2 in one pass from its branch logits, and the 1×1 channel reduction of
+eq. 4 (f^{1×1}_0) on the CPU.
 
-    y = bam_apply(x, c, s, product, residual) = x ⊗ (r + σ(t)),  t = c[n, c] + s[n, hw]  (product: c·s)
+    y = bam_apply(x, c, s) = x ⊗ (r + σ(t)),  t = c[n, c] + s[n, hw]  (product: c·s),  r = 1 or 0
+    out = pointwise_conv(x, w, b)  =  F.conv2d(x, w[:, :, None, None], b)   (CPU kernel only)
 
-with the branch logits c (N, C) and s (N, H·W) float32, r = 1 with ``residual``. The full-size
-M(F) is never stored: forward is one pass over x, backward one pass over (dy, x) that writes dx.
-Schema, CPU kernel (C++), CUDA kernel (Triton, opaque to inductor), fake and autograd below.
+with c (N, C) and s (N, H·W) float32 logits. The full-size M(F) is never stored: forward is one
+pass over x, backward (``bam_backward``) one pass over (dy, x) that writes dx and the logits'
+gradients. Side by side below: the schemas, the CPU kernels (``cbam_det/ops/csrc/bam.cpp``), the
+CUDA kernels (Triton), the PyTorch twin (what a failing Triton launch computes under ``auto``),
+the fakes and the autograd (one node per call: :class:`_Bam` in eager mode, the same formula
+registered on the op for ``torch.compile``).
 """
 
+import functools
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .. import launch as L
+from ..launch import c_tile, jit, per_c, per_hw, sigmoid, tl
 from . import _kernels
 
-__all__ = ['bam_apply', 'bam_grads']
+__all__ = ['refine', 'pointwise_conv', 'twin_apply', 'twin_backward', 'triton_apply', 'triton_backward']
 
 
-@torch.library.custom_op('cbam_det::bam_apply', mutates_args=(), device_types='cpu')
-def bam_apply(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) -> Tensor:
-    """x ⊗ (r + σ(c + s)) (``product``: σ(c·s)), r = 1 if ``residual``, in x's dtype."""
-    x, c, s = _kernels.dense(x, c, s)
-    return _kernels.cpu('bam_apply').bam_apply(x, c, s, product, residual, None)
+# ---------------------------------------------------------------- Triton kernels
 
 
-@bam_apply.register_kernel('cuda')
-def cuda_bam_apply(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) -> Tensor:
-    return _kernels.cuda('bam_apply').bam_apply(x, c, s, product, residual, None)
+@jit
+def _bam_apply_kernel(
+    x_ptr, c_ptr, s_ptr, out_ptr, C, HW, sn, sc, shw, on, oc, ohw,
+    PRODUCT: tl.constexpr, RESIDUAL: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+):  # fmt: skip
+    """y = x ⊗ (r + σ(c + s)) (PRODUCT: σ(c·s)), one [BC, BHW] tile per program."""
+    hb, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = cb * BC + tl.arange(0, BC)
+    hw = hb * BHW + tl.arange(0, BHW)
+    cmask, hmask = c < C, hw < HW
+    mask = cmask[:, None] & hmask[None, :]
+    x = tl.load(x_ptr + n.to(tl.int64) * sn + c[:, None] * sc + hw[None, :] * shw, mask=mask, other=0.0)
+    cv, sv = per_c(c_ptr + n * C, c, cmask), per_hw(s_ptr + n * HW, hw, hmask)
+    m = sigmoid(cv * sv if PRODUCT else cv + sv)
+    y = x.to(tl.float32) * (m + 1.0) if RESIDUAL else x.to(tl.float32) * m
+    out = out_ptr + n.to(tl.int64) * on + c[:, None] * oc + hw[None, :] * ohw
+    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@bam_apply.register_fake
-def _(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) -> Tensor:
+@jit
+def _bam_grads_kernel(
+    dy_ptr, x_ptr, c_ptr, s_ptr, dx_ptr, part_ptr, ds_ptr, C, HW, L, NB, sn, sc, shw, dn, dc, dhw,
+    PRODUCT: tl.constexpr, RESIDUAL: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+):  # fmt: skip
+    """BAM backward in one pass: dx, per pixel block and channel Σ g·∂t/∂c into (N, NB, C)
+    partials, per pixel over channels [s·L, (s+1)·L) Σ_c g·∂t/∂s; g = dy·x·σ'(t)."""
+    hb, sp, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    hw = hb * BHW + tl.arange(0, BHW)
+    hmask = hw < HW
+    sv = per_hw(s_ptr + n * HW, hw, hmask)
+    acc = tl.zeros([BC, BHW], dtype=tl.float32)
+    lo = sp * L
+    hi = tl.minimum(lo + L, C)
+    part = part_ptr + (n * NB + hb) * C
+    for c0 in range(lo, hi, BC):
+        c, cmask, mask, off = c_tile(c0, hi, hw, hmask, sc, shw, BC)
+        off += n.to(tl.int64) * sn
+        x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + n.to(tl.int64) * dn + c[:, None] * dc + hw[None, :] * dhw, mask=mask, other=0.0)
+        dy = dy.to(tl.float32)
+        cv = per_c(c_ptr + n * C, c, cmask)
+        m = sigmoid(cv * sv if PRODUCT else cv + sv)
+        tl.store(dx_ptr + off, (dy * (m + 1.0) if RESIDUAL else dy * m).to(dx_ptr.dtype.element_ty), mask=mask)
+        gt = tl.where(mask, dy * x * m * (1.0 - m), 0.0)
+        if PRODUCT:
+            tl.store(part + c, tl.sum(gt * sv, 1), mask=cmask)
+            acc += gt * cv
+        else:
+            tl.store(part + c, tl.sum(gt, 1), mask=cmask)
+            acc += gt
+    tl.store(ds_ptr + (n * tl.num_programs(1) + sp) * HW + hw, tl.sum(acc, 0), mask=hmask)
+
+
+@jit
+def _bam_sum_kernel(part_ptr, ds_ptr, dc_ptr, dsum_ptr, C, HW, NB, S, BLOCK: tl.constexpr):
+    """dc = Σ over the NB pixel blocks, ds = Σ over the S channel splits (grid (blocks, N))."""
+    b, n = tl.program_id(0), tl.program_id(1)
+    i = b * BLOCK + tl.arange(0, BLOCK)
+    cm = i < C
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for j in range(0, NB):
+        acc += tl.load(part_ptr + (n * NB + j) * C + i, mask=cm, other=0.0)
+    tl.store(dc_ptr + n * C + i, acc, mask=cm)
+    hm = i < HW
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for j in range(0, S):
+        acc += tl.load(ds_ptr + (n * S + j) * HW + i, mask=hm, other=0.0)
+    tl.store(dsum_ptr + n * HW + i, acc, mask=hm)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def _strided(t: Tensor) -> Tuple[Tensor, Tuple[int, int, int]]:
+    st = L.strides(t)
+    if st is None:
+        t = t.contiguous()
+        st = L.strides(t)
+    return t, st
+
+
+@functools.lru_cache(maxsize=None)
+def _plans(n: int, c: int, hw: int, cl: bool, sms: int) -> tuple:
+    t = L.tiles(cl, c, hw)
+    tile = ((L.cdiv(hw, t.bhw), L.cdiv(c, t.bc), n), t.bc, t.bhw)
+    p = L.tiles(cl, c, hw, per_pixel=True)
+    cb, nb = L.cdiv(c, p.bc), L.cdiv(hw, p.bhw)
+    s, per = L.splits(cb, n * nb, L.WAVES * sms)
+    grads = ((nb, s, n), per * p.bc, p.bc, p.bhw, max(L.WARPS, p.bc * p.bhw // (32 * 8)))
+    block = 1024
+    return tile, grads, ((L.cdiv(max(c, hw), block), n), block)
+
+
+def triton_apply(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool, out: Optional[Tensor]) -> Tensor:
+    """One launch: y = x ⊗ (r + σ(t)) (into ``out`` when given; it may be x)."""
+    x, (sn, sc, shw) = _strided(x)
+    n, ch, h, w = x.shape
+    tile, _, _ = _plans(n, ch, h * w, sc == 1 and ch > 1, L.sm_count(x.device))
+    y = torch.empty_like(x) if out is None else out
+    grid, bc, bhw = tile
+    L.launch(
+        _bam_apply_kernel, grid, x, c, s, y, ch, h * w, sn, sc, shw, *L.strides(y),
+        PRODUCT=product, RESIDUAL=residual, BC=bc, BHW=bhw,
+    )  # fmt: skip
+    return y
+
+
+def triton_backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool):
+    """Two launches: (dx, dc (N, C), ds (N, H·W))."""
+    x, (sn, sc, shw) = _strided(x)
+    dy, dst = _strided(dy)
+    n, ch, h, w = x.shape
+    hw = h * w
+    _, grads, sums = _plans(n, ch, hw, sc == 1 and ch > 1, L.sm_count(x.device))
+    grid, length, bc, bhw, warps = grads
+    nb, sp = grid[0], grid[1]
+    dx = torch.empty_like(x)
+    ws = torch.empty(n * (nb * ch + sp * hw + ch + hw), dtype=torch.float32, device=x.device)
+    part, dsp = ws[: n * nb * ch], ws[n * nb * ch : n * (nb * ch + sp * hw)]
+    dc, ds = ws[n * (nb * ch + sp * hw) :][: n * ch].view(n, ch), ws[n * (nb * ch + sp * hw + ch) :].view(n, hw)
+    L.launch(
+        _bam_grads_kernel, grid, dy, x, c, s, dx, part, dsp, ch, hw, length, nb, sn, sc, shw, *dst,
+        PRODUCT=product, RESIDUAL=residual, BC=bc, BHW=bhw, warps=warps,
+    )  # fmt: skip
+    grid, block = sums
+    L.launch(_bam_sum_kernel, grid, part, dsp, dc, ds, ch, hw, nb, sp, BLOCK=block)
+    return dx, dc, ds
+
+
+# ---------------------------------------------------------------- the PyTorch twin
+
+
+def twin_apply(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool, out: Optional[Tensor]) -> Tensor:
+    """:func:`triton_apply` with PyTorch operations."""
+    n, ch, h, w = x.shape
+    t = c.view(n, ch, 1, 1) * s.view(n, 1, h, w) if product else c.view(n, ch, 1, 1) + s.view(n, 1, h, w)
+    m = torch.sigmoid(t)
+    y = (x.float() * (m + 1.0) if residual else x.float() * m).to(x.dtype)
+    return y if out is None else out.copy_(y)
+
+
+def twin_backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool):
+    """:func:`triton_backward` with PyTorch operations."""
+    n, ch, h, w = x.shape
+    cv, sv = c.view(n, ch, 1, 1), s.view(n, 1, h, w)
+    m = torch.sigmoid(cv * sv if product else cv + sv)
+    dyf = dy.float()
+    dx = (dyf * (m + 1.0) if residual else dyf * m).to(x.dtype)
+    g = dyf * x.float() * m * (1.0 - m)
+    if product:
+        return dx, (g * sv).sum((2, 3)), (g * cv).sum(1).reshape(n, h * w)
+    return dx, g.sum((2, 3)), g.sum(1).reshape(n, h * w)
+
+
+# ---------------------------------------------------------------- the operators
+
+_lib = torch.library.Library('cbam_det', 'FRAGMENT')
+_lib.define('bam_apply(Tensor x, Tensor c, Tensor s, bool product, bool residual, bool triton, bool fallback) -> Tensor')
+_lib.define(
+    'bam_apply_(Tensor(a!) out, Tensor x, Tensor c, Tensor s, bool product, bool residual, bool triton, '
+    'bool fallback) -> ()'
+)
+_lib.define(
+    'bam_backward(Tensor dy, Tensor x, Tensor c, Tensor s, bool product, bool residual, bool triton, '
+    'bool fallback) -> (Tensor, Tensor, Tensor)'
+)
+_lib.define('pointwise_conv(Tensor x, Tensor w, Tensor? bias) -> Tensor')
+_lib.define('pointwise_conv_input_grad(Tensor dout, Tensor w) -> Tensor')
+
+
+def _apply_impl(x, c, s, product, residual, triton, fallback, out=None):
+    """C++ on the CPU (Triton in its interpreter where ``triton``), Triton on CUDA."""
+    if x.device.type == 'cpu' and not triton:
+        return _kernels.cpu('bam_apply', 'bam').bam_apply(x.contiguous(), c, s, product, residual, out)
+    key = ('bam_apply', x.dtype, product, residual)
+    return L.run_or_twin(key, fallback, triton_apply, twin_apply, x, c, s, product, residual, out)
+
+
+def _apply_inplace_impl(out, x, c, s, product, residual, triton, fallback) -> None:
+    _apply_impl(x, c, s, product, residual, triton, fallback, out)
+
+
+def _backward_impl(dy, x, c, s, product, residual, triton, fallback):
+    if x.device.type == 'cpu' and not triton:
+        dx, dc, ds = _kernels.cpu('bam_backward', 'bam').bam_grads(dy.contiguous(), x.contiguous(), c, s, product, residual)
+        return dx, dc, ds
+    key = ('bam_backward', x.dtype, product, residual)
+    return L.run_or_twin(key, fallback, triton_backward, twin_backward, dy, x, c, s, product, residual)
+
+
+for _dk in ('CPU', 'CUDA'):
+    _lib.impl('bam_apply', _apply_impl, _dk)
+    _lib.impl('bam_apply_', _apply_inplace_impl, _dk)
+    _lib.impl('bam_backward', _backward_impl, _dk)
+
+
+def _pointwise_cpu(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return _kernels.cpu('pointwise_conv', 'bam').pointwise_conv(x.contiguous(), w.contiguous(), bias)
+
+
+def _pointwise_grad_cpu(dout: Tensor, w: Tensor) -> Tensor:
+    return _kernels.cpu('pointwise_conv_input_grad', 'bam').pointwise_conv_input_grad(dout.contiguous(), w.contiguous())
+
+
+_lib.impl('pointwise_conv', _pointwise_cpu, 'CPU')
+_lib.impl('pointwise_conv_input_grad', _pointwise_grad_cpu, 'CPU')
+
+
+@torch.library.register_fake('cbam_det::bam_apply')
+def _(x, c, s, product, residual, triton, fallback):
     return torch.empty_like(x)
 
 
+@torch.library.register_fake('cbam_det::bam_apply_')
+def _(out, x, c, s, product, residual, triton, fallback) -> None:
+    return None
+
+
+@torch.library.register_fake('cbam_det::bam_backward')
+def _(dy, x, c, s, product, residual, triton, fallback):
+    return torch.empty_like(x), torch.empty_like(c), torch.empty_like(s)
+
+
+@torch.library.register_fake('cbam_det::pointwise_conv')
+def _(x, w, bias):
+    return x.new_empty((x.shape[0], w.shape[0], x.shape[2], x.shape[3]))
+
+
+@torch.library.register_fake('cbam_det::pointwise_conv_input_grad')
+def _(dout, w):
+    return dout.new_empty((dout.shape[0], w.shape[1], dout.shape[2], dout.shape[3]))
+
+
+BAM_APPLY = torch.ops.cbam_det.bam_apply.default
+BAM_APPLY_ = torch.ops.cbam_det.bam_apply_.default
+BAM_BACKWARD = torch.ops.cbam_det.bam_backward.default
+POINTWISE = torch.ops.cbam_det.pointwise_conv.default
+POINTWISE_INPUT_GRAD = torch.ops.cbam_det.pointwise_conv_input_grad.default
+
+
+# ---------------------------------------------------------------- autograd
+
+
 def _setup(ctx, inputs, output) -> None:
-    x, c, s, product, residual = inputs
+    x, c, s, product, residual, triton, fallback = inputs
     ctx.save_for_backward(x, c, s)
-    ctx.product, ctx.residual = product, residual
+    ctx.flags = (product, residual, triton, fallback)
 
 
-def _backward(ctx, dy: Tensor) -> Tuple[Optional[Tensor], ...]:
+def _backward(ctx, dy: Tensor) -> tuple:
     x, c, s = ctx.saved_tensors
-    dx, dc, ds = bam_grads(dy, x, c, s, ctx.product, ctx.residual)  # each kernel takes dy's layout itself
-    return dx, dc, ds, None, None
+    dx, dc, ds = BAM_BACKWARD(dy, x, c, s, *ctx.flags)
+    return dx, dc, ds, None, None, None, None
 
 
-bam_apply.register_autograd(_backward, setup_context=_setup)
+class _Bam(torch.autograd.Function):
+    """The eager autograd node of ``cbam_det::bam_apply``."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        y = BAM_APPLY(*inputs)
+        _setup(ctx, inputs, y)
+        return y
+
+    backward = staticmethod(_backward)
 
 
-@torch.library.custom_op('cbam_det::bam_grads', mutates_args=(), device_types='cpu')
-def bam_grads(
-    dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """BAM's backward in one pass over (dy, x): dx = dy ⊗ (r + σ(t)) (x's shape and dtype),
-    dc = Σ_hw g·∂t/∂c (N, C), ds = Σ_c g·∂t/∂s (N, H·W), g = dy·x·σ'(t)."""
-    dy, x, c, s = _kernels.dense(dy, x, c, s)
-    dx, dc, ds = _kernels.cpu('bam_grads').bam_grads(dy, x, c, s, product, residual)
-    return dx, dc, ds
+torch.library.register_autograd('cbam_det::bam_apply', _backward, setup_context=_setup)
 
 
-@bam_grads.register_kernel('cuda')
-def cuda_bam_grads(
-    dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool
-) -> Tuple[Tensor, Tensor, Tensor]:
-    dx, dc, ds = _kernels.cuda('bam_grads').bam_grads(dy, x, c, s, product, residual)
-    return dx, dc, ds
+def _pointwise_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.has_bias = inputs[2] is not None
 
 
-@bam_grads.register_fake
-def _(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(x), torch.empty_like(c, dtype=torch.float32), torch.empty_like(s, dtype=torch.float32)
+def _pointwise_backward(ctx, dout: Tensor) -> tuple:
+    x, w = ctx.saved_tensors
+    n, c, h, wd = x.shape
+    dout = dout.contiguous()
+    d = dout.view(n, -1, h * wd)
+    want_x, want_w, want_b = ctx.needs_input_grad
+    dx = POINTWISE_INPUT_GRAD(dout, w) if want_x else None
+    dw = torch.bmm(d, x.reshape(n, c, h * wd).transpose(1, 2)).sum(0) if want_w else None
+    return dx, dw, (d.sum((0, 2)) if want_b and ctx.has_bias else None)
 
 
-#: each op's CUDA kernel by op name (tests run them in Triton's interpreter on CPU tensors)
-CUDA_KERNELS = {'bam_apply': cuda_bam_apply, 'bam_grads': cuda_bam_grads}
+class _Pointwise(torch.autograd.Function):
+    """The eager autograd node of ``cbam_det::pointwise_conv``."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = POINTWISE(*inputs)
+        _pointwise_setup(ctx, inputs, out)
+        return out
+
+    backward = staticmethod(_pointwise_backward)
+
+
+torch.library.register_autograd('cbam_det::pointwise_conv', _pointwise_backward, setup_context=_pointwise_setup)
+
+
+# ---------------------------------------------------------------- from a module
+
+
+def refine(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool, inplace: bool, triton: bool, fallback: bool,
+           compiled: bool = False) -> Tensor:  # fmt: skip
+    """BAM's x ⊗ (r + σ(t)) from the branch logits c (N, C, 1, 1) and s (N, 1, H, W), one op call
+    (``inplace`` without autograd: written into x)."""
+    n, ch, h, w = x.shape
+    c2, s2 = c.reshape(n, ch).float().contiguous(), s.reshape(n, h * w).float().contiguous()
+    args = (x, c2, s2, product, residual, triton, fallback)
+    if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or s.requires_grad):
+        return BAM_APPLY(*args) if compiled else _Bam.apply(*args)
+    if inplace:
+        BAM_APPLY_(x, *args)
+        return x
+    return BAM_APPLY(*args)
+
+
+def pointwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], compiled: bool = False) -> Tensor:
+    """BAM's 1×1 reduction with the C++ kernel (float32 NCHW CPU tensors), one op call."""
+    w = weight.reshape(weight.shape[0], -1)
+    if compiled or not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+        return POINTWISE(x, w, bias)
+    return _Pointwise.apply(x, w, bias)

@@ -122,11 +122,19 @@ def check_not_frozen(module: nn.Module, owner: str) -> None:
     a module frozen afterwards is its owner's choice (a teacher, an EMA copy, fine-tuning) and
     passes; so does any module without a trainable parameter as far as its BatchNorms go.
     """
-    if getattr(module, 'allow_frozen', False) or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() or getattr(module, 'allow_frozen', False):
         return
-    params = list(module.parameters())
-    trainable = any(p.requires_grad for p in params)
+    state = module.__dict__.get('_frozen_checked')  # dropped by AttentionModule.train/_apply
+    if state is None:
+        bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        state = module.__dict__['_frozen_checked'] = [list(module.parameters()), bns, None]
+    key = [p.requires_grad for p in state[0]]
+    if key == state[2]:
+        return  # checked already in this mode with these parameters trainable
+    params, bns = state[0], state[1]
+    trainable = any(key)
     if not trainable and getattr(module, '_cbam_det_decided', False):
+        state[2] = key
         return
     if not module.training and params and not trainable:
         raise RuntimeError(
@@ -135,13 +143,10 @@ def check_not_frozen(module: nn.Module, owner: str) -> None:
             f'Use frozen_stages=-1 (or below this stage), backbone type="AttnResNet" (keeps attention '
             f'trainable), or allow_frozen=True if its weights are pretrained.'
         )
-    if (
-        (trainable or not params)
-        and module.training
-        and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training for m in module.modules())
-    ):
+    if (trainable or not params) and module.training and any(not m.training for m in bns):
         raise RuntimeError(
             f"{owner}'s BatchNorm is in eval mode while it trains (mmdet's norm_eval=True): its "
             f'statistics would never be updated. Use norm_eval=False, backbone type="AttnResNet" '
             f'(keeps attention BatchNorms training), or allow_frozen=True if its weights are pretrained.'
         )
+    state[2] = key

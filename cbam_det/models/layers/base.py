@@ -122,6 +122,23 @@ class AttentionModule(BaseModule):
     def _init_special(self) -> None:
         """Module-specific part of the initialisation (after the common one)."""
 
+    # ---- what the kernels decide once per module and mode (cbam_det.kernels): dropped when the
+    # module moves, changes dtype (``_apply``: .to/.cuda/.half, which replace buffers) or mode
+    _KERNEL_CACHES = ('_backend_cache', '_gates_args', '_frozen_checked')
+
+    def _drop_kernel_caches(self) -> None:
+        for m in self.modules():
+            for name in AttentionModule._KERNEL_CACHES:
+                m.__dict__.pop(name, None)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._drop_kernel_caches()
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self._drop_kernel_caches()
+        return super().train(mode)
+
     def init_weights(self) -> None:
         """``init_mode`` initialisation, then any ``init_cfg`` given by the user."""
         self.reset_parameters()

@@ -113,8 +113,7 @@ class SpatialGate(nn.Module):
             return safe_batch_norm(self.bn, self._conv(desc), update_stats).float()
 
     def _conv(self, desc: torch.Tensor) -> torch.Tensor:
-        """``self.conv(desc)`` (the ``cpu`` backend has a kernel for one output channel)."""
-        return kernels.spatial_conv(desc, self.conv)
+        return self.conv(desc)
 
 
 @MODELS.register_module()

@@ -1,0 +1,464 @@
+"""Host census of the attention modules (CBAM, Woo et al., ECCV 2018; SE, Hu et al., CVPR 2018;
+BAM, Park et al., BMVC 2018): what a module step costs the host, which is what a GPU waits for
+when a detector's training step is launch-bound.
+
+    python tools/analysis/host_census.py                  # per-module counts, every setting
+    python tools/analysis/host_census.py --replay         # host ms per ResNet-50 step, per variant
+    python tools/analysis/host_census.py --replay --json work_dirs/host_census.json
+
+The command runs itself in Triton's interpreter (``TRITON_INTERPRET=1``), where the ``triton``
+backend takes CPU tensors, and skips every Triton launch at Triton's own entry
+(``KernelInterface.run``, :func:`launches_skipped`), counting it: what remains is the host work
+a GPU would wait for, our launchers' included, Triton's own launch cost excluded.
+
+**Per module call** (:func:`module_census`), forward and backward, in float32 or under bfloat16
+autocast, alone or after a BatchNorm (its own counts subtracted: "beyond the BN before it"):
+
+- ``kernels``: aten calls that launch a kernel on a GPU: the leaves of the profiler's op tree
+  (an op whose work is done by its children counts through them), without views, allocations
+  (``empty*``) and no-op ``contiguous`` / ``to`` (:data:`NOT_KERNELS`); each call of a
+  ``cbam_det::`` op with a C++ kernel (the ``cpu`` backend) counts as one;
+- ``launches``: Triton launches;
+- ``nested_autograd``: autograd engine runs started inside the step (``torch.autograd.grad`` /
+  ``backward`` called by a backward);
+- ``python``: Python function calls (``sys.setprofile`` 'call' events);
+- ``casts``: dtype conversions (``aten::_to_copy``);
+- ``syncs``: host synchronisations (``item``, ``bool``/``float``/``int`` of a tensor, ``nonzero``,
+  ``tolist``, ``.cpu()``, ``numpy``), seen by a ``TorchFunctionMode`` in a run of its own.
+
+Counts are deterministic; tests/test_host_census.py holds them as budgets.
+
+**Whole network** (:func:`replay`): a ResNet-50 at base width 8 on 2×3×64×64, one thread, so
+that the arithmetic is small and the host work dominates; training (forward + backward) and
+inference steps, float32 and bfloat16 autocast, the variants alternating inside every repeat;
+host ms per step and the extra over the plain network, each extra also as a ratio to the
+timm-style CBAM's (:class:`eager_reference.TimmStyleCBAM`) in the same run.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    'NOT_KERNELS',
+    'SYNC_METHODS',
+    'launches_skipped',
+    'module_census',
+    'census_table',
+    'replay',
+    'SETTINGS',
+]
+
+#: aten ops that launch no kernel on a GPU: views, allocations, metadata, no-op conversions
+NOT_KERNELS = frozenset(
+    'aten::' + n
+    for n in (
+        'view as_strided expand permute transpose t squeeze unsqueeze select slice alias detach detach_ '
+        '_reshape_alias reshape view_as expand_as flatten unflatten split split_with_sizes chunk narrow unbind '
+        'empty empty_like empty_strided new_empty new_empty_strided resize_ contiguous to lift_fresh '
+        'resolve_conj resolve_neg _unsafe_view numpy_T movedim unfold diagonal'
+    ).split()
+)
+#: Tensor methods (and the Python conversions) that wait for the device
+SYNC_METHODS = frozenset(('item', 'tolist', 'cpu', 'numpy', 'nonzero', '__bool__', '__float__', '__int__', '__index__'))
+SYNC_OPS = frozenset(('aten::_local_scalar_dense', 'aten::nonzero', 'aten::is_nonzero', 'aten::item'))
+
+
+def _interpreted() -> bool:
+    return os.environ.get('TRITON_INTERPRET') == '1'
+
+
+# ---------------------------------------------------------------- counters
+
+
+@contextlib.contextmanager
+def launches_skipped() -> Iterator[List[str]]:
+    """Every Triton launch inside the block is counted (its kernel's name appended to the list
+    yielded) and skipped, at Triton's own entry (``fn[grid](...)`` calls ``run``)."""
+    from triton.runtime import jit
+
+    classes = [jit.JITFunction]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        classes.append(InterpretedFunction)
+    except ImportError:
+        pass
+    names: List[str] = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        names.append(getattr(self, '__name__', None) or self.fn.__name__)
+
+    saved = [(c, c.__dict__.get('run')) for c in classes]
+    for c in classes:
+        c.run = run
+    try:
+        yield names
+    finally:
+        for c, old in saved:
+            if old is None:
+                del c.run
+            else:
+                c.run = old
+
+
+class _PythonCalls:
+    """Python function calls ('call' events) on every thread while active."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _hook(self, frame, event, arg) -> None:
+        if event == 'call':
+            self.count += 1
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator['_PythonCalls']:
+        sys.setprofile(self._hook)
+        threading.setprofile(self._hook)
+        try:
+            yield self
+        finally:
+            sys.setprofile(None)
+            threading.setprofile(None)
+
+
+@contextlib.contextmanager
+def _engine_runs() -> Iterator[List[int]]:
+    """Calls of ``torch.autograd.grad`` / ``torch.autograd.backward`` inside the block."""
+    runs = [0]
+    grad, backward = torch.autograd.grad, torch.autograd.backward
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            runs[0] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    torch.autograd.grad, torch.autograd.backward = counted(grad), counted(backward)
+    try:
+        yield runs
+    finally:
+        torch.autograd.grad, torch.autograd.backward = grad, backward
+
+
+class _SyncMode(torch.overrides.TorchFunctionMode):
+    """Counts the Tensor methods that synchronise with the device (:data:`SYNC_METHODS`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: List[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', '')
+        if name in SYNC_METHODS:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _op_counts(events, backend: str) -> Dict[str, int]:
+    """kernels, casts and syncs among the profiler's events of one phase. A ``cbam_det::`` op
+    is one kernel call where its kernel is C++ (the ``cpu`` backend); with Triton its launches
+    are counted instead."""
+    kernels = casts = syncs = 0
+    for e in events:
+        name = e.name
+        if name.startswith('cbam_det::'):
+            kernels += backend == 'cpu'
+            continue
+        if not name.startswith('aten::'):
+            continue
+        if name == 'aten::_to_copy':
+            casts += 1
+        if name in SYNC_OPS:
+            syncs += 1
+            continue
+        if name in NOT_KERNELS or any(c.name.startswith('aten::') for c in e.cpu_children):
+            continue  # no kernel, or a composite whose children are counted
+        kernels += 1
+    return {'kernels': kernels, 'casts': casts, 'syncs': syncs}
+
+
+# ---------------------------------------------------------------- one module step
+
+
+def _make(kind: str, c: int) -> nn.Module:
+    from cbam_det import BAM, CBAM, SE
+
+    return {'cbam': lambda: CBAM(c, inplace=True), 'se': lambda: SE(c, inplace=True), 'bam': lambda: BAM(c, inplace=True)}[
+        kind
+    ]()
+
+
+def _phases(module: Optional[nn.Module], bn: Optional[nn.Module], z0: torch.Tensor, amp, train: bool):
+    """(forward, backward or None, state) of one step: forward keeps its output in ``state``,
+    backward runs the backward of it with a gradient of ones made beforehand."""
+    state: dict = {}
+
+    def forward() -> None:
+        with contextlib.ExitStack() as stack:
+            if not train:
+                stack.enter_context(torch.no_grad())
+            stack.enter_context(torch.autocast('cpu', dtype=amp or torch.bfloat16, enabled=amp is not None))
+            z = z0.detach().requires_grad_(train)
+            x = bn(z) if bn is not None else z
+            y = module(x) if module is not None else x
+        state['y'], state['dy'] = y, torch.ones_like(y)
+
+    def backward() -> None:
+        y, dy = state.pop('y'), state.pop('dy')
+        y.backward(dy)
+
+    return forward, (backward if train else None), state
+
+
+def module_census(
+    kind: str,
+    backend: str,
+    dtype: str = 'bfloat16',
+    bn_before: bool = True,
+    train: bool = True,
+    shape: Tuple[int, int, int, int] = (2, 64, 12, 10),
+) -> Dict[str, Dict[str, int]]:
+    """Counts of one ``kind`` ('cbam', 'se', 'bam') module call on ``backend`` ('torch', 'cpu',
+    'triton' with launches skipped), ``dtype`` 'float32' or 'bfloat16' (autocast on the module and
+    the BN, the input in bfloat16 as a conv under autocast gives it), after a BatchNorm
+    (``bn_before``: its own counts subtracted) or alone, a training step (forward + backward) or
+    inference (forward under ``no_grad``, eval mode). Returns ``{'forward': {...}, 'backward':
+    {...}, 'step': {...}}``, each with kernels, launches, nested_autograd, python, casts, syncs."""
+    from cbam_det import kernels
+
+    if backend == 'triton' and not _interpreted():
+        raise RuntimeError('host_census: the triton backend on CPU tensors needs TRITON_INTERPRET=1')
+    amp = {'float32': None, 'bfloat16': torch.bfloat16}[dtype]
+    torch.manual_seed(0)
+    module = _make(kind, shape[1])
+    bn = nn.BatchNorm2d(shape[1]) if bn_before else None
+    for m in (module, bn):
+        if m is not None:
+            m.train(train)
+    z0 = torch.randn(*shape).to(amp or torch.float32)
+    with kernels.use_backend(backend):
+        full = _count(module, bn, z0, amp, train, backend)
+        if bn is None:
+            return full
+        base = _count(None, bn, z0, amp, train, backend)
+    return {ph: {k: full[ph][k] - base[ph][k] for k in full[ph]} for ph in full}
+
+
+def _count(module, bn, z0, amp, train: bool, backend: str) -> Dict[str, Dict[str, int]]:
+    forward, backward, state = _phases(module, bn, z0, amp, train)
+    for _ in range(2):  # warm up: caches, the self-check, the C++ build
+        with launches_skipped():
+            forward()
+            if train:
+                backward()
+    out = {phase: _count_phase(forward, backward, phase, backend, state) for phase in ('forward', 'backward')}
+    out['step'] = {k: out['forward'][k] + out['backward'][k] for k in out['forward']}
+    return out
+
+
+_KEYS = ('kernels', 'launches', 'nested_autograd', 'python', 'casts', 'syncs')
+
+
+def _count_phase(forward, backward, phase: str, backend: str, state: dict) -> Dict[str, int]:
+    """Counts of one phase, each counter in a run of its own (they would disturb each other)."""
+    if phase == 'backward' and backward is None:
+        return dict.fromkeys(_KEYS, 0)
+
+    def prepare() -> None:
+        if phase == 'backward':
+            forward()
+
+    run = forward if phase == 'forward' else backward
+    result: Dict[str, int] = {}
+    prepare()
+    with launches_skipped() as names, _engine_runs() as runs:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            run()
+    result.update(_op_counts(prof.events(), backend))
+    result['launches'] = len(names)
+    result['nested_autograd'] = max(0, runs[0] - (1 if phase == 'backward' else 0))
+    prepare()
+    calls = _PythonCalls()
+    with launches_skipped(), calls.counting():
+        run()
+    result['python'] = calls.count
+    prepare()
+    mode = _SyncMode()
+    with launches_skipped(), mode:
+        run()
+    result['syncs'] = max(result['syncs'], len(mode.seen))
+    state.clear()
+    return {k: result[k] for k in _KEYS}
+
+
+#: the settings of the census table: (kind, backend, dtype, after a BN)
+SETTINGS = [
+    (kind, backend, dtype, bn)
+    for kind in ('cbam', 'se', 'bam')
+    for backend in ('triton', 'cpu', 'torch')
+    for dtype in ('bfloat16', 'float32')
+    for bn in (True, False)
+    if not (backend == 'cpu' and dtype != 'float32')
+]
+
+
+def census_table(settings=SETTINGS) -> List[dict]:
+    """One row per setting and mode (training step, inference)."""
+    rows = []
+    for kind, backend, dtype, bn in settings:
+        for train in (True, False):
+            counts = module_census(kind, backend, dtype, bn, train)
+            rows.append(dict(kind=kind, backend=backend, dtype=dtype, bn=bn, train=train, **counts))
+    return rows
+
+
+def _print_table(rows: List[dict]) -> None:
+    print('per module call, beyond the BatchNorm before it where "after BN"; fwd + bwd = step')
+    print('| module | backend | dtype | input | mode | kernels | launches | nested autograd | python | casts | syncs |')
+    print('|---|---|---|---|---|---:|---:|---:|---:|---:|---:|')
+    for r in rows:
+        s, f, b = r['step'], r['forward'], r['backward']
+
+        def both(k):
+            return f'{s[k]} ({f[k]}+{b[k]})' if r['train'] else f'{s[k]}'
+
+        print(
+            f'| {r["kind"]} | {r["backend"]} | {r["dtype"]} | {"after BN" if r["bn"] else "alone"} | '
+            f'{"train" if r["train"] else "infer"} | {both("kernels")} | {both("launches")} | '
+            f'{both("nested_autograd")} | {both("python")} | {both("casts")} | {both("syncs")} |'
+        )
+
+
+# ---------------------------------------------------------------- the whole network
+
+
+def replay_variants(width: int = 8) -> Dict[str, Tuple[Callable[[], nn.Module], Optional[str]]]:
+    """{name: (network factory, backend)} of the replay: plain, the timm-style CBAM, the eager
+    reference, ours on each backend, SE and BAM ×3."""
+    from eager_reference import EagerCBAM, TimmStyleCBAM
+    from toolkit import ResNet50
+
+    from cbam_det import BAM, CBAM, SE
+
+    def net(att=None, bam=None):
+        return lambda: ResNet50(att, False, bam, width=width)
+
+    cbam = net(lambda c: CBAM(c, inplace=True))
+    out = {
+        'plain': (net(), 'torch'),
+        'cbam_timm_style': (net(TimmStyleCBAM), 'torch'),
+        'cbam_eager': (net(lambda c: EagerCBAM(CBAM(c))), 'torch'),
+        'cbam_torch': (cbam, 'torch'),
+        'cbam_cpu': (cbam, 'cpu'),
+        'cbam_triton': (cbam, 'triton'),
+        'se_torch': (net(lambda c: SE(c, inplace=True)), 'torch'),
+        'se_cpu': (net(lambda c: SE(c, inplace=True)), 'cpu'),
+        'se_triton': (net(lambda c: SE(c, inplace=True)), 'triton'),
+        'bam3_torch': (net(bam=lambda c: BAM(c, inplace=True)), 'torch'),
+        'bam3_cpu': (net(bam=lambda c: BAM(c, inplace=True)), 'cpu'),
+        'bam3_triton': (net(bam=lambda c: BAM(c, inplace=True)), 'triton'),
+    }
+    return out
+
+
+def replay(
+    dtypes=('bfloat16', 'float32'),
+    shape=(2, 3, 64, 64),
+    width: int = 8,
+    repeats: int = 5,
+    steps: int = 3,
+    variants: Optional[List[str]] = None,
+) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Host ms per step, ``{dtype: {mode: {variant: ms}}}``, medians over ``repeats``, each
+    repeat ``steps`` steps of every variant in alternating order; Triton launches skipped."""
+    from toolkit import step_fns
+
+    chosen = {k: v for k, v in replay_variants(width).items() if variants is None or k in variants}
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    with launches_skipped():
+        for dtype in dtypes:
+            amp = None if dtype == 'float32' else getattr(torch, dtype)
+            fns = {}
+            for name, (make, backend) in chosen.items():
+                if backend == 'cpu' and amp is not None:
+                    continue  # the C++ kernels take float32: under bf16 autocast auto would not pick them
+                torch.manual_seed(0)
+                fns[name] = step_fns(make(), x, amp=amp, backend=backend)
+            times: Dict[str, Dict[str, List[float]]] = {n: {'train': [], 'inference': []} for n in fns}
+            for mode in ('train', 'inference'):
+                for n in fns:
+                    fns[n][mode]()  # warm-up
+                for r in range(repeats):
+                    for n in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+                        t = time.perf_counter()
+                        for _ in range(steps):
+                            fns[n][mode]()
+                        times[n][mode].append((time.perf_counter() - t) / steps * 1e3)
+            out[dtype] = {m: {n: statistics.median(times[n][m]) for n in fns} for m in ('train', 'inference')}
+    return out
+
+
+def _print_replay(res: dict, args) -> None:
+    shape = 'x'.join(map(str, args.shape))
+    print(
+        f'host ms per ResNet-50 step (base width {args.width}, {shape}, 1 thread, Triton launches skipped), '
+        f'median of {args.repeats} repeats of {args.steps} steps; extra = ms − plain; × timm-style = extra / its extra'
+    )
+    for dtype, modes in res.items():
+        print(f'\n{dtype}\n| variant | train ms | extra | × timm-style | inference ms | extra | × timm-style |')
+        print('|---|---:|---:|---:|---:|---:|---:|')
+        for name in modes['train']:
+            cells = []
+            for mode in ('train', 'inference'):
+                ms = modes[mode][name]
+                extra = ms - modes[mode]['plain']
+                timm = modes[mode].get('cbam_timm_style', 0.0) - modes[mode]['plain']
+                cells += [f'{ms:.2f}', f'{extra:+.2f}', f'{extra / timm:.2f}' if timm > 0 and name != 'plain' else '']
+            print(f'| {name} | ' + ' | '.join(cells) + ' |')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--replay', action='store_true', help='the whole-network replay instead of the module table')
+    parser.add_argument('--shape', type=int, nargs=4, default=(2, 3, 64, 64), metavar=('N', 'C', 'H', 'W'))
+    parser.add_argument('--width', type=int, default=8, help="the ResNet-50's base width in the replay")
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--steps', type=int, default=3, help='steps per repeat and variant')
+    parser.add_argument('--dtypes', nargs='+', default=['bfloat16', 'float32'], choices=['bfloat16', 'float32'])
+    parser.add_argument('--variants', nargs='+', help='replay variants (default: all)')
+    parser.add_argument('--json', help='write the results here too')
+    args = parser.parse_args()
+    if args.repeats < 1 or args.steps < 1 or args.width < 1:
+        parser.error('--repeats, --steps and --width must be >= 1')
+    if not _interpreted():  # the triton backend takes CPU tensors only in Triton's interpreter
+        env = dict(os.environ, TRITON_INTERPRET='1')
+        sys.exit(subprocess.call([sys.executable] + sys.argv, env=env))
+    torch.set_num_threads(1)
+    if args.replay:
+        res = replay(args.dtypes, tuple(args.shape), args.width, args.repeats, args.steps, args.variants)
+        _print_replay(res, args)
+    else:
+        res = census_table()
+        _print_table(res)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
