@@ -66,7 +66,8 @@ NOT_KERNELS = frozenset(
         'view as_strided expand permute transpose t squeeze unsqueeze select slice alias detach detach_ '
         '_reshape_alias reshape view_as expand_as flatten unflatten split split_with_sizes chunk narrow unbind '
         'empty empty_like empty_strided new_empty new_empty_strided resize_ contiguous to lift_fresh '
-        'resolve_conj resolve_neg _unsafe_view numpy_T movedim unfold diagonal'
+        'resolve_conj resolve_neg _unsafe_view numpy_T movedim unfold diagonal as_strided_ _nnpack_available '
+        'is_same_size result_type'
     ).split()
 )
 #: Tensor methods (and the Python conversions) that wait for the device
@@ -168,26 +169,39 @@ class _SyncMode(torch.overrides.TorchFunctionMode):
 
 
 def _op_counts(events, backend: str) -> Dict[str, int]:
-    """kernels, casts and syncs among the profiler's events of one phase. A ``cbam_det::`` op
-    is one kernel call where its kernel is C++ (the ``cpu`` backend); with Triton its launches
-    are counted instead."""
-    kernels = casts = syncs = 0
-    for e in events:
+    """kernels, casts and syncs among the profiler's events of one phase. An aten op counts one
+    kernel unless its children launch kernels (then they are counted instead). A ``cbam_det::`` op
+    is one kernel call where its kernel is C++ (the ``cpu`` backend), plus what its C++ calls of
+    aten launch; with Triton its launches are counted instead."""
+    counts = {'kernels': 0, 'casts': 0, 'syncs': 0}
+
+    def kernels(e) -> int:
+        inner = sum(kernels(c) for c in e.cpu_children if c.name.startswith(('aten::', 'cbam_det::')))
         name = e.name
-        if name.startswith('cbam_det::'):
-            kernels += backend == 'cpu'
-            continue
-        if not name.startswith('aten::'):
-            continue
         if name == 'aten::_to_copy':
-            casts += 1
+            counts['casts'] += 1
         if name in SYNC_OPS:
-            syncs += 1
-            continue
-        if name in NOT_KERNELS or any(c.name.startswith('aten::') for c in e.cpu_children):
-            continue  # no kernel, or a composite whose children are counted
-        kernels += 1
-    return {'kernels': kernels, 'casts': casts, 'syncs': syncs}
+            counts['syncs'] += 1
+            return inner
+        if name.startswith('cbam_det::'):
+            return inner + (backend == 'cpu')
+        if inner or name in NOT_KERNELS:
+            return inner
+        return 1
+
+    for e in events:
+        if e.name.startswith(('aten::', 'cbam_det::')) and not _has_op_parent(e):
+            counts['kernels'] += kernels(e)
+    return counts
+
+
+def _has_op_parent(e) -> bool:
+    p = e.cpu_parent
+    while p is not None:
+        if p.name.startswith(('aten::', 'cbam_det::')):
+            return True
+        p = p.cpu_parent
+    return False
 
 
 # ---------------------------------------------------------------- one module step
@@ -213,12 +227,19 @@ def _phases(module: Optional[nn.Module], bn: Optional[nn.Module], z0: torch.Tens
             stack.enter_context(torch.autocast('cpu', dtype=amp or torch.bfloat16, enabled=amp is not None))
             z = z0.detach().requires_grad_(train)
             x = bn(z) if bn is not None else z
-            y = module(x) if module is not None else x
-        state['y'], state['dy'] = y, torch.ones_like(y)
+            state['y'] = module(x) if module is not None else x
 
     def backward() -> None:
         y, dy = state.pop('y'), state.pop('dy')
         y.backward(dy)
+
+    def ready() -> None:  # before a counted backward: the output's gradient, and the parameters'
+        state['dy'] = torch.ones_like(state['y'])  # gradients cleared as by a training step's zero_grad
+        for m in (module, bn):  # (then they are stored, not added)
+            if m is not None:
+                m.zero_grad(set_to_none=True)
+
+    state['ready'] = ready
 
     return forward, (backward if train else None), state
 
@@ -263,6 +284,7 @@ def _count(module, bn, z0, amp, train: bool, backend: str) -> Dict[str, Dict[str
         with launches_skipped():
             forward()
             if train:
+                state['ready']()
                 backward()
     out = {phase: _count_phase(forward, backward, phase, backend, state) for phase in ('forward', 'backward')}
     out['step'] = {k: out['forward'][k] + out['backward'][k] for k in out['forward']}
@@ -279,7 +301,9 @@ def _count_phase(forward, backward, phase: str, backend: str, state: dict) -> Di
 
     def prepare() -> None:
         if phase == 'backward':
-            forward()
+            with launches_skipped():
+                forward()
+            state['ready']()
 
     run = forward if phase == 'forward' else backward
     result: Dict[str, int] = {}
@@ -300,7 +324,8 @@ def _count_phase(forward, backward, phase: str, backend: str, state: dict) -> Di
     with launches_skipped(), mode:
         run()
     result['syncs'] = max(result['syncs'], len(mode.seen))
-    state.clear()
+    state.pop('y', None)
+    state.pop('dy', None)
     return {k: result[k] for k in _KEYS}
 
 

@@ -1459,6 +1459,7 @@ def _setup(ctx, inputs, output) -> None:
     ctx.flags = (bn_mode, spatial, sbn_batch)
     ctx.run = (triton, fallback)
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # the state's gradient stays None (no zeros formed)
 
 
 def _backward(ctx, dy: Tensor, _dstate: Optional[Tensor]) -> tuple:

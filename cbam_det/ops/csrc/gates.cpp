@@ -322,12 +322,13 @@ inline void shifted_axpy(float* o, const float* row, float wt, int64_t off, int6
 at::Tensor spatial_conv(const at::Tensor& in, const at::Tensor& w) {
   check_conv(in, w);
   const int64_t N = in.size(0), Cin = in.size(1), H = in.size(2), W = in.size(3), k = w.size(2), p = k / 2;
-  auto out = at::zeros({N, 1, H, W}, in.options());
+  auto out = at::empty({N, 1, H, W}, in.options());
   const float *ip = in.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, N * H, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / H, i = r % H;
+      std::fill(op + r * W, op + (r + 1) * W, 0.f);
       for (int64_t c = 0; c < Cin; ++c)
         for (int64_t u = 0; u < k; ++u) {
           const int64_t ii = i + u - p;
@@ -349,10 +350,11 @@ std::vector<at::Tensor> spatial_conv_grad(const at::Tensor& dout, const at::Tens
   const float *gp = dout.data_ptr<float>(), *ip = in.data_ptr<float>(), *wp = w.data_ptr<float>();
   at::Tensor din, dw;
   if (want_input) {  // din[n, c, i, j] = Σ_uv w[c, u, v] · dout[n, i - u + p, j - v + p]
-    din = at::zeros_like(in);
+    din = at::empty_like(in);
     float* dp = din.data_ptr<float>();
     at::parallel_for(0, N * Cin * H, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
+        std::fill(dp + r * W, dp + (r + 1) * W, 0.f);
         const int64_t i = r % H, c = (r / H) % Cin, n = r / (H * Cin);
         for (int64_t u = 0; u < k; ++u) {
           const int64_t oi = i - u + p;
@@ -400,7 +402,9 @@ struct Lay {
 };
 
 inline float sigmoid_f(float t) { return 1.f / (1.f + std::exp(-t)); }
-inline float value_or(const OptT& t, float d) { return t.has_value() && t->defined() ? t->item<float>() : d; }
+inline float value_or(const OptT& t, float d) {  // a CPU scalar read directly (no ATen call)
+  return t.has_value() && t->defined() ? t->data_ptr<float>()[0] : d;
+}
 inline at::Tensor part(const at::Tensor& st, int64_t at, std::initializer_list<int64_t> shape) {
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
@@ -420,6 +424,19 @@ void matvec(const float* v, int64_t rows, int64_t K, const float* w, const float
   });
 }
 
+// the spatial gate's (N, 2, H, W) input, [avg; max] or [max; avg], from the two (N, H·W) maps
+at::Tensor pooled_maps(const float* avg, const float* mx, bool avg_first, int64_t N, int64_t H, int64_t W,
+                       const at::TensorOptions& options) {
+  auto maps = at::empty({N, 2, H, W}, options);
+  float* p = maps.data_ptr<float>();
+  const int64_t HW = H * W;
+  for (int64_t n = 0; n < N; ++n) {
+    std::copy(avg_first ? avg + n * HW : mx + n * HW, (avg_first ? avg : mx) + (n + 1) * HW, p + (2 * n) * HW);
+    std::copy(avg_first ? mx + n * HW : avg + n * HW, (avg_first ? mx : avg) + (n + 1) * HW, p + (2 * n + 1) * HW);
+  }
+  return maps;
+}
+
 }  // namespace
 
 // The whole forward of CBAM (spatial != 0) or SE: y (into out when given; it may be z) and the state.
@@ -432,8 +449,9 @@ std::vector<at::Tensor> gates_forward(const at::Tensor& z, const OptT& bnw, cons
   check(z, "z"); check(w1, "w1"); check(b1, "b1"); check(w2, "w2"); check(b2, "b2");
   const Lay L(layout);
   const int64_t N = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), HW = H * W, HD = w1.size(0);
-  auto st = at::zeros({L.size}, z.options());
+  auto st = at::empty({L.size}, z.options());
   float* S = st.data_ptr<float>();
+  std::fill(S, S + L.size, 0.f);
   const float* zp = z.data_ptr<float>();
   const float s = value_or(scale, 1.f);
   // per (n, c): Σ (z − k), Σ (z − k)², max z, min z with the shift k of the BatchNorm mode
@@ -515,10 +533,10 @@ std::vector<at::Tensor> gates_forward(const at::Tensor& z, const OptT& bnw, cons
   if (cbam) {  // the spatial gate: pools over C of x·g_c, the k×k conv, its BatchNorm, the sigmoid
     check(*cw, "conv_weight");
     auto sp = spatial_pool(z, a_t, b_t, gc);
-    part(st, L.savg, {N, HW}).copy_(sp[0]);
-    part(st, L.smax, {N, HW}).copy_(sp[1]);
     const bool avg_first = spatial == kSpatialAvgMax;
-    const at::Tensor maps = at::stack({avg_first ? sp[0] : sp[1], avg_first ? sp[1] : sp[0]}, 1).view({N, 2, H, W});
+    const at::Tensor maps = pooled_maps(sp[0].data_ptr<float>(), sp[1].data_ptr<float>(), avg_first, N, H, W, z.options());
+    std::copy(sp[0].data_ptr<float>(), sp[0].data_ptr<float>() + N * HW, S + L.savg);
+    std::copy(sp[1].data_ptr<float>(), sp[1].data_ptr<float>() + N * HW, S + L.smax);
     const at::Tensor o = spatial_conv(maps, *cw);
     const float* op = o.data_ptr<float>();
     std::copy(op, op + N * HW, S + L.o);
@@ -582,19 +600,23 @@ std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z
     for (int64_t i = 0; i < N * HW; ++i)
       dop[i] = sbn_batch ? coef * (dt[i] - m1 - (op[i] - mean) * invstd * m2) : coef * dt[i];
     const bool avg_first = spatial == kSpatialAvgMax;
-    const at::Tensor savg = part(st, L.savg, {N, HW}), smax = part(st, L.smax, {N, HW});
-    const at::Tensor maps = at::stack({avg_first ? savg : smax, avg_first ? smax : savg}, 1).view({N, 2, H, W});
+    const at::Tensor maps = pooled_maps(S + L.savg, S + L.smax, avg_first, N, H, W, z.options());
     auto cg = spatial_conv_grad(dout, maps, *cw, true, true);
-    const at::Tensor dsavg = cg[0].select(1, avg_first ? 0 : 1), dsmax = cg[0].select(1, avg_first ? 1 : 0);
-    auto wa = (dsavg.reshape({N, HW}) / static_cast<double>(C)).contiguous();
-    auto wm = at::empty({N, HW}, z.options());
-    const at::Tensor dsmax_c = dsmax.reshape({N, HW}).contiguous();
-    for (int64_t i = 0; i < N * HW; ++i) wm.data_ptr<float>()[i] = dsmax_c.data_ptr<float>()[i] / std::max(cnt[i], 1.f);
+    const float* dm = cg[0].data_ptr<float>();  // (N, 2, H, W)
+    auto wa = at::empty({N, HW}, z.options()), wm = at::empty({N, HW}, z.options());
+    float *wap = wa.data_ptr<float>(), *wmp = wm.data_ptr<float>();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < HW; ++i) {
+        wap[n * HW + i] = dm[(n * 2 + (avg_first ? 0 : 1)) * HW + i] / static_cast<float>(C);
+        wmp[n * HW + i] = dm[(n * 2 + (avg_first ? 1 : 0)) * HW + i] / std::max(cnt[n * HW + i], 1.f);
+      }
     wa_t = wa; wm_t = wm;
-    dgc = dgc + spatial_pool_grad(z, a_t, b_t, gc, *smax_t, wa, wm);
+    const at::Tensor dgp = spatial_pool_grad(z, a_t, b_t, gc, *smax_t, wa, wm);
+    float* dgcp = dgc.data_ptr<float>();
+    for (int64_t r = 0; r < N * C; ++r) dgcp[r] += dgp.data_ptr<float>()[r];
     auto dsw = at::empty_like(*sw), dsb = at::empty_like(*sw);
-    dsw.fill_(static_cast<float>(sum_dtx));
-    dsb.fill_(static_cast<float>(sum_dt));
+    dsw.data_ptr<float>()[0] = static_cast<float>(sum_dtx);
+    dsb.data_ptr<float>()[0] = static_cast<float>(sum_dt);
     spatial_grads = {cg[1], dsw, dsb};
   } else {
     dgc = gate_grads(dy, z, a_t, b_t, gc, OptT(), OptT())[0];
@@ -692,8 +714,8 @@ std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z
 // cumulative average), as nn.BatchNorm2d in training.
 void update_stats(at::Tensor rm, at::Tensor rv, at::Tensor nbt, const at::Tensor& st, int64_t l_mean, int64_t l_var,
                   double momentum, double unbias) {
-  const int64_t count = nbt.item<int64_t>() + 1;
-  nbt.fill_(count);
+  int64_t* counter = nbt.data_ptr<int64_t>();
+  const int64_t count = ++counter[0];
   const float mom = momentum < 0 ? 1.f / static_cast<float>(count) : static_cast<float>(momentum);
   float *m = rm.data_ptr<float>(), *v = rv.data_ptr<float>();
   const float* S = st.data_ptr<float>();
