@@ -112,6 +112,11 @@ def _triton_problem(x: torch.Tensor, module, bn) -> Optional[str]:
         return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing cbam_det"
     if x.device.type not in ('cuda', 'cpu'):
         return f'the tensor is on {x.device}; the Triton kernels run on CUDA'
+    return _triton_input_problem(x, module, bn)
+
+
+def _triton_input_problem(x: torch.Tensor, module, bn) -> Optional[str]:
+    """What the Triton kernels cannot take, whatever the device."""
     if x.dtype not in _KERNEL_DTYPES or x.dim() != 4:
         return f'a 4-d float32/float16/bfloat16 tensor is needed, got {x.dtype} of {x.dim()} dims'
     return _traced_problem() or _variant_problem(module) or _bn_problem(bn)

@@ -58,6 +58,7 @@ __all__ = [
     'TritonLaunchError',
     'LaunchFailed',
     'observe',
+    'observing',
     'sm_count',
     'specialization',
     'launch',
@@ -170,6 +171,11 @@ def observe(observer: Callable, sms: Optional[int] = None) -> Iterator[None]:
         yield
     finally:
         _observer[0], _observed_sms[0] = previous
+
+
+def observing() -> bool:
+    """Whether an :func:`observe` block is open."""
+    return _observer[0] is not None
 
 
 def sm_count(device: torch.device) -> int:

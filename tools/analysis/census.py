@@ -1,4 +1,4 @@
-"""Launch census of the Triton kernels (cbam_det.kernels.triton_gate) without a GPU: what a GPU
+"""Launch census of the Triton kernels (the op families of cbam_det.kernels.library) without a GPU: what a GPU
 would be given and what it would cost, for CBAM (Woo et al., ECCV 2018), SE and BAM (Park et
 al., 2018).
 
@@ -8,9 +8,9 @@ al., 2018).
 
 - :func:`recording` records every launch (kernel, grid, the specialization Triton's JIT
   would compile: argument types, 16-byte alignment, constants) through the kernels' one
-  launch-observer seam (``triton_gate.observe``) and optionally skips it, so a network can
-  run at full size on ``meta`` tensors (shapes only, no memory, no time) and show the exact
-  grids; with ``count=True`` in Triton's interpreter it counts the bytes each launch loads
+  launch-observer seam (``cbam_det.kernels.launch.observe``) and optionally skips it, so a network
+  can run at full size on ``meta`` tensors (shapes only, no memory, no time: the ops' ``meta``
+  kernels run the Triton launchers while observed) and show the exact grids; with ``count=True`` in Triton's interpreter it counts the bytes each launch loads
   and stores of its full-size (4-d) operands, so the passes over memory are measured.
 - :func:`module_passes` sums every byte one module step moves (kernels, their partial-sum
   buffers, and the PyTorch operations between them, :class:`TorchTraffic`).
@@ -37,8 +37,8 @@ from unittest import mock
 import torch
 from toolkit import floor_ms, outputs_sum  # (also puts the repository on sys.path)
 
-from cbam_det.kernels import dispatch, fused
-from cbam_det.kernels import triton_gate as T
+from cbam_det.kernels import dispatch
+from cbam_det.kernels import launch as T
 
 __all__ = [
     'Launch',
@@ -187,8 +187,8 @@ class TorchTraffic:
 
     def _dispatch(self, func, args, kwargs, out) -> None:
         name = func.overloadpacket.__name__
-        if self.paused or name in _NO_TRAFFIC or getattr(func, 'is_view', False):
-            return
+        if self.paused or name in _NO_TRAFFIC or getattr(func, 'is_view', False) or func.namespace == 'cbam_det':
+            return  # (cbam_det's ops: their kernels' traffic is counted launch by launch)
         n = 0
         for t in _tensors((args, kwargs)):
             n += t.numel() * t.element_size()
@@ -274,7 +274,7 @@ def recording(
         # shapes only: meta tensors take the kernels' path (checked for all but the device)
         stack.enter_context(mock.patch.dict(dispatch._PROBLEMS, triton=_meta_or(dispatch._PROBLEMS['triton'])))
         if not read_bn_nodes:  # cuDNN's BatchNorm node: the plugin keeps its input
-            stack.enter_context(mock.patch.object(fused, '_bn_source', lambda x: None))
+            stack.enter_context(mock.patch.object(dispatch, '_bn_source', lambda x: None))
         stack.enter_context(T.observe(hook, sms=sms))
         yield launches
 
@@ -439,7 +439,7 @@ COUNT_SHAPE = (1, 24, 5, 9)
 
 def kernel_key(launch: Launch) -> str:
     """A kernel and its constant flags, without its tile sizes (a kernel's passes do not depend on them)."""
-    flags = [(n, v) for n, kind, v in launch.spec if kind == 'const' and n not in ('BC', 'BHW', 'BLOCK')]
+    flags = [(n, v) for n, kind, v in launch.spec if kind == 'const' and n not in ('BC', 'BHW', 'BLOCK', 'BP', 'BH', 'BS')]
     return json.dumps([launch.kernel, flags])
 
 
@@ -664,7 +664,7 @@ def census_stages(res: dict) -> List[dict]:
             continue
         key = (r['mode'], tuple(r['shape']))
         s = out.setdefault(key, dict(mode=r['mode'], shape=r['shape'], modules=0, per_sm=1e9, registers=0, passes=0.0))
-        if r['kernel'] in ('apply_gates', 'bam_apply'):
+        if r['kernel'] in ('apply_spatial', 'apply_channel', 'bam_apply'):
             s['modules'] += r['launches']
         s['per_sm'] = min(s['per_sm'], r['per_sm'])
         s['registers'] = max(s['registers'], *r['registers'].values())

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of the Triton kernels (cbam_det.kernels.triton_gate) for real GPU
+"""Ahead-of-time compilation of the Triton kernels (cbam_det.kernels.library) for real GPU
 targets without a GPU: what each specialization the kernel census records (census.py) costs
 in registers and spills, and whether its PTX keeps the interpreter's numerics (no fused
 multiply-adds, NaN-propagating maxima).
@@ -23,7 +23,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import toolkit  # noqa: F401  (only to put the repository on sys.path)
 
-from cbam_det.kernels import triton_gate as T
+from cbam_det.kernels import launch as T
+from cbam_det.kernels.library import KERNELS
 
 __all__ = ['ARCHS', 'REGISTER_LIMIT', 'MAX_KERNELS', 'compile_one', 'compile_specs', 'compile_problems']
 
@@ -96,12 +97,12 @@ def compile_one(kernel: str, spec: List[list], warps: int, arch: int) -> dict:
 
     if T.INTERPRETED:
         raise RuntimeError('kernel_compile: compile without TRITON_INTERPRET=1 (the interpreter replaces the JIT)')
-    fn = getattr(T, kernel)
+    fn = KERNELS[kernel]
     try:
         compiled = triton.compile(
             _ast_source(fn, spec),
             target=GPUTarget('cuda', arch, 32),
-            options={'num_warps': warps, 'enable_fp_fusion': False},  # as triton_gate launches them
+            options={'num_warps': warps, 'enable_fp_fusion': False},  # as cbam_det.kernels.launch launches them
         )
     except Exception as e:  # noqa: BLE001 - a target this triton/ptxas does not know is reported, not raised
         text = f'{type(e).__name__}: {e}'

@@ -7,7 +7,7 @@ this module puts the repository root on ``sys.path``, so the commands run from a
 
 Device constants are read from the device. Where there is none (a census or a dry run on a
 CPU), the streaming-multiprocessor count is the kernels' own default
-(``cbam_det.kernels.triton_gate.DEFAULT_SMS``, an H200's 132) and the bandwidth is
+(``cbam_det.kernels.launch.DEFAULT_SMS``, an H200's 132) and the bandwidth is
 :data:`DEFAULT_BANDWIDTH_TBS`; both are passed on as arguments, never written into a module.
 """
 
@@ -60,7 +60,7 @@ def device_sms(device: torch.device) -> int:
     device = torch.device(device)
     if device.type == 'cuda':
         return torch.cuda.get_device_properties(device).multi_processor_count
-    from cbam_det.kernels.triton_gate import DEFAULT_SMS
+    from cbam_det.kernels.launch import DEFAULT_SMS
 
     return DEFAULT_SMS
 

@@ -29,4 +29,9 @@ OPS = {
     )
 }
 
-__all__ = ['OPS', 'gates', 'bam']
+#: every Triton kernel of the families, by name (the ahead-of-time compile tool and the census)
+KERNELS = {
+    name: fn for family in (gates, bam) for name, fn in vars(family).items() if name.endswith('_kernel') and callable(fn)
+}
+
+__all__ = ['OPS', 'KERNELS', 'gates', 'bam']

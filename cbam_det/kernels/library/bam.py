@@ -238,18 +238,41 @@ _lib.impl('pointwise_conv_input_grad', _pointwise_grad_cpu, 'CPU')
 
 
 @torch.library.register_fake('cbam_det::bam_apply')
-def _(x, c, s, product, residual, triton, fallback):
+def _fake_apply(x, c, s, product, residual, triton, fallback):
     return torch.empty_like(x)
 
 
 @torch.library.register_fake('cbam_det::bam_apply_')
-def _(out, x, c, s, product, residual, triton, fallback) -> None:
+def _fake_apply_(out, x, c, s, product, residual, triton, fallback) -> None:
     return None
 
 
 @torch.library.register_fake('cbam_det::bam_backward')
-def _(dy, x, c, s, product, residual, triton, fallback):
+def _fake_backward(dy, x, c, s, product, residual, triton, fallback):
     return torch.empty_like(x), torch.empty_like(c), torch.empty_like(s)
+
+
+def _meta(fake, real):
+    """The ops' kernel for ``meta`` tensors: the Triton launchers while a census observes the
+    launches, else the fake."""
+
+    def kernel(*args):
+        return (real if L.observing() else fake)(*args)
+
+    return kernel
+
+
+def _meta_apply(x, c, s, product, residual, triton, fallback, out=None):
+    return triton_apply(x, c, s, product, residual, out)
+
+
+def _meta_apply_(out, *args) -> None:
+    _meta_apply(*args, out=out)
+
+
+_lib.impl('bam_apply', _meta(_fake_apply, _meta_apply), 'Meta')
+_lib.impl('bam_apply_', _meta(_fake_apply_, _meta_apply_), 'Meta')
+_lib.impl('bam_backward', _meta(_fake_backward, lambda *a: triton_backward(*a[:-2])), 'Meta')
 
 
 @torch.library.register_fake('cbam_det::pointwise_conv')

@@ -68,11 +68,12 @@ SPATIAL_NONE, SPATIAL_AVG_MAX, SPATIAL_MAX_AVG = 0, 1, 2
 
 
 class Layout(NamedTuple):
-    """Offsets (float32 elements) of the small tensors in ``state``, and its size. Per (n, c):
-    gc (the channel gate), avg, max (of x over H×W), z1 (Σ_hw (z − μ), folded BN); per n and
-    hidden unit: hid (relu(W1·avg + b1), then relu(W1·max + b1)); per channel (folded BN): a, b,
-    mean, var, invstd; per (n, pixel): savg, smax (over C of x·g_c), o (the k×k conv), gs (the
-    spatial gate); sstat: the spatial BN's mean, var, invstd as used."""
+    """Offsets (float32 elements) of the small tensors the forward keeps for the backward, in its
+    two state tensors. ``cstate`` (per channel): gc (the channel gate), avg, max (of x over H×W),
+    z1 (Σ_hw (z − μ), folded BN) per (n, c); hid (relu(W1·avg + b1), then relu(W1·max + b1)) per
+    n and hidden unit; a, b, mean, var, invstd (folded BN) per channel; sstat: the spatial BN's
+    mean, var and invstd as used. ``pstate`` (per pixel, CBAM): savg, smax (over C of x·g_c),
+    o (the k×k conv), gs (the spatial gate), one (N, H·W) plane each."""
 
     gc: int
     avg: int
@@ -84,27 +85,33 @@ class Layout(NamedTuple):
     mean: int
     var: int
     invstd: int
+    sstat: int
+    csize: int
     savg: int
     smax: int
     o: int
     gs: int
-    sstat: int
-    size: int
+    psize: int
 
 
 def _up16(n: int) -> int:
     return -(-n // 16) * 16
 
 
+def _offsets(sizes) -> Tuple[List[int], int]:
+    out, at = [], 0
+    for s in sizes:
+        out.append(at)
+        at += _up16(max(s, 1))
+    return out, at
+
+
 @functools.lru_cache(maxsize=None)
 def layout(n: int, c: int, hw: int, hd: int) -> Layout:
-    """The state's layout for N, C, H·W and the MLP's hidden width (every block 16-aligned)."""
-    sizes = [n * c] * 4 + [n * 2 * hd] + [c] * 5 + [n * hw] * 4 + [4]
-    offsets, at = [], 0
-    for s in sizes:
-        offsets.append(at)
-        at += _up16(s)
-    return Layout(*offsets, at)
+    """The states' layout for N, C, H·W and the MLP's hidden width (every block 16-aligned)."""
+    channel, csize = _offsets([n * c] * 4 + [n * 2 * hd] + [c] * 5 + [4])
+    pixel, psize = _offsets([n * hw] * 4)
+    return Layout(*channel, csize, *pixel, psize)
 
 
 # ---------------------------------------------------------------- Triton kernels: forward
@@ -112,20 +119,19 @@ def layout(n: int, c: int, hw: int, hd: int) -> Layout:
 
 @jit
 def _pool_kernel(
-    z_ptr, shift_ptr, ws_ptr, o_sum, o_sq, o_max, o_min, C, HW, L, sn, sc, shw,
+    z_ptr, shift_ptr, part_ptr, PS, C, HW, L, sn, sc, shw,
     SHIFT: tl.constexpr, SQUARES: tl.constexpr, MIN: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
     """Per (n, c) over pixels [s·L, (s+1)·L): Σ (z − k), Σ (z − k)² (SQUARES), max z, min z (MIN),
-    into ws[o_* + (n·S + s)·C + c]; the shift k: 0, ``shift[c]`` (SHIFT 1) or z[0, c, 0, 0] (2).
-    Grid (S, channel blocks, N)."""
+    into part[q·PS + (n·S + s)·C + c] for q = 0..3; the shift k: ``shift[c]`` with SHIFT (a BN's
+    mean, or its running mean where the op computes the batch statistics: the sums stay small),
+    else 0. Grid (S, channel blocks, N)."""
     s, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BC + tl.arange(0, BC)
     cmask = c < C
     zb = z_ptr + n.to(tl.int64) * sn
-    if SHIFT == 1:
+    if SHIFT:
         k = per_c(shift_ptr, c, cmask)
-    elif SHIFT == 2:
-        k = tl.load(z_ptr + c * sc, mask=cmask, other=0.0).to(tl.float32)[:, None]
     acc = tl.zeros([BC, BHW], dtype=tl.float32)
     sq = tl.zeros([BC, BHW], dtype=tl.float32)
     mx = tl.full([BC, BHW], float('-inf'), dtype=tl.float32)
@@ -135,29 +141,28 @@ def _pool_kernel(
     for h0 in range(lo, hi, BHW):
         hw, hmask, mask, off = hw_tile(h0, hi, c, cmask, sc, shw, BHW)
         v = tl.load(zb + off, mask=mask, other=0.0).to(tl.float32)
-        d = tl.where(mask, v - k, 0.0) if SHIFT != 0 else v
+        d = tl.where(mask, v - k, 0.0) if SHIFT else v
         acc += d
         if SQUARES:
             sq += d * d
         mx = nanmax(mx, tl.where(mask, v, float('-inf')))
         if MIN:
             mn = nanmin(mn, tl.where(mask, v, float('inf')))
-    out = ws_ptr + (n * tl.num_programs(0) + s) * C + c
-    tl.store(out + o_sum, tl.sum(acc, 1), mask=cmask)
-    tl.store(out + o_max, tl.reduce(mx, 1, nanmax), mask=cmask)
+    out = part_ptr + (n * tl.num_programs(0) + s) * C + c
+    tl.store(out, tl.sum(acc, 1), mask=cmask)
+    tl.store(out + 2 * PS, tl.reduce(mx, 1, nanmax), mask=cmask)
     if SQUARES:
-        tl.store(out + o_sq, tl.sum(sq, 1), mask=cmask)
+        tl.store(out + PS, tl.sum(sq, 1), mask=cmask)
     if MIN:
-        tl.store(out + o_min, tl.reduce(mn, 1, nanmin), mask=cmask)
+        tl.store(out + 3 * PS, tl.reduce(mn, 1, nanmin), mask=cmask)
 
 
 @jit
 def _channel_gate_kernel(
-    ws_ptr, o_sum, o_sq, o_max, o_min, S, z_ptr, sc,
-    bnw_ptr, bnb_ptr, bnm_ptr, bnv_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, st_ptr,
-    l_gc, l_avg, l_max, l_z1, l_hid, l_a, l_b, l_mean, l_var, l_invstd,
-    N, C, HD, HW, eps,
-    BN: tl.constexpr, USE_MAX: tl.constexpr, HAS_SCALE: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr,
+    part_ptr, PS, S, bnw_ptr, bnb_ptr, bnm_ptr, bnv_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, cs_ptr,
+    l_gc, l_avg, l_max, l_z1, l_hid, l_a, l_b, l_mean, l_var, l_invstd, N, C, HD, HW, eps,
+    BN: tl.constexpr, SHIFT: tl.constexpr, USE_MAX: tl.constexpr, HAS_SCALE: tl.constexpr,
+    BC: tl.constexpr, BH: tl.constexpr,
 ):  # fmt: skip
     """The channel gate of image n (grid (N,)): the pooled descriptors of x from the partials
     (with a folded BN: its statistics and a, b first), the shared MLP, the sigmoid. Writes avg,
@@ -170,22 +175,25 @@ def _channel_gate_kernel(
         zmax = tl.full([BC], float('-inf'), dtype=tl.float32)
         zmin = tl.full([BC], float('inf'), dtype=tl.float32)
         for s in range(0, S):
-            p = ws_ptr + (n * S + s) * C + c
-            s1 += tl.load(p + o_sum, mask=cmask, other=0.0)
-            zmax = nanmax(zmax, tl.load(p + o_max, mask=cmask, other=0.0))
+            p = part_ptr + (n * S + s) * C + c
+            s1 += tl.load(p, mask=cmask, other=0.0)
+            zmax = nanmax(zmax, tl.load(p + 2 * PS, mask=cmask, other=0.0))
             if BN != 0:
-                zmin = nanmin(zmin, tl.load(p + o_min, mask=cmask, other=0.0))
+                zmin = nanmin(zmin, tl.load(p + 3 * PS, mask=cmask, other=0.0))
         if BN == 0:
             avg = s1 / HW
             mx = zmax
         else:
             if BN == 3:  # the batch statistics over every image, from the shifted sums
-                k = tl.load(z_ptr + c * sc, mask=cmask, other=0.0).to(tl.float32)
+                if SHIFT:
+                    k = tl.load(bnm_ptr + c, mask=cmask, other=0.0).to(tl.float32)
+                else:
+                    k = tl.zeros([BC], dtype=tl.float32)
                 t1 = tl.zeros([BC], dtype=tl.float32)
                 t2 = tl.zeros([BC], dtype=tl.float32)
                 for r in range(0, N * S):
-                    t1 += tl.load(ws_ptr + o_sum + r * C + c, mask=cmask, other=0.0)
-                    t2 += tl.load(ws_ptr + o_sq + r * C + c, mask=cmask, other=0.0)
+                    t1 += tl.load(part_ptr + r * C + c, mask=cmask, other=0.0)
+                    t2 += tl.load(part_ptr + PS + r * C + c, mask=cmask, other=0.0)
                 m = (N * HW).to(tl.float32)
                 d = t1 / m
                 mean = k + d
@@ -205,15 +213,15 @@ def _channel_gate_kernel(
             b = tl.load(bnb_ptr + c, mask=cmask, other=0.0).to(tl.float32) - mean * a
             avg = (s1 / HW + k) * a + b
             mx = tl.where(a >= 0, zmax * a + b, zmin * a + b)
-            tl.store(st_ptr + l_z1 + n * C + c, s1 - HW * (mean - k), mask=cmask)
+            tl.store(cs_ptr + l_z1 + n * C + c, s1 - HW * (mean - k), mask=cmask)
             first = cmask & (n == 0)
-            tl.store(st_ptr + l_a + c, a, mask=first)
-            tl.store(st_ptr + l_b + c, b, mask=first)
-            tl.store(st_ptr + l_mean + c, mean, mask=first)
-            tl.store(st_ptr + l_var + c, var, mask=first)
-            tl.store(st_ptr + l_invstd + c, invstd, mask=first)
-        tl.store(st_ptr + l_avg + n * C + c, avg, mask=cmask)
-        tl.store(st_ptr + l_max + n * C + c, mx, mask=cmask)
+            tl.store(cs_ptr + l_a + c, a, mask=first)
+            tl.store(cs_ptr + l_b + c, b, mask=first)
+            tl.store(cs_ptr + l_mean + c, mean, mask=first)
+            tl.store(cs_ptr + l_var + c, var, mask=first)
+            tl.store(cs_ptr + l_invstd + c, invstd, mask=first)
+        tl.store(cs_ptr + l_avg + n * C + c, avg, mask=cmask)
+        tl.store(cs_ptr + l_max + n * C + c, mx, mask=cmask)
     tl.debug_barrier()
     for h0 in range(0, HD, BH):  # hid = relu(W1·v + b1), v = avg, max
         h = h0 + tl.arange(0, BH)
@@ -225,13 +233,13 @@ def _channel_gate_kernel(
             cmask = c < C
             m2 = hmask[:, None] & cmask[None, :]
             w = tl.load(w1_ptr + h[:, None] * C + c[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc_a += tl.sum(w * tl.load(st_ptr + l_avg + n * C + c, mask=cmask, other=0.0)[None, :], 1)
+            acc_a += tl.sum(w * tl.load(cs_ptr + l_avg + n * C + c, mask=cmask, other=0.0)[None, :], 1)
             if USE_MAX:
-                acc_m += tl.sum(w * tl.load(st_ptr + l_max + n * C + c, mask=cmask, other=0.0)[None, :], 1)
+                acc_m += tl.sum(w * tl.load(cs_ptr + l_max + n * C + c, mask=cmask, other=0.0)[None, :], 1)
         bias = tl.load(b1_ptr + h, mask=hmask, other=0.0).to(tl.float32)
-        tl.store(st_ptr + l_hid + n * 2 * HD + h, nanmax(acc_a + bias, 0.0), mask=hmask)
+        tl.store(cs_ptr + l_hid + n * 2 * HD + h, nanmax(acc_a + bias, 0.0), mask=hmask)
         if USE_MAX:
-            tl.store(st_ptr + l_hid + n * 2 * HD + HD + h, nanmax(acc_m + bias, 0.0), mask=hmask)
+            tl.store(cs_ptr + l_hid + n * 2 * HD + HD + h, nanmax(acc_m + bias, 0.0), mask=hmask)
     tl.debug_barrier()
     for c0 in range(0, C, BC):  # gc = s·σ(W2·(hid_avg + hid_max) + 2·b2)
         c = c0 + tl.arange(0, BC)
@@ -241,24 +249,24 @@ def _channel_gate_kernel(
             h = h0 + tl.arange(0, BH)
             hmask = h < HD
             w = tl.load(w2_ptr + c[:, None] * HD + h[None, :], mask=cmask[:, None] & hmask[None, :], other=0.0)
-            hs = tl.load(st_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
+            hs = tl.load(cs_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
             if USE_MAX:
-                hs += tl.load(st_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
+                hs += tl.load(cs_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
             acc += tl.sum(w.to(tl.float32) * hs[None, :], 1)
         bias = tl.load(b2_ptr + c, mask=cmask, other=0.0).to(tl.float32)
         g = sigmoid(acc + (bias * 2.0 if USE_MAX else bias))
         if HAS_SCALE:
             g = g * tl.load(scale_ptr).to(tl.float32)
-        tl.store(st_ptr + l_gc + n * C + c, g, mask=cmask)
+        tl.store(cs_ptr + l_gc + n * C + c, g, mask=cmask)
 
 
 @jit
 def _spatial_pool_kernel(
-    z_ptr, st_ptr, l_a, l_b, l_gc, ws_ptr, o_sum, o_max, C, HW, L, sn, sc, shw,
+    z_ptr, cs_ptr, l_a, l_b, l_gc, sp_ptr, PS, C, HW, L, sn, sc, shw,
     HAS_AFFINE: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
-    """Σ and max over channels [s·L, (s+1)·L) of x·g_c, per pixel, into ws[o_* + (n·S + s)·HW + hw].
-    Grid (pixel blocks, S, N)."""
+    """Σ and max over channels [s·L, (s+1)·L) of x·g_c, per pixel, into sp[(n·S + s)·HW + hw]
+    and sp[PS + ...]. Grid (pixel blocks, S, N)."""
     hb, s, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     hw = hb * BHW + tl.arange(0, BHW)
     hmask = hw < HW
@@ -271,34 +279,35 @@ def _spatial_pool_kernel(
         c, cmask, mask, off = c_tile(c0, hi, hw, hmask, sc, shw, BC)
         x = tl.load(zb + off, mask=mask, other=0.0).to(tl.float32)
         if HAS_AFFINE:
-            x = x * per_c(st_ptr + l_a, c, cmask) + per_c(st_ptr + l_b, c, cmask)
-        xg = x * per_c(st_ptr + l_gc + n * C, c, cmask)
+            x = x * per_c(cs_ptr + l_a, c, cmask) + per_c(cs_ptr + l_b, c, cmask)
+        xg = x * per_c(cs_ptr + l_gc + n * C, c, cmask)
         acc += tl.where(mask, xg, 0.0)
         mx = nanmax(mx, tl.where(mask, xg, float('-inf')))
-    out = ws_ptr + (n * tl.num_programs(1) + s) * HW + hw
-    tl.store(out + o_sum, tl.sum(acc, 0), mask=hmask)
-    tl.store(out + o_max, tl.reduce(mx, 0, nanmax), mask=hmask)
+    out = sp_ptr + (n * tl.num_programs(1) + s) * HW + hw
+    tl.store(out, tl.sum(acc, 0), mask=hmask)
+    tl.store(out + PS, tl.reduce(mx, 0, nanmax), mask=hmask)
 
 
 @jit
 def _spatial_conv_kernel(
-    ws_ptr, o_sum, o_max, S, st_ptr, l_savg, l_smax, l_o, o_stat, w_ptr, C, H, W, HW, PB,
+    sp_ptr, PS, S, ps_ptr, P, stat_ptr, w_ptr, C, H, W, HW, PB,
     AVG_FIRST: tl.constexpr, K: tl.constexpr, BATCH: tl.constexpr, BP: tl.constexpr,
 ):  # fmt: skip
     """The k×k conv (one output channel, zero padding) of the channel-pooled maps of image n at
-    BP pixels (grid (pixel blocks, N)): the maps from the partials (stored for the own pixels),
-    o stored; with BATCH the block's count, mean and Σ (o − mean)² into ws[o_stat + 3·(n·PB + pb)]."""
+    BP pixels (grid (pixel blocks, N)): the maps from the partials (stored for the own pixels as
+    planes 0 and 1 of the pixel state), o stored (plane 2); with BATCH the block's count, mean
+    and Σ (o − mean)² into stat[3·(n·PB + pb)]."""
     pb, n = tl.program_id(0), tl.program_id(1)
     p = pb * BP + tl.arange(0, BP)
     pmask = p < HW
-    base = ws_ptr + n * S * HW
+    base = sp_ptr + n * S * HW
     sa = tl.zeros([BP], dtype=tl.float32)
     sm = tl.full([BP], float('-inf'), dtype=tl.float32)
     for s in range(0, S):
-        sa += tl.load(base + o_sum + s * HW + p, mask=pmask, other=0.0)
-        sm = nanmax(sm, tl.load(base + o_max + s * HW + p, mask=pmask, other=0.0))
-    tl.store(st_ptr + l_savg + n * HW + p, sa / C, mask=pmask)
-    tl.store(st_ptr + l_smax + n * HW + p, sm, mask=pmask)
+        sa += tl.load(base + s * HW + p, mask=pmask, other=0.0)
+        sm = nanmax(sm, tl.load(base + PS + s * HW + p, mask=pmask, other=0.0))
+    tl.store(ps_ptr + n * HW + p, sa / C, mask=pmask)
+    tl.store(ps_ptr + P + n * HW + p, sm, mask=pmask)
     ph = p // W
     pw = p - ph * W
     acc = tl.zeros([BP], dtype=tl.float32)
@@ -310,77 +319,75 @@ def _spatial_conv_kernel(
         va = tl.zeros([BP], dtype=tl.float32)
         vm = tl.full([BP], float('-inf'), dtype=tl.float32)
         for s in range(0, S):
-            va += tl.load(base + o_sum + s * HW + q, mask=qmask, other=0.0)
-            vm = nanmax(vm, tl.load(base + o_max + s * HW + q, mask=qmask, other=0.0))
+            va += tl.load(base + s * HW + q, mask=qmask, other=0.0)
+            vm = nanmax(vm, tl.load(base + PS + s * HW + q, mask=qmask, other=0.0))
         va = tl.where(qmask, va / C, 0.0)
         vm = tl.where(qmask, vm, 0.0)
         wa = tl.load(w_ptr + (0 if AVG_FIRST else K * K) + t).to(tl.float32)
         wm = tl.load(w_ptr + (K * K if AVG_FIRST else 0) + t).to(tl.float32)
         acc += wa * va + wm * vm
-    tl.store(st_ptr + l_o + n * HW + p, acc, mask=pmask)
+    tl.store(ps_ptr + 2 * P + n * HW + p, acc, mask=pmask)
     if BATCH:
         cnt = tl.sum(pmask.to(tl.float32), 0)
         mean = tl.sum(tl.where(pmask, acc, 0.0), 0) / cnt
         d = tl.where(pmask, acc - mean, 0.0)
-        out = ws_ptr + o_stat + 3 * (n * PB + pb)
+        out = stat_ptr + 3 * (n * PB + pb)
         tl.store(out, cnt)
         tl.store(out + 1, mean)
         tl.store(out + 2, tl.sum(d * d, 0))
 
 
 @jit
-def _combined_stats(ws_ptr, o_stat, NPB, BS: tl.constexpr):
+def _combined_stats(stat_ptr, NPB, BS: tl.constexpr):
     """(mean, biased variance) of all pixels from NPB blocks' (count, mean, M2), in a fixed order."""
     tot = tl.zeros([BS], dtype=tl.float32)
     acc = tl.zeros([BS], dtype=tl.float32)
     for i0 in range(0, NPB, BS):
         i = i0 + tl.arange(0, BS)
         im = i < NPB
-        cnt = tl.load(ws_ptr + o_stat + 3 * i, mask=im, other=0.0)
+        cnt = tl.load(stat_ptr + 3 * i, mask=im, other=0.0)
         tot += cnt
-        acc += cnt * tl.load(ws_ptr + o_stat + 3 * i + 1, mask=im, other=0.0)
+        acc += cnt * tl.load(stat_ptr + 3 * i + 1, mask=im, other=0.0)
     m = tl.sum(tot, 0)
     mean = tl.sum(acc, 0) / m
     acc = tl.zeros([BS], dtype=tl.float32)
     for i0 in range(0, NPB, BS):
         i = i0 + tl.arange(0, BS)
         im = i < NPB
-        d = tl.load(ws_ptr + o_stat + 3 * i + 1, mask=im, other=0.0) - mean
-        acc += tl.load(ws_ptr + o_stat + 3 * i + 2, mask=im, other=0.0) + tl.load(
-            ws_ptr + o_stat + 3 * i, mask=im, other=0.0
-        ) * d * d
+        d = tl.load(stat_ptr + 3 * i + 1, mask=im, other=0.0) - mean
+        acc += tl.load(stat_ptr + 3 * i + 2, mask=im, other=0.0) + tl.load(stat_ptr + 3 * i, mask=im, other=0.0) * d * d
     return mean, tl.sum(acc, 0) / m
 
 
 @jit
 def _apply_spatial_kernel(
-    z_ptr, out_ptr, st_ptr, l_a, l_b, l_gc, l_o, l_gs, l_sstat, ws_ptr, o_stat, NPB,
+    z_ptr, out_ptr, cs_ptr, l_a, l_b, l_gc, l_sstat, ps_ptr, P, stat_ptr, NPB,
     sw_ptr, sb_ptr, srm_ptr, srv_ptr, scale_ptr, C, HW, L, sn, sc, shw, on, oc, ohw, eps,
     HAS_AFFINE: tl.constexpr, BATCH: tl.constexpr, HAS_SCALE: tl.constexpr,
     BC: tl.constexpr, BHW: tl.constexpr, BS: tl.constexpr,
 ):  # fmt: skip
     """CBAM's y = x·g_c·g_s over channels [s·L, (s+1)·L) of BHW pixels (grid (pixel blocks, S,
     N)), g_s formed here from o and the spatial BN's statistics (BATCH: combined from the conv's
-    blocks); split 0 stores g_s, program (0, 0, 0) the statistics used."""
+    blocks); split 0 stores g_s (plane 3), program (0, 0, 0) the statistics used."""
     hb, s, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     hw = hb * BHW + tl.arange(0, BHW)
     hmask = hw < HW
     if BATCH:
-        mean, var = _combined_stats(ws_ptr, o_stat, NPB, BS)
+        mean, var = _combined_stats(stat_ptr, NPB, BS)
     else:
         mean = tl.load(srm_ptr).to(tl.float32)
         var = tl.load(srv_ptr).to(tl.float32)
     invstd = 1.0 / tl.sqrt(var + eps)
-    o = tl.load(st_ptr + l_o + n * HW + hw, mask=hmask, other=0.0)
+    o = tl.load(ps_ptr + 2 * P + n * HW + hw, mask=hmask, other=0.0)
     t = (o - mean) * invstd * tl.load(sw_ptr).to(tl.float32) + tl.load(sb_ptr).to(tl.float32)
     g = sigmoid(t)
     if HAS_SCALE:
         g = g * tl.load(scale_ptr).to(tl.float32)
-    tl.store(st_ptr + l_gs + n * HW + hw, g, mask=hmask & (s == 0))
+    tl.store(ps_ptr + 3 * P + n * HW + hw, g, mask=hmask & (s == 0))
     first = (hb == 0) & (s == 0) & (n == 0)
-    tl.store(st_ptr + l_sstat, mean, mask=first)
-    tl.store(st_ptr + l_sstat + 1, var, mask=first)
-    tl.store(st_ptr + l_sstat + 2, invstd, mask=first)
+    tl.store(cs_ptr + l_sstat, mean, mask=first)
+    tl.store(cs_ptr + l_sstat + 1, var, mask=first)
+    tl.store(cs_ptr + l_sstat + 2, invstd, mask=first)
     zb = z_ptr + n.to(tl.int64) * sn
     ob = out_ptr + n.to(tl.int64) * on
     gs = g[None, :]
@@ -390,14 +397,14 @@ def _apply_spatial_kernel(
         c, cmask, mask, off = c_tile(c0, hi, hw, hmask, sc, shw, BC)
         x = tl.load(zb + off, mask=mask, other=0.0).to(tl.float32)
         if HAS_AFFINE:
-            x = x * per_c(st_ptr + l_a, c, cmask) + per_c(st_ptr + l_b, c, cmask)
-        y = (x * per_c(st_ptr + l_gc + n * C, c, cmask)) * gs
+            x = x * per_c(cs_ptr + l_a, c, cmask) + per_c(cs_ptr + l_b, c, cmask)
+        y = (x * per_c(cs_ptr + l_gc + n * C, c, cmask)) * gs
         tl.store(ob + c[:, None] * oc + hw[None, :] * ohw, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @jit
 def _apply_channel_kernel(
-    z_ptr, out_ptr, st_ptr, l_a, l_b, l_gc, C, HW, sn, sc, shw, on, oc, ohw,
+    z_ptr, out_ptr, cs_ptr, l_a, l_b, l_gc, C, HW, sn, sc, shw, on, oc, ohw,
     HAS_AFFINE: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
     """SE's y = x·g_c, one [BC, BHW] tile per program (grid (pixel blocks, channel blocks, N))."""
@@ -409,15 +416,15 @@ def _apply_channel_kernel(
     x = tl.load(z_ptr + n.to(tl.int64) * sn + c[:, None] * sc + hw[None, :] * shw, mask=mask, other=0.0)
     x = x.to(tl.float32)
     if HAS_AFFINE:
-        x = x * per_c(st_ptr + l_a, c, cmask) + per_c(st_ptr + l_b, c, cmask)
-    y = x * per_c(st_ptr + l_gc + n * C, c, cmask)
+        x = x * per_c(cs_ptr + l_a, c, cmask) + per_c(cs_ptr + l_b, c, cmask)
+    y = x * per_c(cs_ptr + l_gc + n * C, c, cmask)
     out = out_ptr + n.to(tl.int64) * on + c[:, None] * oc + hw[None, :] * ohw
     tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @jit
 def _update_stats_kernel(
-    rm_ptr, rv_ptr, nbt_ptr, st_ptr, l_mean, l_var, C, momentum, unbias,
+    rm_ptr, rv_ptr, nbt_ptr, cs_ptr, l_mean, l_var, C, momentum, unbias,
     CUMULATIVE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """A BatchNorm's running statistics from the batch statistics in the state, as
@@ -430,8 +437,8 @@ def _update_stats_kernel(
         cmask = c < C
         rm = tl.load(rm_ptr + c, mask=cmask, other=0.0).to(tl.float32)
         rv = tl.load(rv_ptr + c, mask=cmask, other=0.0).to(tl.float32)
-        m = tl.load(st_ptr + l_mean + c, mask=cmask, other=0.0)
-        v = tl.load(st_ptr + l_var + c, mask=cmask, other=0.0)
+        m = tl.load(cs_ptr + l_mean + c, mask=cmask, other=0.0)
+        v = tl.load(cs_ptr + l_var + c, mask=cmask, other=0.0)
         tl.store(rm_ptr + c, (rm * (1.0 - mom) + m * mom).to(rm_ptr.dtype.element_ty), mask=cmask)
         tl.store(rv_ptr + c, (rv * (1.0 - mom) + v * unbias * mom).to(rv_ptr.dtype.element_ty), mask=cmask)
 
@@ -441,61 +448,62 @@ def _update_stats_kernel(
 
 @jit
 def _gate_grads_kernel(
-    dy_ptr, z_ptr, st_ptr, l_a, l_b, l_gc, l_gs, l_smax, l_mean, ws_ptr, o_p1, o_p2, o_dgs, o_cnt,
+    dy_ptr, z_ptr, cs_ptr, l_a, l_b, l_gc, l_mean, ps_ptr, P, pp_ptr, PP, pd_ptr, PD,
     C, HW, L, NB, sn, sc, shw, dn, dc, dhw,
     HAS_AFFINE: tl.constexpr, BN_SUMS: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
     """CBAM's gate gradients in one pass over (dy, x), u = dy·g_s: per pixel block and channel
-    Σ u·x (BN_SUMS: Σ u and Σ u·(z − μ)) into (N, NB, C) partials; per pixel over channels
-    [s·L, (s+1)·L) Σ dy·x·g_c and Σ [x·g_c = s_max] (the spatial max's ties). Grid (NB, S, N)."""
+    Σ u·x (BN_SUMS: Σ u and Σ u·(z − μ)) into pp[(n·NB + hb)·C + c] (and pp[PP + ...]); per
+    pixel over channels [s·L, (s+1)·L) Σ dy·x·g_c and Σ [x·g_c = s_max] (the spatial max's ties)
+    into pd[(n·S + s)·HW + hw] and pd[PD + ...]. Grid (NB, S, N)."""
     hb, s, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     hw = hb * BHW + tl.arange(0, BHW)
     hmask = hw < HW
-    gs = per_hw(st_ptr + l_gs + n * HW, hw, hmask)
-    m = per_hw(st_ptr + l_smax + n * HW, hw, hmask)
+    m = per_hw(ps_ptr + P + n * HW, hw, hmask)
+    gs = per_hw(ps_ptr + 3 * P + n * HW, hw, hmask)
     ds = tl.zeros([BC, BHW], dtype=tl.float32)
     cnt = tl.zeros([BC, BHW], dtype=tl.float32)
     lo = s * L
     hi = tl.minimum(lo + L, C)
-    part = ws_ptr + (n * NB + hb) * C
+    part = pp_ptr + (n * NB + hb) * C
     for c0 in range(lo, hi, BC):
         c, cmask, mask, off = c_tile(c0, hi, hw, hmask, sc, shw, BC)
         z = tl.load(z_ptr + n.to(tl.int64) * sn + off, mask=mask, other=0.0).to(tl.float32)
         dof = n.to(tl.int64) * dn + c[:, None] * dc + hw[None, :] * dhw
         dy = tl.load(dy_ptr + dof, mask=mask, other=0.0).to(tl.float32)
         if HAS_AFFINE:
-            x = z * per_c(st_ptr + l_a, c, cmask) + per_c(st_ptr + l_b, c, cmask)
+            x = z * per_c(cs_ptr + l_a, c, cmask) + per_c(cs_ptr + l_b, c, cmask)
         else:
             x = z
-        g = per_c(st_ptr + l_gc + n * C, c, cmask)
+        g = per_c(cs_ptr + l_gc + n * C, c, cmask)
         u = dy * gs
         if BN_SUMS:
-            zc = tl.where(mask, z - per_c(st_ptr + l_mean, c, cmask), 0.0)
-            tl.store(part + o_p1 + c, tl.sum(u, 1), mask=cmask)
-            tl.store(part + o_p2 + c, tl.sum(u * zc, 1), mask=cmask)
+            zc = tl.where(mask, z - per_c(cs_ptr + l_mean, c, cmask), 0.0)
+            tl.store(part + c, tl.sum(u, 1), mask=cmask)
+            tl.store(part + PP + c, tl.sum(u * zc, 1), mask=cmask)
         else:
-            tl.store(part + o_p1 + c, tl.sum(u * x, 1), mask=cmask)
+            tl.store(part + c, tl.sum(u * x, 1), mask=cmask)
         ds += dy * x * g
         cnt += tl.where(mask & (x * g == m), 1.0, 0.0)
-    out = ws_ptr + (n * tl.num_programs(1) + s) * HW + hw
-    tl.store(out + o_dgs, tl.sum(ds, 0), mask=hmask)
-    tl.store(out + o_cnt, tl.sum(cnt, 0), mask=hmask)
+    out = pd_ptr + (n * tl.num_programs(1) + s) * HW + hw
+    tl.store(out, tl.sum(ds, 0), mask=hmask)
+    tl.store(out + PD, tl.sum(cnt, 0), mask=hmask)
 
 
 @jit
 def _se_grads_kernel(
-    dy_ptr, z_ptr, st_ptr, l_a, l_b, l_mean, ws_ptr, o_1, o_2, C, HW, L, sn, sc, shw, dn, dc, dhw,
+    dy_ptr, z_ptr, cs_ptr, l_a, l_b, l_mean, pp_ptr, PP, C, HW, L, sn, sc, shw, dn, dc, dhw,
     HAS_AFFINE: tl.constexpr, BN_SUMS: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
     """SE's gate gradient Σ dy·x per (n, c) over pixels [s·L, (s+1)·L); BN_SUMS: Σ dy and
-    Σ dy·(z − μ). Grid (S, channel blocks, N)."""
+    Σ dy·(z − μ) (at pp[PP + ...]). Grid (S, channel blocks, N)."""
     s, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BC + tl.arange(0, BC)
     cmask = c < C
     if HAS_AFFINE:
-        a, b = per_c(st_ptr + l_a, c, cmask), per_c(st_ptr + l_b, c, cmask)
+        a, b = per_c(cs_ptr + l_a, c, cmask), per_c(cs_ptr + l_b, c, cmask)
     if BN_SUMS:
-        mu = per_c(st_ptr + l_mean, c, cmask)
+        mu = per_c(cs_ptr + l_mean, c, cmask)
     t1 = tl.zeros([BC, BHW], dtype=tl.float32)
     t2 = tl.zeros([BC, BHW], dtype=tl.float32)
     lo = s * L
@@ -511,52 +519,51 @@ def _se_grads_kernel(
         else:
             x = z * a + b if HAS_AFFINE else z
             t1 += dy * x
-    out = ws_ptr + (n * tl.num_programs(0) + s) * C + c
-    tl.store(out + o_1, tl.sum(t1, 1), mask=cmask)
+    out = pp_ptr + (n * tl.num_programs(0) + s) * C + c
+    tl.store(out, tl.sum(t1, 1), mask=cmask)
     if BN_SUMS:
-        tl.store(out + o_2, tl.sum(t2, 1), mask=cmask)
+        tl.store(out + PP, tl.sum(t2, 1), mask=cmask)
 
 
 @jit
 def _spatial_gate_grad_kernel(
-    ws_ptr, o_dgs, o_cnt, S, st_ptr, l_o, l_gs, l_sstat, scale_ptr, o_dt, o_ties, o_bstat, HW, PB,
+    pd_ptr, PD, S, ps_ptr, P, cs_ptr, l_sstat, scale_ptr, dt_ptr, bstat_ptr, HW, PB,
     HAS_SCALE: tl.constexpr, BP: tl.constexpr,
 ):  # fmt: skip
-    """d t = dg_s·g_s·(1 − σ) (t: the spatial BN's output) per pixel from the partials, the
-    spatial max's ties per pixel, and per block Σ dt and Σ dt·ô (ô: the normalised conv output).
-    Grid (pixel blocks, N)."""
+    """d t = dg_s·g_s·(1 − σ) (t: the spatial BN's output) per pixel from the partials (into
+    dt[n·HW + p]), the spatial max's ties per pixel (dt[P + ...]), and per block Σ dt and Σ dt·ô
+    (ô: the normalised conv output) into bstat. Grid (pixel blocks, N)."""
     pb, n = tl.program_id(0), tl.program_id(1)
     p = pb * BP + tl.arange(0, BP)
     pmask = p < HW
     dgs = tl.zeros([BP], dtype=tl.float32)
     cnt = tl.zeros([BP], dtype=tl.float32)
     for s in range(0, S):
-        q = ws_ptr + (n * S + s) * HW + p
-        dgs += tl.load(q + o_dgs, mask=pmask, other=0.0)
-        cnt += tl.load(q + o_cnt, mask=pmask, other=0.0)
-    tl.store(ws_ptr + o_ties + n * HW + p, cnt, mask=pmask)
-    g = tl.load(st_ptr + l_gs + n * HW + p, mask=pmask, other=0.0)
+        q = pd_ptr + (n * S + s) * HW + p
+        dgs += tl.load(q, mask=pmask, other=0.0)
+        cnt += tl.load(q + PD, mask=pmask, other=0.0)
+    tl.store(dt_ptr + P + n * HW + p, cnt, mask=pmask)
+    g = tl.load(ps_ptr + 3 * P + n * HW + p, mask=pmask, other=0.0)
     sig = g / tl.load(scale_ptr).to(tl.float32) if HAS_SCALE else g
     dt = tl.where(pmask, dgs * g * (1.0 - sig), 0.0)
-    tl.store(ws_ptr + o_dt + n * HW + p, dt, mask=pmask)
-    xh = (tl.load(st_ptr + l_o + n * HW + p, mask=pmask, other=0.0) - tl.load(st_ptr + l_sstat)) * tl.load(
-        st_ptr + l_sstat + 2
-    )
-    out = ws_ptr + o_bstat + 2 * (n * PB + pb)
+    tl.store(dt_ptr + n * HW + p, dt, mask=pmask)
+    o = tl.load(ps_ptr + 2 * P + n * HW + p, mask=pmask, other=0.0)
+    xh = (o - tl.load(cs_ptr + l_sstat)) * tl.load(cs_ptr + l_sstat + 2)
+    out = bstat_ptr + 2 * (n * PB + pb)
     tl.store(out, tl.sum(dt, 0))
     tl.store(out + 1, tl.sum(dt * xh, 0))
 
 
 @jit
 def _spatial_conv_grad_kernel(
-    ws_ptr, o_dt, o_ties, o_bstat, NPB, st_ptr, l_o, l_savg, l_smax, l_sstat, sw_ptr, w_ptr,
-    o_wa, o_wm, o_dwp, dsw_ptr, dsb_ptr, C, H, W, HW, M,
+    dt_ptr, P, bstat_ptr, NPB, ps_ptr, cs_ptr, l_sstat, sw_ptr, w_ptr, wm_ptr, dwp_ptr, dsw_ptr, dsb_ptr,
+    C, H, W, HW, M,
     AVG_FIRST: tl.constexpr, K: tl.constexpr, BATCH: tl.constexpr, BP: tl.constexpr, BS: tl.constexpr,
 ):  # fmt: skip
     """Through the spatial BN and the k×k conv (grid (pixel blocks, N)): d o from dt and the
-    BN's totals; the pooled maps' gradients as w_avg = d savg / C and w_max = d smax / ties;
-    per block the conv weight's partial gradients (2·k² of them); program (0, 0) the spatial BN's
-    weight and bias gradients."""
+    BN's totals; the pooled maps' gradients as w_avg = d savg / C and w_max = d smax / ties (into
+    wm[n·HW + p] and wm[P + ...]); per block the conv weight's partial gradients (2·k² of them);
+    program (0, 0) the spatial BN's weight and bias gradients."""
     pb, n = tl.program_id(0), tl.program_id(1)
     p = pb * BP + tl.arange(0, BP)
     pmask = p < HW
@@ -565,12 +572,12 @@ def _spatial_conv_grad_kernel(
     for i0 in range(0, NPB, BS):
         i = i0 + tl.arange(0, BS)
         im = i < NPB
-        s1 += tl.load(ws_ptr + o_bstat + 2 * i, mask=im, other=0.0)
-        s2 += tl.load(ws_ptr + o_bstat + 2 * i + 1, mask=im, other=0.0)
+        s1 += tl.load(bstat_ptr + 2 * i, mask=im, other=0.0)
+        s2 += tl.load(bstat_ptr + 2 * i + 1, mask=im, other=0.0)
     sum_dt = tl.sum(s1, 0)
     sum_dtx = tl.sum(s2, 0)
-    mean = tl.load(st_ptr + l_sstat)
-    invstd = tl.load(st_ptr + l_sstat + 2)
+    mean = tl.load(cs_ptr + l_sstat)
+    invstd = tl.load(cs_ptr + l_sstat + 2)
     coef = tl.load(sw_ptr).to(tl.float32) * invstd
     m1 = sum_dt / M
     m2 = sum_dtx / M
@@ -583,33 +590,33 @@ def _spatial_conv_grad_kernel(
         qw = pw - (t % K - K // 2)
         qmask = pmask & (qh >= 0) & (qh < H) & (qw >= 0) & (qw < W)
         q = n * HW + qh * W + qw
-        dtq = tl.load(ws_ptr + o_dt + q, mask=qmask, other=0.0)
+        dtq = tl.load(dt_ptr + q, mask=qmask, other=0.0)
         if BATCH:
-            xq = (tl.load(st_ptr + l_o + q, mask=qmask, other=0.0) - mean) * invstd
+            xq = (tl.load(ps_ptr + 2 * P + q, mask=qmask, other=0.0) - mean) * invstd
             doq = coef * (dtq - m1 - xq * m2)
         else:
             doq = coef * dtq
         doq = tl.where(qmask, doq, 0.0)
         da += tl.load(w_ptr + (0 if AVG_FIRST else K * K) + t).to(tl.float32) * doq
         dm += tl.load(w_ptr + (K * K if AVG_FIRST else 0) + t).to(tl.float32) * doq
-    ties = tl.load(ws_ptr + o_ties + n * HW + p, mask=pmask, other=1.0)
-    tl.store(ws_ptr + o_wa + n * HW + p, da / C, mask=pmask)
-    tl.store(ws_ptr + o_wm + n * HW + p, dm / tl.maximum(ties, 1.0), mask=pmask)
-    dtp = tl.load(ws_ptr + o_dt + n * HW + p, mask=pmask, other=0.0)
+    ties = tl.load(dt_ptr + P + n * HW + p, mask=pmask, other=1.0)
+    tl.store(wm_ptr + n * HW + p, da / C, mask=pmask)
+    tl.store(wm_ptr + P + n * HW + p, dm / tl.maximum(ties, 1.0), mask=pmask)
+    dtp = tl.load(dt_ptr + n * HW + p, mask=pmask, other=0.0)
     if BATCH:
-        xp = (tl.load(st_ptr + l_o + n * HW + p, mask=pmask, other=0.0) - mean) * invstd
+        xp = (tl.load(ps_ptr + 2 * P + n * HW + p, mask=pmask, other=0.0) - mean) * invstd
         dop = coef * (dtp - m1 - xp * m2)
     else:
         dop = coef * dtp
     dop = tl.where(pmask, dop, 0.0)
-    out = ws_ptr + o_dwp + (n * tl.num_programs(0) + pb) * 2 * K * K
+    out = dwp_ptr + (n * tl.num_programs(0) + pb) * 2 * K * K
     for t in tl.static_range(K * K):  # Σ_p do[p]·map[p + off_t]
         qh = ph + (t // K - K // 2)
         qw = pw + (t % K - K // 2)
         qmask = pmask & (qh >= 0) & (qh < H) & (qw >= 0) & (qw < W)
         q = n * HW + qh * W + qw
-        va = tl.load(st_ptr + l_savg + q, mask=qmask, other=0.0)
-        vm = tl.load(st_ptr + l_smax + q, mask=qmask, other=0.0)
+        va = tl.load(ps_ptr + q, mask=qmask, other=0.0)
+        vm = tl.load(ps_ptr + P + q, mask=qmask, other=0.0)
         tl.store(out + (0 if AVG_FIRST else K * K) + t, tl.sum(dop * va, 0))
         tl.store(out + (K * K if AVG_FIRST else 0) + t, tl.sum(dop * vm, 0))
     first = (pb == 0) & (n == 0)
@@ -619,24 +626,23 @@ def _spatial_conv_grad_kernel(
 
 @jit
 def _spatial_pool_grad_kernel(
-    z_ptr, st_ptr, l_a, l_b, l_gc, l_smax, l_max, l_mean, ws_ptr, o_wa, o_wm, o_q1, o_q2, o_q3, o_q4,
-    C, HW, L, sn, sc, shw,
+    z_ptr, cs_ptr, l_a, l_b, l_gc, l_max, l_mean, ps_ptr, P, wm_ptr, q_ptr, PQ, C, HW, L, sn, sc, shw,
     HAS_AFFINE: tl.constexpr, BN_SUMS: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
     """g_c's gradient through the spatial pooling, Σ x·w with w = w_avg + [x·g_c = s_max]·w_max,
-    and the channel max's ties Σ [x = c_max], per (n, c) over pixels [s·L, (s+1)·L); BN_SUMS
-    instead of Σ x·w: Σ w and Σ w·(z − μ), and also Σ [x = c_max]·(z − μ). Grid (S, channel
-    blocks, N)."""
+    and the channel max's ties Σ [x = c_max], per (n, c) over pixels [s·L, (s+1)·L), into q[k·PQ
+    + (n·S + s)·C + c] (k = 0, 2); BN_SUMS instead of Σ x·w: Σ w (k = 0) and Σ w·(z − μ) (1), and
+    also Σ [x = c_max]·(z − μ) (3). Grid (S, channel blocks, N)."""
     s, cb, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BC + tl.arange(0, BC)
     cmask = c < C
     zb = z_ptr + n.to(tl.int64) * sn
     if HAS_AFFINE:
-        a, b = per_c(st_ptr + l_a, c, cmask), per_c(st_ptr + l_b, c, cmask)
-    g = per_c(st_ptr + l_gc + n * C, c, cmask)
-    cm = per_c(st_ptr + l_max + n * C, c, cmask)
+        a, b = per_c(cs_ptr + l_a, c, cmask), per_c(cs_ptr + l_b, c, cmask)
+    g = per_c(cs_ptr + l_gc + n * C, c, cmask)
+    cm = per_c(cs_ptr + l_max + n * C, c, cmask)
     if BN_SUMS:
-        mu = per_c(st_ptr + l_mean, c, cmask)
+        mu = per_c(cs_ptr + l_mean, c, cmask)
     t1 = tl.zeros([BC, BHW], dtype=tl.float32)
     t2 = tl.zeros([BC, BHW], dtype=tl.float32)
     ties = tl.zeros([BC, BHW], dtype=tl.float32)
@@ -647,10 +653,8 @@ def _spatial_pool_grad_kernel(
         hw, hmask, mask, off = hw_tile(h0, hi, c, cmask, sc, shw, BHW)
         z = tl.load(zb + off, mask=mask, other=0.0).to(tl.float32)
         x = z * a + b if HAS_AFFINE else z
-        m = per_hw(st_ptr + l_smax + n * HW, hw, hmask)
-        w = per_hw(ws_ptr + o_wa + n * HW, hw, hmask) + tl.where(
-            x * g == m, per_hw(ws_ptr + o_wm + n * HW, hw, hmask), 0.0
-        )
+        m = per_hw(ps_ptr + P + n * HW, hw, hmask)
+        w = per_hw(wm_ptr + n * HW, hw, hmask) + tl.where(x * g == m, per_hw(wm_ptr + P + n * HW, hw, hmask), 0.0)
         w = tl.where(mask, w, 0.0)
         tie = mask & (x == cm)
         ties += tl.where(tie, 1.0, 0.0)
@@ -661,18 +665,18 @@ def _spatial_pool_grad_kernel(
             t4 += tl.where(tie, zc, 0.0)
         else:
             t1 += x * w
-    out = ws_ptr + (n * tl.num_programs(0) + s) * C + c
-    tl.store(out + o_q1, tl.sum(t1, 1), mask=cmask)
-    tl.store(out + o_q3, tl.sum(ties, 1), mask=cmask)
+    out = q_ptr + (n * tl.num_programs(0) + s) * C + c
+    tl.store(out, tl.sum(t1, 1), mask=cmask)
+    tl.store(out + 2 * PQ, tl.sum(ties, 1), mask=cmask)
     if BN_SUMS:
-        tl.store(out + o_q2, tl.sum(t2, 1), mask=cmask)
-        tl.store(out + o_q4, tl.sum(t4, 1), mask=cmask)
+        tl.store(out + PQ, tl.sum(t2, 1), mask=cmask)
+        tl.store(out + 3 * PQ, tl.sum(t4, 1), mask=cmask)
 
 
 @jit
 def _channel_gate_grad_kernel(
-    ws_ptr, o_p1, o_p2, NB, o_q1, o_q2, S3, st_ptr, l_gc, l_hid, l_a, bnb_ptr, w2_ptr, scale_ptr,
-    o_dl, o_sq1, o_sq2, o_dhp, dw2_ptr, db2_ptr, o_dwp, NPB, dconv_ptr, N, C, HD, KK2,
+    pp_ptr, PP, NB, q_ptr, PQ, S3, cs_ptr, l_gc, l_hid, l_a, bnb_ptr, w2_ptr, scale_ptr,
+    sm_ptr, o_dl, o_sq1, o_sq2, o_dhp, dw2_ptr, db2_ptr, dwp_ptr, NPB, dconv_ptr, N, C, HD, KK2,
     CBAM: tl.constexpr, BN: tl.constexpr, HAS_SCALE: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr,
     BS: tl.constexpr,
 ):  # fmt: skip
@@ -685,37 +689,37 @@ def _channel_gate_grad_kernel(
     c = cb * BC + tl.arange(0, BC)
     cmask = c < C
     if BN:
-        a = tl.load(st_ptr + l_a + c, mask=cmask, other=0.0)
+        a = tl.load(cs_ptr + l_a + c, mask=cmask, other=0.0)
         beta = tl.load(bnb_ptr + c, mask=cmask, other=0.0).to(tl.float32)
     dl_sum = tl.zeros([BC], dtype=tl.float32)
     for n in range(0, N):
         t1 = tl.zeros([BC], dtype=tl.float32)
         t2 = tl.zeros([BC], dtype=tl.float32)
         for j in range(0, NB):
-            t1 += tl.load(ws_ptr + o_p1 + (n * NB + j) * C + c, mask=cmask, other=0.0)
+            t1 += tl.load(pp_ptr + (n * NB + j) * C + c, mask=cmask, other=0.0)
             if BN:
-                t2 += tl.load(ws_ptr + o_p2 + (n * NB + j) * C + c, mask=cmask, other=0.0)
+                t2 += tl.load(pp_ptr + PP + (n * NB + j) * C + c, mask=cmask, other=0.0)
         if CBAM:
             for j in range(0, S3):
-                t1 += tl.load(ws_ptr + o_q1 + (n * S3 + j) * C + c, mask=cmask, other=0.0)
+                t1 += tl.load(q_ptr + (n * S3 + j) * C + c, mask=cmask, other=0.0)
                 if BN:
-                    t2 += tl.load(ws_ptr + o_q2 + (n * S3 + j) * C + c, mask=cmask, other=0.0)
+                    t2 += tl.load(q_ptr + PQ + (n * S3 + j) * C + c, mask=cmask, other=0.0)
         if BN:  # x = a·(z − μ) + β: Σ (u + w)·x from the two sums
-            tl.store(ws_ptr + o_sq1 + n * C + c, t1, mask=cmask)
-            tl.store(ws_ptr + o_sq2 + n * C + c, t2, mask=cmask)
+            tl.store(sm_ptr + o_sq1 + n * C + c, t1, mask=cmask)
+            tl.store(sm_ptr + o_sq2 + n * C + c, t2, mask=cmask)
             dgc = a * t2 + beta * t1
         else:
             dgc = t1
-        g = tl.load(st_ptr + l_gc + n * C + c, mask=cmask, other=0.0)
+        g = tl.load(cs_ptr + l_gc + n * C + c, mask=cmask, other=0.0)
         sig = g / tl.load(scale_ptr).to(tl.float32) if HAS_SCALE else g
         dl = tl.where(cmask, dgc * g * (1.0 - sig), 0.0)
-        tl.store(ws_ptr + o_dl + n * C + c, dl, mask=cmask)
+        tl.store(sm_ptr + o_dl + n * C + c, dl, mask=cmask)
         dl_sum += dl
         for h0 in range(0, HD, BH):
             h = h0 + tl.arange(0, BH)
             hmask = h < HD
             w = tl.load(w2_ptr + c[:, None] * HD + h[None, :], mask=cmask[:, None] & hmask[None, :], other=0.0)
-            tl.store(ws_ptr + o_dhp + (cb * N + n) * HD + h, tl.sum(w.to(tl.float32) * dl[:, None], 0), mask=hmask)
+            tl.store(sm_ptr + o_dhp + (cb * N + n) * HD + h, tl.sum(w.to(tl.float32) * dl[:, None], 0), mask=hmask)
     tl.store(db2_ptr + c, (dl_sum * 2.0 if CBAM else dl_sum).to(db2_ptr.dtype.element_ty), mask=cmask)
     tl.debug_barrier()
     for h0 in range(0, HD, BH):
@@ -723,26 +727,27 @@ def _channel_gate_grad_kernel(
         hmask = h < HD
         acc = tl.zeros([BC, BH], dtype=tl.float32)
         for n in range(0, N):
-            dl = tl.load(ws_ptr + o_dl + n * C + c, mask=cmask, other=0.0)
-            hs = tl.load(st_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
+            dl = tl.load(sm_ptr + o_dl + n * C + c, mask=cmask, other=0.0)
+            hs = tl.load(cs_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
             if CBAM:
-                hs += tl.load(st_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
+                hs += tl.load(cs_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
             acc += dl[:, None] * hs[None, :]
-        tl.store(dw2_ptr + c[:, None] * HD + h[None, :], acc.to(dw2_ptr.dtype.element_ty), mask=cmask[:, None] & hmask[None, :])
+        dw2 = dw2_ptr + c[:, None] * HD + h[None, :]
+        tl.store(dw2, acc.to(dw2_ptr.dtype.element_ty), mask=cmask[:, None] & hmask[None, :])
     if CBAM:
         for i0 in range(0, KK2, BS):
             i = i0 + tl.arange(0, BS)
             im = (i < KK2) & (cb == 0)
             acc1 = tl.zeros([BS], dtype=tl.float32)
             for j in range(0, NPB):
-                acc1 += tl.load(ws_ptr + o_dwp + j * KK2 + i, mask=im, other=0.0)
+                acc1 += tl.load(dwp_ptr + j * KK2 + i, mask=im, other=0.0)
             tl.store(dconv_ptr + i, acc1.to(dconv_ptr.dtype.element_ty), mask=im)
 
 
 @jit
 def _channel_mlp_grad_kernel(
-    ws_ptr, o_dhp, CB, st_ptr, l_hid, l_avg, l_max, l_gc, l_a, l_mean, l_invstd, l_z1, w1_ptr,
-    dw1_ptr, db1_ptr, o_q3, o_q4, S3, o_sq1, o_sq2, o_k2, o_k0, o_bz, o_d, dbnw_ptr, dbnb_ptr,
+    sm_ptr, o_dhp, CB, cs_ptr, l_hid, l_avg, l_max, l_gc, l_a, l_mean, l_invstd, l_z1, w1_ptr,
+    dw1_ptr, db1_ptr, q_ptr, PQ, S3, o_sq1, o_sq2, o_k2, o_k0, o_bz, o_d, dbnw_ptr, dbnb_ptr,
     N, C, HD, HW, M,
     CBAM: tl.constexpr, BN: tl.constexpr, BATCH: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr,
 ):  # fmt: skip
@@ -761,17 +766,18 @@ def _channel_mlp_grad_kernel(
         for n in range(0, N):
             dh = tl.zeros([BH], dtype=tl.float32)
             for j in range(0, CB):
-                dh += tl.load(ws_ptr + o_dhp + (j * N + n) * HD + h, mask=hmask, other=0.0)
-            ha = tl.load(st_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
+                dh += tl.load(sm_ptr + o_dhp + (j * N + n) * HD + h, mask=hmask, other=0.0)
+            ha = tl.load(cs_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
             dha = tl.where(ha > 0, dh, 0.0)
-            acc += dha[:, None] * tl.load(st_ptr + l_avg + n * C + c, mask=cmask, other=0.0)[None, :]
+            acc += dha[:, None] * tl.load(cs_ptr + l_avg + n * C + c, mask=cmask, other=0.0)[None, :]
             dbias += dha
             if CBAM:
-                hm = tl.load(st_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
+                hm = tl.load(cs_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
                 dhm = tl.where(hm > 0, dh, 0.0)
-                acc += dhm[:, None] * tl.load(st_ptr + l_max + n * C + c, mask=cmask, other=0.0)[None, :]
+                acc += dhm[:, None] * tl.load(cs_ptr + l_max + n * C + c, mask=cmask, other=0.0)[None, :]
                 dbias += dhm
-        tl.store(dw1_ptr + h[:, None] * C + c[None, :], acc.to(dw1_ptr.dtype.element_ty), mask=hmask[:, None] & cmask[None, :])
+        dw1 = dw1_ptr + h[:, None] * C + c[None, :]
+        tl.store(dw1, acc.to(dw1_ptr.dtype.element_ty), mask=hmask[:, None] & cmask[None, :])
         tl.store(db1_ptr + h, dbias.to(db1_ptr.dtype.element_ty), mask=hmask & (cb == 0))
     sdx = tl.zeros([BC], dtype=tl.float32)
     sdxz = tl.zeros([BC], dtype=tl.float32)
@@ -783,49 +789,49 @@ def _channel_mlp_grad_kernel(
             hmask = h < HD
             dh = tl.zeros([BH], dtype=tl.float32)
             for j in range(0, CB):
-                dh += tl.load(ws_ptr + o_dhp + (j * N + n) * HD + h, mask=hmask, other=0.0)
+                dh += tl.load(sm_ptr + o_dhp + (j * N + n) * HD + h, mask=hmask, other=0.0)
             w = tl.load(w1_ptr + h[:, None] * C + c[None, :], mask=hmask[:, None] & cmask[None, :], other=0.0)
             w = w.to(tl.float32)
-            ha = tl.load(st_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
+            ha = tl.load(cs_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
             davg += tl.sum(w * tl.where(ha > 0, dh, 0.0)[:, None], 0)
             if CBAM:
-                hm = tl.load(st_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
+                hm = tl.load(cs_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
                 dmax += tl.sum(w * tl.where(hm > 0, dh, 0.0)[:, None], 0)
         k0 = davg / HW
-        tl.store(ws_ptr + o_k0 + n * C + c, k0, mask=cmask)
+        tl.store(sm_ptr + o_k0 + n * C + c, k0, mask=cmask)
         if CBAM:
             ties = tl.zeros([BC], dtype=tl.float32)
             tie_z = tl.zeros([BC], dtype=tl.float32)
             for j in range(0, S3):
-                ties += tl.load(ws_ptr + o_q3 + (n * S3 + j) * C + c, mask=cmask, other=0.0)
+                ties += tl.load(q_ptr + 2 * PQ + (n * S3 + j) * C + c, mask=cmask, other=0.0)
                 if BN:
-                    tie_z += tl.load(ws_ptr + o_q4 + (n * S3 + j) * C + c, mask=cmask, other=0.0)
+                    tie_z += tl.load(q_ptr + 3 * PQ + (n * S3 + j) * C + c, mask=cmask, other=0.0)
             k2 = dmax / tl.maximum(ties, 1.0)
-            tl.store(ws_ptr + o_k2 + n * C + c, k2, mask=cmask)
+            tl.store(sm_ptr + o_k2 + n * C + c, k2, mask=cmask)
         if BN:  # Σ_hw dx and Σ_hw dx·(z − μ) of dx = g_c·(u + w) + [x = c_max]·K2 + K0
-            g = tl.load(st_ptr + l_gc + n * C + c, mask=cmask, other=0.0)
-            sdx += g * tl.load(ws_ptr + o_sq1 + n * C + c, mask=cmask, other=0.0) + k0 * HW
-            sdxz += g * tl.load(ws_ptr + o_sq2 + n * C + c, mask=cmask, other=0.0)
-            sdxz += k0 * tl.load(st_ptr + l_z1 + n * C + c, mask=cmask, other=0.0)
+            g = tl.load(cs_ptr + l_gc + n * C + c, mask=cmask, other=0.0)
+            sdx += g * tl.load(sm_ptr + o_sq1 + n * C + c, mask=cmask, other=0.0) + k0 * HW
+            sdxz += g * tl.load(sm_ptr + o_sq2 + n * C + c, mask=cmask, other=0.0)
+            sdxz += k0 * tl.load(cs_ptr + l_z1 + n * C + c, mask=cmask, other=0.0)
             if CBAM:
                 sdx += k2 * ties
                 sdxz += k2 * tie_z
     if BN:
-        a = tl.load(st_ptr + l_a + c, mask=cmask, other=0.0)
-        invstd = tl.load(st_ptr + l_invstd + c, mask=cmask, other=0.0)
+        a = tl.load(cs_ptr + l_a + c, mask=cmask, other=0.0)
+        invstd = tl.load(cs_ptr + l_invstd + c, mask=cmask, other=0.0)
         tl.store(dbnw_ptr + c, (invstd * sdxz).to(dbnw_ptr.dtype.element_ty), mask=cmask)
         tl.store(dbnb_ptr + c, sdx.to(dbnb_ptr.dtype.element_ty), mask=cmask)
         if BATCH:  # dz = a·(dx − Σdx/M − (z − μ)·invstd²·Σdx(z − μ)/M)
             k = a * invstd * invstd * sdxz / M
-            tl.store(ws_ptr + o_bz + c, -k, mask=cmask)
-            mean = tl.load(st_ptr + l_mean + c, mask=cmask, other=0.0)
-            tl.store(ws_ptr + o_d + c, k * mean - a * sdx / M, mask=cmask)
+            tl.store(sm_ptr + o_bz + c, -k, mask=cmask)
+            mean = tl.load(cs_ptr + l_mean + c, mask=cmask, other=0.0)
+            tl.store(sm_ptr + o_d + c, k * mean - a * sdx / M, mask=cmask)
 
 
 @jit
 def _input_grad_kernel(
-    dy_ptr, z_ptr, dx_ptr, st_ptr, l_a, l_b, l_gc, l_gs, l_smax, l_max, ws_ptr, o_wa, o_wm, o_k2, o_k0,
-    o_bz, o_d, C, HW, sn, sc, shw, dn, dc, dhw,
+    dy_ptr, z_ptr, dx_ptr, cs_ptr, l_a, l_b, l_gc, l_max, ps_ptr, P, wm_ptr, sm_ptr, o_k2, o_k0, o_bz, o_d,
+    C, HW, sn, sc, shw, dn, dc, dhw,
     HAS_AFFINE: tl.constexpr, CBAM: tl.constexpr, BN: tl.constexpr, BATCH: tl.constexpr,
     BC: tl.constexpr, BHW: tl.constexpr,
 ):  # fmt: skip
@@ -840,25 +846,25 @@ def _input_grad_kernel(
     off = n.to(tl.int64) * sn + c[:, None] * sc + hw[None, :] * shw
     dy = tl.load(dy_ptr + n.to(tl.int64) * dn + c[:, None] * dc + hw[None, :] * dhw, mask=mask, other=0.0)
     dy = dy.to(tl.float32)
-    g = per_c(st_ptr + l_gc + n * C, c, cmask)
-    v = per_c(ws_ptr + o_k0 + n * C, c, cmask)
+    g = per_c(cs_ptr + l_gc + n * C, c, cmask)
+    v = per_c(sm_ptr + o_k0 + n * C, c, cmask)
     if CBAM or (BN and BATCH):
         z = tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32)
     if CBAM:
         if HAS_AFFINE:
-            x = z * per_c(st_ptr + l_a, c, cmask) + per_c(st_ptr + l_b, c, cmask)
+            x = z * per_c(cs_ptr + l_a, c, cmask) + per_c(cs_ptr + l_b, c, cmask)
         else:
             x = z
-        m = per_hw(st_ptr + l_smax + n * HW, hw, hmask)
-        w = per_hw(ws_ptr + o_wa + n * HW, hw, hmask) + tl.where(x * g == m, per_hw(ws_ptr + o_wm + n * HW, hw, hmask), 0.0)
-        v += g * (dy * per_hw(st_ptr + l_gs + n * HW, hw, hmask) + w)
-        v += tl.where(x == per_c(st_ptr + l_max + n * C, c, cmask), per_c(ws_ptr + o_k2 + n * C, c, cmask), 0.0)
+        m = per_hw(ps_ptr + P + n * HW, hw, hmask)
+        w = per_hw(wm_ptr + n * HW, hw, hmask) + tl.where(x * g == m, per_hw(wm_ptr + P + n * HW, hw, hmask), 0.0)
+        v += g * (dy * per_hw(ps_ptr + 3 * P + n * HW, hw, hmask) + w)
+        v += tl.where(x == per_c(cs_ptr + l_max + n * C, c, cmask), per_c(sm_ptr + o_k2 + n * C, c, cmask), 0.0)
     else:
         v += g * dy
     if BN:
-        v = v * per_c(st_ptr + l_a, c, cmask)
+        v = v * per_c(cs_ptr + l_a, c, cmask)
         if BATCH:
-            v += per_c(ws_ptr + o_bz, c, cmask) * z + per_c(ws_ptr + o_d, c, cmask)
+            v += per_c(sm_ptr + o_bz, c, cmask) * z + per_c(sm_ptr + o_d, c, cmask)
     tl.store(dx_ptr + off, v.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -866,40 +872,32 @@ def _input_grad_kernel(
 
 
 class _Forward(NamedTuple):
-    """One forward's launch settings and scratch offsets (float32 elements of one workspace)."""
+    """One forward's launch settings (per kernel: grid, length per split, BC, BHW, warps)."""
 
-    pool: tuple  # (grid, length, BC, BHW, warps)
+    pool: tuple
     s1: int
-    spool: Optional[tuple]  # CBAM: (grid, length, BC, BHW, warps)
+    spool: Optional[tuple]  # CBAM
     s3: int
     conv: Optional[tuple]  # CBAM: (grid, BP, warps)
     pb: int
-    apply: tuple  # (grid, length, BC, BHW, warps) — SE: (grid, 0, BC, BHW, warps)
+    apply: tuple
     gate: tuple  # (BC, BH, warps)
-    o: dict  # scratch offsets
-    size: int
 
 
 class _Backward(NamedTuple):
+    """One backward's launch settings and the offsets of its small scratch tensor."""
+
     grads: tuple  # CBAM: gate_grads (grid, length, BC, BHW, warps); SE: se_grads
     nb: int  # partials per (n, c) of the first pass
-    sgrad: Optional[tuple]  # CBAM: (grid, BP, warps) for both spatial-gate kernels
+    sgrad: Optional[tuple]  # CBAM: (grid, BP, warps) of both spatial-gate kernels
     pb: int
-    pgrad: Optional[tuple]  # CBAM: spatial_pool_grad (grid, length, BC, BHW, warps)
+    pgrad: Optional[tuple]  # CBAM: spatial_pool_grad
     s3: int
-    cgrad: tuple  # (grid, BC, BH, warps) for both channel-gate kernels
+    cgrad: tuple  # (grid, BC, BH, warps) of both channel-gate kernels
     cb: int
     dx: tuple  # (grid, BC, BHW)
-    o: dict
+    o: dict  # offsets of the small scratch tensor
     size: int
-
-
-def _offsets(sizes: dict) -> Tuple[dict, int]:
-    out, at = {}, 0
-    for name, size in sizes.items():
-        out[name] = at
-        at += _up16(max(size, 1))
-    return out, at
 
 
 _BP = 256  # pixels per program of the spatial-gate kernels
@@ -913,12 +911,12 @@ def _hw_plan(n: int, c: int, hw: int, cl: bool, sms: int) -> tuple:
     return (s, cb, n), per * t.bhw, t.bc, t.bhw, L.WARPS if cl else 2 * L.WARPS
 
 
-def _c_plan(n: int, c: int, hw: int, cl: bool, sms: int, warps: int = 0) -> tuple:
+def _c_plan(n: int, c: int, hw: int, cl: bool, sms: int) -> tuple:
     """A loop over C per pixel block: (grid (pixel blocks, S, N), channels per split, BC, BHW, warps)."""
     t = L.tiles(cl, c, hw, per_pixel=True)
     cb, nb = L.cdiv(c, t.bc), L.cdiv(hw, t.bhw)
     s, per = L.splits(cb, n * nb, L.WAVES * sms)
-    return (nb, s, n), per * t.bc, t.bc, t.bhw, max(warps or L.WARPS, t.bc * t.bhw // (32 * 8))
+    return (nb, s, n), per * t.bc, t.bc, t.bhw, max(L.WARPS, t.bc * t.bhw // (32 * 8))
 
 
 def _gate_tiles(c: int, hd: int) -> tuple:
@@ -928,55 +926,41 @@ def _gate_tiles(c: int, hd: int) -> tuple:
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_plan(n: int, c: int, h: int, w: int, hd: int, cl: bool, cbam: bool, batch: bool, sms: int) -> _Forward:
-    hw = h * w
+def _forward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, sms: int) -> _Forward:
     pool = _hw_plan(n, c, hw, cl, sms)
-    s1 = pool[0][0]
-    sizes = {'sum': n * s1 * c, 'sq': n * s1 * c, 'max': n * s1 * c, 'min': n * s1 * c}
     spool = conv = None
     s3 = pb = 0
     if cbam:
         spool = _c_plan(n, c, hw, cl, sms)
-        s3 = spool[0][1]
-        pb = L.cdiv(hw, _BP)
+        s3, pb = spool[0][1], L.cdiv(hw, _BP)
         conv = ((pb, n), _BP, 4)
-        sizes.update(psum=n * s3 * hw, pmax=n * s3 * hw, stat=3 * n * pb)
         apply = spool
     else:
         t = L.tiles(cl, c, hw)
         apply = ((L.cdiv(hw, t.bhw), L.cdiv(c, t.bc), n), 0, t.bc, t.bhw, L.WARPS)
-    o, size = _offsets(sizes)
-    return _Forward(pool, s1, spool, s3, conv, pb, apply, _gate_tiles(c, hd), o, size)
+    return _Forward(pool, pool[0][0], spool, s3, conv, pb, apply, _gate_tiles(c, hd))
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_plan(n: int, c: int, h: int, w: int, hd: int, k: int, cl: bool, cbam: bool, sms: int) -> _Backward:
-    hw = h * w
+def _backward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, sms: int) -> _Backward:
     gc_bc, gc_bh, gc_w = _gate_tiles(c, hd)
     cb = L.cdiv(c, gc_bc)
-    sizes = {}
     sgrad = pgrad = None
     pb = s3 = 0
     if cbam:
         grads = _c_plan(n, c, hw, cl, sms)
-        nb, s = grads[0][0], grads[0][1]
         pb = L.cdiv(hw, _BP)
         sgrad = ((pb, n), _BP, 4)
         pgrad = _hw_plan(n, c, hw, cl, sms)
         s3 = pgrad[0][0]
-        sizes.update(
-            p1=n * nb * c, p2=n * nb * c, dgs=n * s * hw, cnt=n * s * hw, dt=n * hw, ties=n * hw, bstat=2 * n * pb,
-            wa=n * hw, wm=n * hw, dwp=n * pb * 2 * k * k, q1=n * s3 * c, q2=n * s3 * c, q3=n * s3 * c, q4=n * s3 * c,
-        )  # fmt: skip
     else:
         grads = _hw_plan(n, c, hw, cl, sms)
-        nb = grads[0][0]
-        sizes.update(p1=n * nb * c, p2=n * nb * c)
-    sizes.update(dl=n * c, sq1=n * c, sq2=n * c, dhp=cb * n * hd, k2=n * c, k0=n * c, bz=c, d=c)
+    nb = grads[0][0]
+    names = ('dl', 'sq1', 'sq2', 'dhp', 'k2', 'k0', 'bz', 'd')
+    offsets, size = _offsets([n * c] * 3 + [cb * n * hd] + [n * c] * 2 + [c] * 2)
     t = L.tiles(cl, c, hw)
     dx = ((L.cdiv(hw, t.bhw), L.cdiv(c, t.bc), n), t.bc, t.bhw)
-    o, size = _offsets(sizes)
-    return _Backward(grads, nb, sgrad, pb, pgrad, s3, ((cb,), gc_bc, gc_bh, gc_w), cb, dx, o, size)
+    return _Backward(grads, nb, sgrad, pb, pgrad, s3, ((cb,), gc_bc, gc_bh, gc_w), cb, dx, dict(zip(names, offsets)), size)
 
 
 def _launch_strides(t: Tensor) -> Tuple[Tensor, Tuple[int, int, int]]:
@@ -987,121 +971,132 @@ def _launch_strides(t: Tensor) -> Tuple[Tensor, Tuple[int, int, int]]:
     return t, st
 
 
+def _f32(device: torch.device, *shape: int) -> Tensor:
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
 # ---------------------------------------------------------------- the Triton launchers
 
 
 def triton_forward(
     z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, sw, sb, srm, srv, scale, bn_mode, spatial, sbn_batch, eps, seps, out
 ):
-    """The forward's launches (5 for CBAM, 3 for SE): y (into ``out`` when given) and the state."""
+    """The forward's launches (5 for CBAM, 3 for SE): y (into ``out`` when given) and the two states."""
     z, (sn, sc, shw) = _launch_strides(z)
+    w1, w2 = w1.contiguous(), w2.contiguous()
     n, c, h, w = z.shape
-    hw, hd = h * w, w1.shape[0]
+    hw, hd, dev = h * w, w1.shape[0], z.device
     cl = sc == 1 and c > 1
     cbam = spatial != SPATIAL_NONE
-    p = _forward_plan(n, c, h, w, hd, cl, cbam, sbn_batch, L.sm_count(z.device))
+    p = _forward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev))
     lay = layout(n, c, hw, hd)
-    st = torch.empty(lay.size, dtype=torch.float32, device=z.device)
-    ws = torch.empty(p.size, dtype=torch.float32, device=z.device)
+    cs, ps = _f32(dev, lay.csize), _f32(dev, lay.psize if cbam else 0)
     y = torch.empty_like(z) if out is None else out
     yn, yc, yhw = L.strides(y)
-    o = p.o
     grid, length, bc, bhw, warps = p.pool
-    shift = 0 if bn_mode == BN_NONE else 2 if bn_mode == BN_OWN else 1
+    part = _f32(dev, 4, n * p.s1 * c)
+    shift = bn_mode != BN_NONE and bnm is not None
     L.launch(
-        _pool_kernel, grid, z, bnm, ws, o['sum'], o['sq'], o['max'], o['min'], c, hw, length, sn, sc, shw,
+        _pool_kernel, grid, z, bnm, part, n * p.s1 * c, c, hw, length, sn, sc, shw,
         SHIFT=shift, SQUARES=bn_mode == BN_OWN, MIN=bn_mode != BN_NONE, BC=bc, BHW=bhw, warps=warps,
     )  # fmt: skip
     gbc, gbh, gw = p.gate
     L.launch(
-        _channel_gate_kernel, (n,), ws, o['sum'], o['sq'], o['max'], o['min'], p.s1, z, sc, bnw, bnb, bnm, bnv,
-        w1, b1, w2, b2, scale, st, lay.gc, lay.avg, lay.max, lay.z1, lay.hid, lay.a, lay.b, lay.mean, lay.var,
-        lay.invstd, n, c, hd, hw, eps,
-        BN=bn_mode, USE_MAX=cbam, HAS_SCALE=scale is not None, BC=gbc, BH=gbh, warps=gw,
+        _channel_gate_kernel, (n,), part, n * p.s1 * c, p.s1, bnw, bnb, bnm, bnv, w1, b1, w2, b2, scale, cs,
+        lay.gc, lay.avg, lay.max, lay.z1, lay.hid, lay.a, lay.b, lay.mean, lay.var, lay.invstd, n, c, hd, hw, eps,
+        BN=bn_mode, SHIFT=shift, USE_MAX=cbam, HAS_SCALE=scale is not None, BC=gbc, BH=gbh, warps=gw,
     )  # fmt: skip
     affine = bn_mode != BN_NONE
     if not cbam:
         grid, _, bc, bhw, warps = p.apply
         L.launch(
-            _apply_channel_kernel, grid, z, y, st, lay.a, lay.b, lay.gc, c, hw, sn, sc, shw, yn, yc, yhw,
+            _apply_channel_kernel, grid, z, y, cs, lay.a, lay.b, lay.gc, c, hw, sn, sc, shw, yn, yc, yhw,
             HAS_AFFINE=affine, BC=bc, BHW=bhw, warps=warps,
         )  # fmt: skip
-        return y, st
+        return y, cs, ps
     grid, length, bc, bhw, warps = p.spool
+    sp = _f32(dev, 2, n * p.s3 * hw)
     L.launch(
-        _spatial_pool_kernel, grid, z, st, lay.a, lay.b, lay.gc, ws, o['psum'], o['pmax'], c, hw, length, sn, sc,
-        shw, HAS_AFFINE=affine, BC=bc, BHW=bhw, warps=warps,
+        _spatial_pool_kernel, grid, z, cs, lay.a, lay.b, lay.gc, sp, n * p.s3 * hw, c, hw, length, sn, sc, shw,
+        HAS_AFFINE=affine, BC=bc, BHW=bhw, warps=warps,
     )  # fmt: skip
     grid, bp, warps = p.conv
-    k = cw.shape[-1]
+    stat = _f32(dev, 3 * n * p.pb)
     L.launch(
-        _spatial_conv_kernel, grid, ws, o['psum'], o['pmax'], p.s3, st, lay.savg, lay.smax, lay.o, o['stat'], cw,
-        c, h, w, hw, p.pb, AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=k, BATCH=sbn_batch, BP=bp, warps=warps,
+        _spatial_conv_kernel, grid, sp, n * p.s3 * hw, p.s3, ps, n * hw, stat, cw.reshape(-1), c, h, w, hw, p.pb,
+        AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=cw.shape[-1], BATCH=sbn_batch, BP=bp, warps=warps,
     )  # fmt: skip
     grid, length, bc, bhw, warps = p.apply
     L.launch(
-        _apply_spatial_kernel, grid, z, y, st, lay.a, lay.b, lay.gc, lay.o, lay.gs, lay.sstat, ws, o['stat'],
-        n * p.pb, sw, sb, srm, srv, scale, c, hw, length, sn, sc, shw, yn, yc, yhw, seps,
+        _apply_spatial_kernel, grid, z, y, cs, lay.a, lay.b, lay.gc, lay.sstat, ps, n * hw, stat, n * p.pb,
+        sw, sb, srm, srv, scale, c, hw, length, sn, sc, shw, yn, yc, yhw, seps,
         HAS_AFFINE=affine, BATCH=sbn_batch, HAS_SCALE=scale is not None, BC=bc, BHW=bhw, BS=256, warps=warps,
     )  # fmt: skip
-    return y, st
+    return y, cs, ps
 
 
-def triton_backward(dy, z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz):
+def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz):
     """The backward's launches (7 for CBAM, 4 for SE): [dz, dW1, db1, dW2, db2] + (CBAM) [d conv,
     d γ_s, d β_s] + (folded BN) [d γ, d β]."""
     z, (sn, sc, shw) = _launch_strides(z)
     dy, (dn, dc, dhw) = _launch_strides(dy)
+    w1, w2 = w1.contiguous(), w2.contiguous()
     n, c, h, w = z.shape
-    hw, hd = h * w, w1.shape[0]
+    hw, hd, dev = h * w, w1.shape[0], z.device
     cl = sc == 1 and c > 1
     cbam = spatial != SPATIAL_NONE
     k = cw.shape[-1] if cbam else 0
-    p = _backward_plan(n, c, h, w, hd, k, cl, cbam, L.sm_count(z.device))
+    p = _backward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev))
     lay = layout(n, c, hw, hd)
-    ws = torch.empty(p.size, dtype=torch.float32, device=z.device)
+    sm = _f32(dev, p.size)
     o = p.o
     affine = bn_mode != BN_NONE
     dw1, db1, dw2, db2 = torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2), torch.empty_like(b2)
     grads = [None, dw1, db1, dw2, db2]
-    dconv = dsw = dsb = None
+    nhw = n * hw
+    grid, length, bc, bhw, warps = p.grads
+    pp = _f32(dev, 2 if affine else 1, n * p.nb * c)
+    dconv = q = dwp = wm = None
     if cbam:
-        dconv, dsw, dsb = torch.empty_like(cw), torch.empty_like(sw), torch.empty_like(sw)
+        dconv = torch.empty(cw.shape, dtype=cw.dtype, device=dev)
+        dsw, dsb = torch.empty_like(sw), torch.empty_like(sw)
         grads += [dconv, dsw, dsb]
-        grid, length, bc, bhw, warps = p.grads
+        pd = _f32(dev, 2, n * grid[1] * hw)
         L.launch(
-            _gate_grads_kernel, grid, dy, z, st, lay.a, lay.b, lay.gc, lay.gs, lay.smax, lay.mean, ws, o['p1'],
-            o['p2'], o['dgs'], o['cnt'], c, hw, length, p.nb, sn, sc, shw, dn, dc, dhw,
+            _gate_grads_kernel, grid, dy, z, cs, lay.a, lay.b, lay.gc, lay.mean, ps, nhw, pp, n * p.nb * c, pd,
+            n * grid[1] * hw, c, hw, length, p.nb, sn, sc, shw, dn, dc, dhw,
             HAS_AFFINE=affine, BN_SUMS=affine, BC=bc, BHW=bhw, warps=2 * warps if affine else warps,
         )  # fmt: skip
-        grid, bp, warps = p.sgrad
+        sgrid, bp, swarps = p.sgrad
+        dt, bstat = _f32(dev, 2, nhw), _f32(dev, 2 * n * p.pb)
         L.launch(
-            _spatial_gate_grad_kernel, grid, ws, o['dgs'], o['cnt'], p.grads[0][1], st, lay.o, lay.gs,
-            lay.sstat, scale, o['dt'], o['ties'], o['bstat'], hw, p.pb, HAS_SCALE=scale is not None, BP=bp,
-            warps=warps,
+            _spatial_gate_grad_kernel, sgrid, pd, n * grid[1] * hw, grid[1], ps, nhw, cs, lay.sstat, scale, dt, bstat,
+            hw, p.pb, HAS_SCALE=scale is not None, BP=bp, warps=swarps,
         )  # fmt: skip
+        wm, dwp = _f32(dev, 2, nhw), _f32(dev, n * p.pb * 2 * k * k)
         L.launch(
-            _spatial_conv_grad_kernel, grid, ws, o['dt'], o['ties'], o['bstat'], n * p.pb, st, lay.o, lay.savg,
-            lay.smax, lay.sstat, sw, cw, o['wa'], o['wm'], o['dwp'], dsw, dsb, c, h, w, hw, n * hw,
-            AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=k, BATCH=sbn_batch, BP=bp, BS=256, warps=warps,
+            _spatial_conv_grad_kernel, sgrid, dt, nhw, bstat, n * p.pb, ps, cs, lay.sstat, sw, cw.reshape(-1), wm,
+            dwp, dsw, dsb, c, h, w, hw, nhw,
+            AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=k, BATCH=sbn_batch, BP=bp, BS=256, warps=swarps,
         )  # fmt: skip
         grid, length, bc, bhw, warps = p.pgrad
+        q = _f32(dev, 4 if affine else 3, n * p.s3 * c)
         L.launch(
-            _spatial_pool_grad_kernel, grid, z, st, lay.a, lay.b, lay.gc, lay.smax, lay.max, lay.mean, ws, o['wa'],
-            o['wm'], o['q1'], o['q2'], o['q3'], o['q4'], c, hw, length, sn, sc, shw,
+            _spatial_pool_grad_kernel, grid, z, cs, lay.a, lay.b, lay.gc, lay.max, lay.mean, ps, nhw, wm, q,
+            n * p.s3 * c, c, hw, length, sn, sc, shw,
             HAS_AFFINE=affine, BN_SUMS=affine, BC=bc, BHW=bhw, warps=2 * warps if affine else warps,
         )  # fmt: skip
     else:
-        grid, length, bc, bhw, warps = p.grads
         L.launch(
-            _se_grads_kernel, grid, dy, z, st, lay.a, lay.b, lay.mean, ws, o['p1'], o['p2'], c, hw, length, sn, sc,
-            shw, dn, dc, dhw, HAS_AFFINE=affine, BN_SUMS=affine, BC=bc, BHW=bhw, warps=warps,
+            _se_grads_kernel, grid, dy, z, cs, lay.a, lay.b, lay.mean, pp, n * p.nb * c, c, hw, length, sn, sc, shw,
+            dn, dc, dhw, HAS_AFFINE=affine, BN_SUMS=affine, BC=bc, BHW=bhw, warps=warps,
         )  # fmt: skip
     grid, bc, bh, warps = p.cgrad
+    pq = n * p.s3 * c
     L.launch(
-        _channel_gate_grad_kernel, grid, ws, o['p1'], o['p2'], p.nb, o.get('q1', 0), o.get('q2', 0), p.s3, st,
-        lay.gc, lay.hid, lay.a, bnb, w2, scale, o['dl'], o['sq1'], o['sq2'], o['dhp'], dw2, db2, o.get('dwp', 0),
-        n * p.pb, dconv, n, c, hd, 2 * k * k,
+        _channel_gate_grad_kernel, grid, pp, n * p.nb * c, p.nb, q, pq, p.s3, cs, lay.gc, lay.hid, lay.a, bnb, w2,
+        scale, sm, o['dl'], o['sq1'], o['sq2'], o['dhp'], dw2, db2, dwp, n * p.pb,
+        None if dconv is None else dconv.view(-1), n, c, hd, 2 * k * k,
         CBAM=cbam, BN=affine, HAS_SCALE=scale is not None, BC=bc, BH=bh, BS=128, warps=warps,
     )  # fmt: skip
     dbnw = dbnb = None
@@ -1110,28 +1105,28 @@ def triton_backward(dy, z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode,
         grads += [dbnw, dbnb]
     batch = bn_mode in (BN_BATCH, BN_OWN)
     L.launch(
-        _channel_mlp_grad_kernel, grid, ws, o['dhp'], p.cb, st, lay.hid, lay.avg, lay.max, lay.gc, lay.a, lay.mean,
-        lay.invstd, lay.z1, w1, dw1, db1, o.get('q3', 0), o.get('q4', 0), p.s3, o['sq1'], o['sq2'], o['k2'],
-        o['k0'], o['bz'], o['d'], dbnw, dbnb, n, c, hd, hw, n * hw,
+        _channel_mlp_grad_kernel, grid, sm, o['dhp'], p.cb, cs, lay.hid, lay.avg, lay.max, lay.gc, lay.a, lay.mean,
+        lay.invstd, lay.z1, w1, dw1, db1, q, pq, p.s3, o['sq1'], o['sq2'], o['k2'], o['k0'], o['bz'], o['d'],
+        dbnw, dbnb, n, c, hd, hw, nhw,
         CBAM=cbam, BN=affine, BATCH=batch, BC=bc, BH=bh, warps=warps,
     )  # fmt: skip
     if want_dz:
         dz = torch.empty_like(z)
         grid, bc, bhw = p.dx
         L.launch(
-            _input_grad_kernel, grid, dy, z, dz, st, lay.a, lay.b, lay.gc, lay.gs, lay.smax, lay.max, ws,
-            o.get('wa', 0), o.get('wm', 0), o['k2'], o['k0'], o['bz'], o['d'], c, hw, sn, sc, shw, dn, dc, dhw,
+            _input_grad_kernel, grid, dy, z, dz, cs, lay.a, lay.b, lay.gc, lay.max, ps, nhw, wm, sm, o['k2'],
+            o['k0'], o['bz'], o['d'], c, hw, sn, sc, shw, dn, dc, dhw,
             HAS_AFFINE=affine, CBAM=cbam, BN=affine, BATCH=batch, BC=bc, BHW=bhw,
         )  # fmt: skip
         grads[0] = dz
     return grads
 
 
-def triton_update(rm, rv, nbt, st, l_mean, l_var, momentum, unbias) -> None:
+def triton_update(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias) -> None:
     """One launch: a BatchNorm's running statistics (``momentum`` < 0: the cumulative average)."""
     c = rm.numel()
     L.launch(
-        _update_stats_kernel, (1,), rm, rv, nbt, st, l_mean, l_var, c, max(momentum, 0.0), unbias,
+        _update_stats_kernel, (1,), rm, rv, nbt, cs, l_mean, l_var, c, max(momentum, 0.0), unbias,
         CUMULATIVE=momentum < 0, BLOCK=min(1024, L.pow2(c)),
     )  # fmt: skip
 
@@ -1151,12 +1146,13 @@ def twin_forward(
     z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, sw, sb, srm, srv, scale, bn_mode, spatial, sbn_batch, eps, seps, out
 ):
     """:func:`triton_forward`'s outputs with PyTorch operations (float32, autocast off): y (into
-    ``out`` when given) and the state, every entry of :class:`Layout` filled as the kernels fill it."""
+    ``out`` when given) and the states, every entry of :class:`Layout` filled as the kernels fill it."""
     n, c, h, w = z.shape
     hw, hd = h * w, w1.shape[0]
     lay = layout(n, c, hw, hd)
-    st = torch.zeros(lay.size, dtype=torch.float32, device=z.device)
     cbam = spatial != SPATIAL_NONE
+    st = torch.zeros(lay.csize, dtype=torch.float32, device=z.device)
+    ps = torch.zeros(lay.psize if cbam else 0, dtype=torch.float32, device=z.device)
     with _autocast_off(z.device):
         zf = z.float()
         x = zf
@@ -1203,34 +1199,37 @@ def twin_forward(
             if scale is not None:
                 gs = gs * scale.float()
             for at, t in ((lay.savg, savg), (lay.smax, smax), (lay.o, o), (lay.gs, gs)):
-                _put(st, at, t)
+                _put(ps, at, t)
             _put(st, lay.sstat, torch.stack([smean, svar, sinv]))
             y = y * gs[:, None]
     y = y.to(z.dtype)
-    return (y if out is None else out.copy_(y)), st
+    return (y if out is None else out.copy_(y)), st, ps
 
 
-def _views(st: Tensor, n: int, c: int, h: int, w: int, hd: int) -> dict:
+def _views(cs: Tensor, ps: Tensor, n: int, c: int, h: int, w: int, hd: int) -> dict:
+    """The states' entries as tensors of their shapes (views)."""
     lay = layout(n, c, h * w, hd)
     nc, nhw = (n, c), (n, h, w)
     shapes = dict(gc=nc, avg=nc, max=nc, z1=nc, hid=(n, 2, hd), a=(c,), b=(c,), mean=(c,), var=(c,), invstd=(c,))
-    shapes.update(savg=nhw, smax=nhw, o=nhw, gs=nhw, sstat=(4,))
+    shapes.update(sstat=(4,), savg=nhw, smax=nhw, o=nhw, gs=nhw)
     out = {}
     for name, shape in shapes.items():
         at = getattr(lay, name)
         size = 1
         for s in shape:
             size *= s
-        out[name] = st[at : at + size].view(shape)
+        src = ps if name in ('savg', 'smax', 'o', 'gs') else cs
+        if at + size <= src.numel():
+            out[name] = src[at : at + size].view(shape)
     return out
 
 
-def twin_backward(dy, z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz):
-    """:func:`triton_backward`'s gradients with PyTorch operations, from the same state: the
+def twin_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz):
+    """:func:`triton_backward`'s gradients with PyTorch operations, from the same states: the
     formulas written out (no autograd)."""
     n, c, h, w = z.shape
     hw, hd = h * w, w1.shape[0]
-    v = _views(st, n, c, h, w, hd)
+    v = _views(cs, ps, n, c, h, w, hd)
     cbam = spatial != SPATIAL_NONE
     with _autocast_off(z.device):
         zf, dyf = z.float(), dy.float()
@@ -1300,13 +1299,13 @@ def twin_backward(dy, z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, s
     return [dz] + params + grads_s + grads_bn
 
 
-def twin_update(rm, rv, nbt, st, l_mean, l_var, momentum, unbias) -> None:
+def twin_update(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias) -> None:
     """:func:`triton_update` with PyTorch operations."""
     c = rm.numel()
     nbt.add_(1)
     mom = 1.0 / nbt.float() if momentum < 0 else momentum
-    rm.copy_(rm * (1.0 - mom) + st[l_mean : l_mean + c] * mom)
-    rv.copy_(rv * (1.0 - mom) + st[l_var : l_var + c] * unbias * mom)
+    rm.copy_(rm * (1.0 - mom) + cs[l_mean : l_mean + c] * mom)
+    rv.copy_(rv * (1.0 - mom) + cs[l_var : l_var + c] * unbias * mom)
 
 
 # ---------------------------------------------------------------- the C++ kernels
@@ -1322,19 +1321,19 @@ def cpu_forward(
     """The C++ forward (float32, NCHW): one call."""
     n, c, h, w = z.shape
     lay = layout(n, c, h * w, w1.shape[0])
-    y, st = _kernels.cpu('gates').gates_forward(
+    y, cs, ps = _kernels.cpu('gates').gates_forward(
         z.contiguous(), bnw, bnb, bnm, bnv, w1.contiguous(), b1, w2.contiguous(), b2, _dense(cw), sw, sb, srm, srv,
         scale, bn_mode, spatial, sbn_batch, eps, seps, out, list(lay),
     )  # fmt: skip
-    return y, st
+    return y, cs, ps
 
 
-def cpu_backward(dy, z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz):
+def cpu_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz):
     """The C++ backward: one call."""
     n, c, h, w = z.shape
     lay = layout(n, c, h * w, w1.shape[0])
     grads = _kernels.cpu('gates_backward').gates_backward(
-        dy.contiguous(), z.contiguous(), st, bnw, bnb, w1.contiguous(), b1, w2.contiguous(), b2, _dense(cw), sw,
+        dy.contiguous(), z.contiguous(), cs, ps, bnw, bnb, w1.contiguous(), b1, w2.contiguous(), b2, _dense(cw), sw,
         scale, bn_mode, spatial, sbn_batch, want_dz, list(lay),
     )  # fmt: skip
     if not want_dz:
@@ -1342,8 +1341,8 @@ def cpu_backward(dy, z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, sp
     return grads
 
 
-def cpu_update(rm, rv, nbt, st, l_mean, l_var, momentum, unbias) -> None:
-    _kernels.cpu('update_stats_').update_stats(rm, rv, nbt, st, l_mean, l_var, momentum, unbias)
+def cpu_update(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias) -> None:
+    _kernels.cpu('update_stats_').update_stats(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias)
 
 
 # ---------------------------------------------------------------- the operators
@@ -1356,15 +1355,15 @@ _FORWARD_ARGS = (
     'Tensor? sbn_var, Tensor? gate_scale, int bn_mode, int spatial, bool sbn_batch, float eps, float sbn_eps, '
     'bool triton, bool fallback'
 )
-_lib.define(f'gates({_FORWARD_ARGS}) -> (Tensor, Tensor)')
+_lib.define(f'gates({_FORWARD_ARGS}) -> (Tensor, Tensor, Tensor)')
 _lib.define(f'gates_(Tensor(a!) out, {_FORWARD_ARGS}) -> ()')
 _lib.define(
-    'gates_backward(Tensor dy, Tensor z, Tensor state, Tensor? bn_weight, Tensor? bn_bias, Tensor w1, Tensor b1, '
+    'gates_backward(Tensor dy, Tensor z, Tensor cstate, Tensor pstate, Tensor? bn_weight, Tensor? bn_bias, Tensor w1, Tensor b1, '
     'Tensor w2, Tensor b2, Tensor? conv_weight, Tensor? sbn_weight, Tensor? gate_scale, int bn_mode, int spatial, '
     'bool sbn_batch, bool want_dz, bool triton, bool fallback) -> Tensor?[]'
 )
 _lib.define(
-    'update_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!) num_batches_tracked, Tensor state, '
+    'update_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!) num_batches_tracked, Tensor cstate, '
     'int mean_at, int var_at, float momentum, float unbias, bool triton, bool fallback) -> ()'
 )
 
@@ -1398,8 +1397,8 @@ def _backward_impl(*args):
     return L.run_or_twin(_key('gates_backward', *inputs[1:]), fallback, triton_backward, twin_backward, *inputs)
 
 
-def _update_impl(rm, rv, nbt, st, l_mean, l_var, momentum, unbias, triton, fallback) -> None:
-    args = (rm, rv, nbt, st, l_mean, l_var, momentum, unbias)
+def _update_impl(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias, triton, fallback) -> None:
+    args = (rm, rv, nbt, cs, l_mean, l_var, momentum, unbias)
     if rm.device.type == 'cpu' and not triton:
         return cpu_update(*args)
     L.run_or_twin(('update_stats_',), fallback, triton_update, twin_update, *args)
@@ -1417,9 +1416,11 @@ for _dk in ('CPU', 'CUDA'):
 
 
 @torch.library.register_fake('cbam_det::gates')
-def _(z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, *rest):
+def _fake_gates(z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, *rest):
     n, c, h, w = z.shape
-    return torch.empty_like(z), z.new_empty((layout(n, c, h * w, w1.shape[0]).size,), dtype=torch.float32)
+    lay = layout(n, c, h * w, w1.shape[0])
+    psize = lay.psize if cw is not None else 0
+    return torch.empty_like(z), z.new_empty((lay.csize,), dtype=torch.float32), z.new_empty((psize,), dtype=torch.float32)
 
 
 @torch.library.register_fake('cbam_det::gates_')
@@ -1428,7 +1429,7 @@ def _(out, *args) -> None:
 
 
 @torch.library.register_fake('cbam_det::gates_backward')
-def _(dy, z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz, triton, fallback):
+def _fake_gates_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz, triton, fallback):
     out = [torch.empty_like(z) if want_dz else None] + [torch.empty_like(t) for t in (w1, b1, w2, b2)]
     if spatial != SPATIAL_NONE:
         out += [torch.empty_like(cw), torch.empty_like(sw), torch.empty_like(sw)]
@@ -1441,6 +1442,30 @@ def _(dy, z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_
 def _(*args) -> None:
     return None
 
+
+def _meta(fake, real):
+    """The ops' kernel for ``meta`` tensors: the Triton launchers while a census observes the
+    launches (:func:`..launch.observe`: the grids of a full-size network, nothing run), else the fake."""
+
+    def kernel(*args, **kwargs):
+        return (real if L.observing() else fake)(*args, **kwargs)
+
+    return kernel
+
+
+def _meta_forward(*args, out=None):
+    *inputs, triton, fallback = args
+    return triton_forward(*inputs, out)
+
+
+_lib.impl('gates', _meta(_fake_gates, _meta_forward), 'Meta')
+def _meta_forward_(out, *args) -> None:
+    _meta_forward(*args, out=out)
+
+
+_lib.impl('gates_', _meta(lambda out, *a: None, _meta_forward_), 'Meta')
+_lib.impl('gates_backward', _meta(_fake_gates_backward, lambda *a: triton_backward(*a[:-2])), 'Meta')  # noqa: E501
+_lib.impl('update_stats_', _meta(lambda *a: None, lambda *a: triton_update(*a[:-2])), 'Meta')
 
 GATES = torch.ops.cbam_det.gates.default
 GATES_ = torch.ops.cbam_det.gates_.default
@@ -1455,18 +1480,18 @@ def _setup(ctx, inputs, output) -> None:
     (z, bnw, bnb, _, _, w1, b1, w2, b2, cw, sw, _, _, _, scale, bn_mode, spatial, sbn_batch, _, _, triton, fallback) = (
         inputs
     )
-    ctx.save_for_backward(z, output[1], bnw, bnb, w1, b1, w2, b2, cw, sw, scale)
+    ctx.save_for_backward(z, output[1], output[2], bnw, bnb, w1, b1, w2, b2, cw, sw, scale)
     ctx.flags = (bn_mode, spatial, sbn_batch)
     ctx.run = (triton, fallback)
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.set_materialize_grads(False)  # the state's gradient stays None (no zeros formed)
 
 
-def _backward(ctx, dy: Tensor, _dstate: Optional[Tensor]) -> tuple:
-    z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale = ctx.saved_tensors
+def _backward(ctx, dy: Tensor, _dcs: Optional[Tensor], _dps: Optional[Tensor]) -> tuple:
+    z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale = ctx.saved_tensors
     bn_mode, spatial, sbn_batch = ctx.flags
     g = GATES_BACKWARD(
-        dy, z, st, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, ctx.needs_input_grad[0],
+        dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, ctx.needs_input_grad[0],
         *ctx.run,
     )  # fmt: skip
     spatial_grads = (g[5], g[6], g[7]) if spatial != SPATIAL_NONE else (None, None, None)
@@ -1558,8 +1583,8 @@ def attend(
     own_update = False
     if bn is not None:
         bnw, bnb, eps = bn.weight, bn.bias, float(bn.eps)
-        if bn.training or bn.running_mean is None:
-            bn_mode, own_update = BN_OWN, bn.training and bn.running_mean is not None
+        if bn.training or bn.running_mean is None:  # the running mean (if any) shifts the sums
+            bn_mode, own_update, bnm = BN_OWN, bn.training and bn.running_mean is not None, bn.running_mean
             if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
                 raise ValueError(f'Expected more than 1 value per channel when training, got input size {tuple(x.shape)}')
         else:
@@ -1575,23 +1600,23 @@ def attend(
     supdate = a.supdate and sbn_batch
     grad_params = a.w1.requires_grad or a.w2.requires_grad or (bnb is not None and bnb.requires_grad)
     if torch.is_grad_enabled() and (z.requires_grad or grad_params):
-        y, st = GATES(*args) if compiled else _Gates.apply(*args)
+        y, cs, ps = GATES(*args) if compiled else _Gates.apply(*args)
     elif module.inplace and source is None and not (supdate or own_update or recording()):
         GATES_(z, *args)  # inference in place: no state needed
         return z
     else:
-        y, st = GATES(*args)
+        y, cs, ps = GATES(*args)
     if supdate or own_update:
         m = n * h * w
         lay = layout(n, c, h * w, a.w1.shape[0])
         if supdate:
-            UPDATE_STATS_(a.srm, a.srv, a.snbt, st, lay.sstat, lay.sstat + 1, a.smomentum, m / (m - 1), triton, fallback)
+            UPDATE_STATS_(a.srm, a.srv, a.snbt, cs, lay.sstat, lay.sstat + 1, a.smomentum, m / (m - 1), triton, fallback)
         if own_update:
             mom = -1.0 if bn.momentum is None else float(bn.momentum)
-            UPDATE_STATS_(bn.running_mean, bn.running_var, bn.num_batches_tracked, st, lay.mean, lay.var, mom,
+            UPDATE_STATS_(bn.running_mean, bn.running_var, bn.num_batches_tracked, cs, lay.mean, lay.var, mom,
                           m / (m - 1), triton, fallback)  # fmt: skip
     if recording():
-        v = _views(st, n, c, h, w, a.w1.shape[0])
+        v = _views(cs, ps, n, c, h, w, a.w1.shape[0])
         note(module, channel=v['gc'], spatial=v['gs'][:, None] if a.spatial != SPATIAL_NONE else None)
     return y
 

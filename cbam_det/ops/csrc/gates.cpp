@@ -391,13 +391,14 @@ std::vector<at::Tensor> spatial_conv_grad(const at::Tensor& dout, const at::Tens
 enum BnMode { kBnNone = 0, kBnBatch = 1, kBnRunning = 2, kBnOwn = 3 };
 enum Spatial { kSpatialNone = 0, kSpatialAvgMax = 1 };
 
-// offsets of the state (cbam_det.kernels.library.gates.Layout, in its order)
+// offsets of the two states (cbam_det.kernels.library.gates.Layout, in its order): the channel
+// state (csize floats) and the pixel state (psize floats, CBAM)
 struct Lay {
-  int64_t gc, avg, max, z1, hid, a, b, mean, var, invstd, savg, smax, o, gs, sstat, size;
+  int64_t gc, avg, max, z1, hid, a, b, mean, var, invstd, sstat, csize, savg, smax, o, gs, psize;
   explicit Lay(const std::vector<int64_t>& v) {
-    TORCH_CHECK(v.size() == 16, "gates: the state layout has 16 entries");
+    TORCH_CHECK(v.size() == 17, "gates: the state layout has 17 entries");
     gc = v[0]; avg = v[1]; max = v[2]; z1 = v[3]; hid = v[4]; a = v[5]; b = v[6]; mean = v[7]; var = v[8];
-    invstd = v[9]; savg = v[10]; smax = v[11]; o = v[12]; gs = v[13]; sstat = v[14]; size = v[15];
+    invstd = v[9]; sstat = v[10]; csize = v[11]; savg = v[12]; smax = v[13]; o = v[14]; gs = v[15]; psize = v[16];
   }
 };
 
@@ -449,9 +450,10 @@ std::vector<at::Tensor> gates_forward(const at::Tensor& z, const OptT& bnw, cons
   check(z, "z"); check(w1, "w1"); check(b1, "b1"); check(w2, "w2"); check(b2, "b2");
   const Lay L(layout);
   const int64_t N = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), HW = H * W, HD = w1.size(0);
-  auto st = at::empty({L.size}, z.options());
-  float* S = st.data_ptr<float>();
-  std::fill(S, S + L.size, 0.f);
+  const bool cbam = spatial != kSpatialNone;
+  auto st = at::empty({L.csize}, z.options()), ps = at::empty({cbam ? L.psize : 0}, z.options());
+  float *S = st.data_ptr<float>(), *P = ps.data_ptr<float>();
+  std::fill(S, S + L.csize, 0.f);
   const float* zp = z.data_ptr<float>();
   const float s = value_or(scale, 1.f);
   // per (n, c): Σ (z − k), Σ (z − k)², max z, min z with the shift k of the BatchNorm mode
@@ -462,9 +464,7 @@ std::vector<at::Tensor> gates_forward(const at::Tensor& z, const OptT& bnw, cons
       for (int64_t r = r0; r < r1; ++r) row_sum_max<false>(zp + r * HW, HW, 1.f, 0.f, s1[r], zmax[r]);
     });
   } else {
-    if (bn_mode == kBnOwn)
-      for (int64_t c = 0; c < C; ++c) shift[c] = zp[c * HW];
-    else
+    if (bnm.has_value() && bnm->defined())  // a BN's mean (own BN: its running mean, which keeps the sums small)
       std::copy(bnm->data_ptr<float>(), bnm->data_ptr<float>() + C, shift.begin());
     auto mo = channel_moments(z, at::from_blob(shift.data(), {C}, z.options()));
     const double *m1 = mo[0].data_ptr<double>(), *m2 = mo[1].data_ptr<double>();
@@ -510,7 +510,6 @@ std::vector<at::Tensor> gates_forward(const at::Tensor& z, const OptT& bnw, cons
     for (int64_t r = 0; r < N * C; ++r) { Avg[r] = static_cast<float>(s1[r] / HW); Max[r] = zmax[r]; }
   }
   // the channel gate: hid = relu(W1·v + b1) for v = avg (and max), gc = s·σ(W2·Σhid + (1|2)·b2)
-  const bool cbam = spatial != kSpatialNone;
   std::vector<float> hid(2 * N * HD, 0.f);
   matvec(Avg, N, C, w1.data_ptr<float>(), b1.data_ptr<float>(), HD, hid.data());
   if (cbam) matvec(Max, N, C, w1.data_ptr<float>(), b1.data_ptr<float>(), HD, hid.data() + N * HD);
@@ -535,11 +534,11 @@ std::vector<at::Tensor> gates_forward(const at::Tensor& z, const OptT& bnw, cons
     auto sp = spatial_pool(z, a_t, b_t, gc);
     const bool avg_first = spatial == kSpatialAvgMax;
     const at::Tensor maps = pooled_maps(sp[0].data_ptr<float>(), sp[1].data_ptr<float>(), avg_first, N, H, W, z.options());
-    std::copy(sp[0].data_ptr<float>(), sp[0].data_ptr<float>() + N * HW, S + L.savg);
-    std::copy(sp[1].data_ptr<float>(), sp[1].data_ptr<float>() + N * HW, S + L.smax);
+    std::copy(sp[0].data_ptr<float>(), sp[0].data_ptr<float>() + N * HW, P + L.savg);
+    std::copy(sp[1].data_ptr<float>(), sp[1].data_ptr<float>() + N * HW, P + L.smax);
     const at::Tensor o = spatial_conv(maps, *cw);
     const float* op = o.data_ptr<float>();
-    std::copy(op, op + N * HW, S + L.o);
+    std::copy(op, op + N * HW, P + L.o);
     float mean, var;
     if (sbn_batch) {
       double t1 = 0, t2 = 0;
@@ -555,24 +554,24 @@ std::vector<at::Tensor> gates_forward(const at::Tensor& z, const OptT& bnw, cons
     const float invstd = 1.f / std::sqrt(var + static_cast<float>(seps)), gam = sw->data_ptr<float>()[0],
                 bet = sb->data_ptr<float>()[0];
     S[L.sstat] = mean; S[L.sstat + 1] = var; S[L.sstat + 2] = invstd;
-    for (int64_t i = 0; i < N * HW; ++i) S[L.gs + i] = sigmoid_f((op[i] - mean) * invstd * gam + bet) * s;
-    gs_t = part(st, L.gs, {N, HW});
+    for (int64_t i = 0; i < N * HW; ++i) P[L.gs + i] = sigmoid_f((op[i] - mean) * invstd * gam + bet) * s;
+    gs_t = part(ps, L.gs, {N, HW});
   }
   at::Tensor y = apply_gates(z, a_t, b_t, gc, gs_t, out);
-  return {y, st};
+  return {y, st, ps};
 }
 
 // The whole backward: [dz (undefined unless want_dz), dW1, db1, dW2, db2] + (CBAM) [d conv, d γ_s,
 // d β_s] + (folded BN) [d γ, d β].
 std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z, const at::Tensor& st,
-                                       const OptT& bnw, const OptT& bnb, const at::Tensor& w1, const at::Tensor& b1,
+                                       const at::Tensor& ps, const OptT& bnw, const OptT& bnb, const at::Tensor& w1, const at::Tensor& b1,
                                        const at::Tensor& w2, const at::Tensor& b2, const OptT& cw, const OptT& sw,
                                        const OptT& scale, int64_t bn_mode, int64_t spatial, bool sbn_batch,
                                        bool want_dz, const std::vector<int64_t>& layout) {
   check(dy, "dy"); check(z, "z"); check(st, "state");
   const Lay L(layout);
   const int64_t N = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), HW = H * W, HD = w1.size(0);
-  const float* S = st.data_ptr<float>();
+  const float *S = st.data_ptr<float>(), *P = ps.data_ptr<float>();
   const float s = value_or(scale, 1.f);
   const bool cbam = spatial != kSpatialNone, bn = bn_mode != kBnNone;
   const OptT a_t = bn ? OptT(part(st, L.a, {C})) : OptT(), b_t = bn ? OptT(part(st, L.b, {C})) : OptT();
@@ -581,11 +580,11 @@ std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z
   OptT gs_t, smax_t, wa_t, wm_t, cmax_t, dmax_t;
   at::Tensor dgc;
   if (cbam) {
-    gs_t = part(st, L.gs, {N, HW});
-    smax_t = part(st, L.smax, {N, HW});
+    gs_t = part(ps, L.gs, {N, HW});
+    smax_t = part(ps, L.smax, {N, HW});
     auto g = gate_grads(dy, z, a_t, b_t, gc, gs_t, smax_t);
     dgc = g[0];
-    const float *dgs = g[1].data_ptr<float>(), *cnt = g[2].data_ptr<float>(), *gsp = S + L.gs, *op = S + L.o;
+    const float *dgs = g[1].data_ptr<float>(), *cnt = g[2].data_ptr<float>(), *gsp = P + L.gs, *op = P + L.o;
     const float mean = S[L.sstat], invstd = S[L.sstat + 2], coef = sw->data_ptr<float>()[0] * invstd;
     std::vector<float> dt(N * HW);
     double sum_dt = 0, sum_dtx = 0;
@@ -600,7 +599,7 @@ std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z
     for (int64_t i = 0; i < N * HW; ++i)
       dop[i] = sbn_batch ? coef * (dt[i] - m1 - (op[i] - mean) * invstd * m2) : coef * dt[i];
     const bool avg_first = spatial == kSpatialAvgMax;
-    const at::Tensor maps = pooled_maps(S + L.savg, S + L.smax, avg_first, N, H, W, z.options());
+    const at::Tensor maps = pooled_maps(P + L.savg, P + L.smax, avg_first, N, H, W, z.options());
     auto cg = spatial_conv_grad(dout, maps, *cw, true, true);
     const float* dm = cg[0].data_ptr<float>();  // (N, 2, H, W)
     auto wa = at::empty({N, HW}, z.options()), wm = at::empty({N, HW}, z.options());
