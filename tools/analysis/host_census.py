@@ -169,14 +169,15 @@ class _SyncMode(torch.overrides.TorchFunctionMode):
 
 
 def _op_counts(events, backend: str) -> Dict[str, int]:
-    """kernels, casts and syncs among the profiler's events of one phase. An aten op counts one
-    kernel unless its children launch kernels (then they are counted instead). A ``cbam_det::`` op
-    is one kernel call where its kernel is C++ (the ``cpu`` backend), plus what its C++ calls of
-    aten launch; with Triton its launches are counted instead."""
+    """kernels, casts and syncs among the profiler's events of one phase, walked from the roots
+    of the event tree (through events that are not ops, e.g. autograd's). An aten op counts one
+    kernel unless its descendants launch kernels (then they are counted instead). A ``cbam_det::``
+    op is one kernel call where its kernel is C++ (the ``cpu`` backend), plus what its C++ calls
+    of aten launch; with Triton its launches are counted instead."""
     counts = {'kernels': 0, 'casts': 0, 'syncs': 0}
 
     def kernels(e) -> int:
-        inner = sum(kernels(c) for c in e.cpu_children if c.name.startswith(('aten::', 'cbam_det::')))
+        inner = sum(kernels(c) for c in e.cpu_children)
         name = e.name
         if name == 'aten::_to_copy':
             counts['casts'] += 1
@@ -185,23 +186,12 @@ def _op_counts(events, backend: str) -> Dict[str, int]:
             return inner
         if name.startswith('cbam_det::'):
             return inner + (backend == 'cpu')
-        if inner or name in NOT_KERNELS:
+        if inner or name in NOT_KERNELS or not name.startswith('aten::'):
             return inner
         return 1
 
-    for e in events:
-        if e.name.startswith(('aten::', 'cbam_det::')) and not _has_op_parent(e):
-            counts['kernels'] += kernels(e)
+    counts['kernels'] = sum(kernels(e) for e in events if e.cpu_parent is None)
     return counts
-
-
-def _has_op_parent(e) -> bool:
-    p = e.cpu_parent
-    while p is not None:
-        if p.name.startswith(('aten::', 'cbam_det::')):
-            return True
-        p = p.cpu_parent
-    return False
 
 
 # ---------------------------------------------------------------- one module step
