@@ -237,52 +237,28 @@ _lib.impl('pointwise_conv', _pointwise_cpu, 'CPU')
 _lib.impl('pointwise_conv_input_grad', _pointwise_grad_cpu, 'CPU')
 
 
+# The fakes give shapes to torch.compile; on real ``meta`` tensors while a census observes the
+# launches they run the Triton launchers (the grids of a full-size network, nothing launched).
+
+
 @torch.library.register_fake('cbam_det::bam_apply')
 def _fake_apply(x, c, s, product, residual, triton, fallback):
+    if x.device.type == 'meta' and L.observing():
+        return triton_apply(x, c, s, product, residual, None)
     return torch.empty_like(x)
 
 
 @torch.library.register_fake('cbam_det::bam_apply_')
 def _fake_apply_(out, x, c, s, product, residual, triton, fallback) -> None:
-    return None
+    if x.device.type == 'meta' and L.observing():
+        triton_apply(x, c, s, product, residual, out)
 
 
 @torch.library.register_fake('cbam_det::bam_backward')
 def _fake_backward(dy, x, c, s, product, residual, triton, fallback):
+    if x.device.type == 'meta' and L.observing():
+        return triton_backward(dy, x, c, s, product, residual)
     return torch.empty_like(x), torch.empty_like(c), torch.empty_like(s)
-
-
-def _meta(fake, real):
-    """The ops' kernel for ``meta`` tensors: the Triton launchers while a census observes the
-    launches, else the fake."""
-
-    def kernel(*args):
-        return (real if L.observing() else fake)(*args)
-
-    return kernel
-
-
-def _meta_apply(x, c, s, product, residual, triton, fallback, out=None):
-    return triton_apply(x, c, s, product, residual, out)
-
-
-def _meta_apply_(out, *args) -> None:
-    _meta_apply(*args, out=out)
-
-
-_lib.impl('bam_apply', _meta(_fake_apply, _meta_apply), 'Meta')
-_lib.impl('bam_apply_', _meta(_fake_apply_, _meta_apply_), 'Meta')
-_lib.impl('bam_backward', _meta(_fake_backward, lambda *a: triton_backward(*a[:-2])), 'Meta')
-
-
-@torch.library.register_fake('cbam_det::pointwise_conv')
-def _(x, w, bias):
-    return x.new_empty((x.shape[0], w.shape[0], x.shape[2], x.shape[3]))
-
-
-@torch.library.register_fake('cbam_det::pointwise_conv_input_grad')
-def _(dout, w):
-    return dout.new_empty((dout.shape[0], w.shape[1], dout.shape[2], dout.shape[3]))
 
 
 BAM_APPLY = torch.ops.cbam_det.bam_apply.default

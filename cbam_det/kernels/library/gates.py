@@ -1415,8 +1415,15 @@ for _dk in ('CPU', 'CUDA'):
     _lib.impl('update_stats_', _update_impl, _dk)
 
 
+# The fakes give shapes to torch.compile. On real ``meta`` tensors while a census observes the
+# launches (:func:`..launch.observe`) they run the Triton launchers: the grids of a full-size
+# network, nothing launched.
+
+
 @torch.library.register_fake('cbam_det::gates')
 def _fake_gates(z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, *rest):
+    if z.device.type == 'meta' and L.observing():
+        return triton_forward(z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, *rest[:-2], None)
     n, c, h, w = z.shape
     lay = layout(n, c, h * w, w1.shape[0])
     psize = lay.psize if cw is not None else 0
@@ -1425,11 +1432,14 @@ def _fake_gates(z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, *rest):
 
 @torch.library.register_fake('cbam_det::gates_')
 def _(out, *args) -> None:
-    return None
+    if out.device.type == 'meta' and L.observing():
+        triton_forward(*args[:-2], out)
 
 
 @torch.library.register_fake('cbam_det::gates_backward')
 def _fake_gates_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz, triton, fallback):
+    if z.device.type == 'meta' and L.observing():
+        return triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz)
     out = [torch.empty_like(z) if want_dz else None] + [torch.empty_like(t) for t in (w1, b1, w2, b2)]
     if spatial != SPATIAL_NONE:
         out += [torch.empty_like(cw), torch.empty_like(sw), torch.empty_like(sw)]
@@ -1440,32 +1450,9 @@ def _fake_gates_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale,
 
 @torch.library.register_fake('cbam_det::update_stats_')
 def _(*args) -> None:
-    return None
+    if args[0].device.type == 'meta' and L.observing():
+        triton_update(*args[:-2])
 
-
-def _meta(fake, real):
-    """The ops' kernel for ``meta`` tensors: the Triton launchers while a census observes the
-    launches (:func:`..launch.observe`: the grids of a full-size network, nothing run), else the fake."""
-
-    def kernel(*args, **kwargs):
-        return (real if L.observing() else fake)(*args, **kwargs)
-
-    return kernel
-
-
-def _meta_forward(*args, out=None):
-    *inputs, triton, fallback = args
-    return triton_forward(*inputs, out)
-
-
-_lib.impl('gates', _meta(_fake_gates, _meta_forward), 'Meta')
-def _meta_forward_(out, *args) -> None:
-    _meta_forward(*args, out=out)
-
-
-_lib.impl('gates_', _meta(lambda out, *a: None, _meta_forward_), 'Meta')
-_lib.impl('gates_backward', _meta(_fake_gates_backward, lambda *a: triton_backward(*a[:-2])), 'Meta')  # noqa: E501
-_lib.impl('update_stats_', _meta(lambda *a: None, lambda *a: triton_update(*a[:-2])), 'Meta')
 
 GATES = torch.ops.cbam_det.gates.default
 GATES_ = torch.ops.cbam_det.gates_.default
