@@ -171,6 +171,8 @@ def _backend_for(module: nn.Module, x: torch.Tensor, bn: Optional[nn.Module]) ->
     device and dtype before ``auto`` first picks ``triton``."""
     request = get_backend()
     compiling = torch.compiler.is_compiling()
+    if compiling:  # traced once: nothing to cache (and no cache for the graph to guard on)
+        return select_backend(x, module, bn), request == 'auto'
     key = (
         request,
         x.device,

@@ -63,6 +63,7 @@ __all__ = [
     'specialization',
     'launch',
     'run_or_twin',
+    'device_guard',
     'strides',
     'cdiv',
     'pow2',
@@ -251,16 +252,22 @@ def launch(kernel, grid: Tuple[int, ...], *args, warps: int = WARPS, **meta) -> 
         raise LaunchFailed(_describe(kernel, args, meta, warps), reason) from e
 
 
-def run_or_twin(key: tuple, fallback: bool, kernels: Callable, twin: Callable, *args):
+def run_or_twin(key: Callable[[], tuple], fallback: bool, kernels: Callable, twin: Callable, *args):
     """``kernels(*args)`` (an op's Triton launches, under the tensors' device), or where a launch
     fails and ``fallback`` allows it, ``twin(*args)`` (the op's PyTorch twin: same outputs), warned
-    once per ``key`` (the op and what its plan depends on), which then goes to the twin directly."""
-    if key in _failed:
-        if not fallback:
-            raise TritonLaunchError(f'cbam_det: {_failed[key]}; the triton backend was named explicitly, no fallback')
-        return twin(*args)
+    once per ``key()`` (the op and what its plan depends on; formed only once something failed),
+    which then goes to the twin directly."""
+    if _failed:
+        known = _failed.get(key())
+        if known is not None:
+            if not fallback:
+                raise TritonLaunchError(f'cbam_det: {known}; the triton backend was named explicitly, no fallback')
+            return twin(*args)
     try:
-        with _device_of(args):
+        guard = device_guard(args)
+        if guard is None:
+            return kernels(*args)
+        with guard:
             return kernels(*args)
     except LaunchFailed as e:
         message = f'Triton kernel {e.describe} failed to compile or launch ({e.reason})'
@@ -269,7 +276,7 @@ def run_or_twin(key: tuple, fallback: bool, kernels: Callable, twin: Callable, *
                 f'cbam_det: {message}; the triton backend was named explicitly (set_backend/use_backend or '
                 f'CBAM_DET_BACKEND), so there is no fallback. Backend auto computes such calls with PyTorch.'
             ) from e
-        _failed[key] = message
+        _failed[key()] = message
         warnings.warn(
             f'cbam_det: {message}; backend auto computes this call, and every later one of this kind, with '
             f'PyTorch. CBAM_DET_BACKEND=torch silences this.',
@@ -278,15 +285,16 @@ def run_or_twin(key: tuple, fallback: bool, kernels: Callable, twin: Callable, *
         return twin(*args)
 
 
-def _device_of(args: tuple):
-    """``torch.cuda.device`` of the first CUDA tensor where it is not the current device (Triton
-    launches on the current one); nothing otherwise."""
+def device_guard(args: tuple):
+    """``torch.cuda.device`` of the first tensor of ``args`` where it is a CUDA tensor on another
+    device than the current one (Triton launches on the current device); None otherwise."""
     for a in args:
         if isinstance(a, torch.Tensor):
-            if a.device.type == 'cuda' and a.device.index != torch.cuda.current_device():
-                return torch.cuda.device(a.device)
-            break
-    return contextlib.nullcontext()
+            device = a.device
+            if device.type == 'cuda' and device.index is not None and device.index != torch.cuda.current_device():
+                return torch.cuda.device(device)
+            return None
+    return None
 
 
 # ---------------------------------------------------------------- layouts and plans

@@ -146,9 +146,9 @@ def triton_backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, 
     grid, length, bc, bhw, warps = grads
     nb, sp = grid[0], grid[1]
     dx = torch.empty_like(x)
-    ws = torch.empty(n * (nb * ch + sp * hw + ch + hw), dtype=torch.float32, device=x.device)
-    part, dsp = ws[: n * nb * ch], ws[n * nb * ch : n * (nb * ch + sp * hw)]
-    dc, ds = ws[n * (nb * ch + sp * hw) :][: n * ch].view(n, ch), ws[n * (nb * ch + sp * hw + ch) :].view(n, hw)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    part, dsp = torch.empty(n * nb * ch, **f32), torch.empty(n * sp * hw, **f32)
+    dc, ds = torch.empty(n, ch, **f32), torch.empty(n, hw, **f32)
     L.launch(
         _bam_grads_kernel, grid, dy, x, c, s, dx, part, dsp, ch, hw, length, nb, sn, sc, shw, *dst,
         PRODUCT=product, RESIDUAL=residual, BC=bc, BHW=bhw, warps=warps,
@@ -203,7 +203,7 @@ def _apply_impl(x, c, s, product, residual, triton, fallback, out=None):
     """C++ on the CPU (Triton in its interpreter where ``triton``), Triton on CUDA."""
     if x.device.type == 'cpu' and not triton:
         return _kernels.cpu('bam_apply', 'bam').bam_apply(x.contiguous(), c, s, product, residual, out)
-    key = ('bam_apply', x.dtype, product, residual)
+    key = lambda: ('bam_apply', x.dtype, product, residual)  # noqa: E731
     return L.run_or_twin(key, fallback, triton_apply, twin_apply, x, c, s, product, residual, out)
 
 
@@ -215,7 +215,7 @@ def _backward_impl(dy, x, c, s, product, residual, triton, fallback):
     if x.device.type == 'cpu' and not triton:
         dx, dc, ds = _kernels.cpu('bam_backward', 'bam').bam_grads(dy.contiguous(), x.contiguous(), c, s, product, residual)
         return dx, dc, ds
-    key = ('bam_backward', x.dtype, product, residual)
+    key = lambda: ('bam_backward', x.dtype, product, residual)  # noqa: E731
     return L.run_or_twin(key, fallback, triton_backward, twin_backward, dy, x, c, s, product, residual)
 
 
@@ -259,6 +259,16 @@ def _fake_backward(dy, x, c, s, product, residual, triton, fallback):
     if x.device.type == 'meta' and L.observing():
         return triton_backward(dy, x, c, s, product, residual)
     return torch.empty_like(x), torch.empty_like(c), torch.empty_like(s)
+
+
+@torch.library.register_fake('cbam_det::pointwise_conv')
+def _fake_pointwise(x, w, bias):
+    return x.new_empty((x.shape[0], w.shape[0], x.shape[2], x.shape[3]))
+
+
+@torch.library.register_fake('cbam_det::pointwise_conv_input_grad')
+def _fake_pointwise_input_grad(dout, w):
+    return dout.new_empty((dout.shape[0], w.shape[1], dout.shape[2], dout.shape[3]))
 
 
 BAM_APPLY = torch.ops.cbam_det.bam_apply.default
@@ -341,7 +351,7 @@ def refine(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool, inpla
     args = (x, c2, s2, product, residual, triton, fallback)
     if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or s.requires_grad):
         return BAM_APPLY(*args) if compiled else _Bam.apply(*args)
-    if inplace:
+    if inplace and not compiled:
         BAM_APPLY_(x, *args)
         return x
     return BAM_APPLY(*args)

@@ -69,13 +69,14 @@ SPATIAL_NONE, SPATIAL_AVG_MAX, SPATIAL_MAX_AVG = 0, 1, 2
 
 class Layout(NamedTuple):
     """Offsets (float32 elements) of the small tensors the forward keeps for the backward, in its
-    two state tensors. ``cstate`` (per channel): gc (the channel gate), avg, max (of x over H×W),
+    two state tensors (an entry the mode does not have takes no room). ``cstate`` (per channel): gc (the channel gate), gl (its logit), avg, max (of x over H×W),
     z1 (Σ_hw (z − μ), folded BN) per (n, c); hid (relu(W1·avg + b1), then relu(W1·max + b1)) per
     n and hidden unit; a, b, mean, var, invstd (folded BN) per channel; sstat: the spatial BN's
     mean, var and invstd as used. ``pstate`` (per pixel, CBAM): savg, smax (over C of x·g_c),
     o (the k×k conv), gs (the spatial gate), one (N, H·W) plane each."""
 
     gc: int
+    gl: int
     avg: int
     max: int
     z1: int
@@ -94,24 +95,26 @@ class Layout(NamedTuple):
     psize: int
 
 
-def _up16(n: int) -> int:
-    return -(-n // 16) * 16
-
-
 def _offsets(sizes) -> Tuple[List[int], int]:
     out, at = [], 0
     for s in sizes:
         out.append(at)
-        at += _up16(max(s, 1))
+        at += s
     return out, at
 
 
-@functools.lru_cache(maxsize=None)
-def layout(n: int, c: int, hw: int, hd: int) -> Layout:
-    """The states' layout for N, C, H·W and the MLP's hidden width (every block 16-aligned)."""
-    channel, csize = _offsets([n * c] * 4 + [n * 2 * hd] + [c] * 5 + [4])
-    pixel, psize = _offsets([n * hw] * 4)
+def compute_layout(n: int, c: int, hw: int, hd: int, cbam: bool, bn: bool) -> Layout:
+    """The states' layout for N, C, H·W, the MLP's hidden width, CBAM (else SE) and a folded
+    BatchNorm: only the entries the mode has, packed (every element of both states is written by
+    the forward), also for symbolic sizes (the fakes under ``torch.compile``)."""
+    k = 1 if bn else 0
+    channel, csize = _offsets([n * c] * 4 + [k * n * c, n * (2 if cbam else 1) * hd] + [k * c] * 5 + [3 * cbam])
+    pixel, psize = _offsets([cbam * n * hw] * 4)
     return Layout(*channel, csize, *pixel, psize)
+
+
+#: :func:`compute_layout`, computed once per size
+layout = functools.lru_cache(maxsize=None)(compute_layout)
 
 
 # ---------------------------------------------------------------- Triton kernels: forward
@@ -160,7 +163,7 @@ def _pool_kernel(
 @jit
 def _channel_gate_kernel(
     part_ptr, PS, S, bnw_ptr, bnb_ptr, bnm_ptr, bnv_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, cs_ptr,
-    l_gc, l_avg, l_max, l_z1, l_hid, l_a, l_b, l_mean, l_var, l_invstd, N, C, HD, HW, eps,
+    l_gc, l_gl, l_avg, l_max, l_z1, l_hid, l_a, l_b, l_mean, l_var, l_invstd, N, C, HD, HW, eps,
     BN: tl.constexpr, SHIFT: tl.constexpr, USE_MAX: tl.constexpr, HAS_SCALE: tl.constexpr,
     BC: tl.constexpr, BH: tl.constexpr,
 ):  # fmt: skip
@@ -197,7 +200,7 @@ def _channel_gate_kernel(
                 m = (N * HW).to(tl.float32)
                 d = t1 / m
                 mean = k + d
-                var = tl.maximum(t2 / m - d * d, 0.0)
+                var = nanmax(t2 / m - d * d, 0.0)
                 invstd = 1.0 / tl.sqrt(var + eps)
             elif BN == 1:  # the statistics the BN's node saved
                 mean = tl.load(bnm_ptr + c, mask=cmask, other=0.0).to(tl.float32)
@@ -237,9 +240,9 @@ def _channel_gate_kernel(
             if USE_MAX:
                 acc_m += tl.sum(w * tl.load(cs_ptr + l_max + n * C + c, mask=cmask, other=0.0)[None, :], 1)
         bias = tl.load(b1_ptr + h, mask=hmask, other=0.0).to(tl.float32)
-        tl.store(cs_ptr + l_hid + n * 2 * HD + h, nanmax(acc_a + bias, 0.0), mask=hmask)
+        tl.store(cs_ptr + l_hid + n * (2 * HD if USE_MAX else HD) + h, nanmax(acc_a + bias, 0.0), mask=hmask)
         if USE_MAX:
-            tl.store(cs_ptr + l_hid + n * 2 * HD + HD + h, nanmax(acc_m + bias, 0.0), mask=hmask)
+            tl.store(cs_ptr + l_hid + n * (2 * HD if USE_MAX else HD) + HD + h, nanmax(acc_m + bias, 0.0), mask=hmask)
     tl.debug_barrier()
     for c0 in range(0, C, BC):  # gc = s·σ(W2·(hid_avg + hid_max) + 2·b2)
         c = c0 + tl.arange(0, BC)
@@ -249,15 +252,17 @@ def _channel_gate_kernel(
             h = h0 + tl.arange(0, BH)
             hmask = h < HD
             w = tl.load(w2_ptr + c[:, None] * HD + h[None, :], mask=cmask[:, None] & hmask[None, :], other=0.0)
-            hs = tl.load(cs_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
+            hs = tl.load(cs_ptr + l_hid + n * (2 * HD if USE_MAX else HD) + h, mask=hmask, other=0.0)
             if USE_MAX:
-                hs += tl.load(cs_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
+                hs += tl.load(cs_ptr + l_hid + n * (2 * HD if USE_MAX else HD) + HD + h, mask=hmask, other=0.0)
             acc += tl.sum(w.to(tl.float32) * hs[None, :], 1)
         bias = tl.load(b2_ptr + c, mask=cmask, other=0.0).to(tl.float32)
-        g = sigmoid(acc + (bias * 2.0 if USE_MAX else bias))
+        logit = acc + (bias * 2.0 if USE_MAX else bias)
+        g = sigmoid(logit)
         if HAS_SCALE:
             g = g * tl.load(scale_ptr).to(tl.float32)
         tl.store(cs_ptr + l_gc + n * C + c, g, mask=cmask)
+        tl.store(cs_ptr + l_gl + n * C + c, logit, mask=cmask)
 
 
 @jit
@@ -311,7 +316,7 @@ def _spatial_conv_kernel(
     ph = p // W
     pw = p - ph * W
     acc = tl.zeros([BP], dtype=tl.float32)
-    for t in tl.static_range(K * K):
+    for t in range(0, K * K):
         qh = ph + (t // K - K // 2)
         qw = pw + (t % K - K // 2)
         qmask = pmask & (qh >= 0) & (qh < H) & (qw >= 0) & (qw < W)
@@ -527,10 +532,10 @@ def _se_grads_kernel(
 
 @jit
 def _spatial_gate_grad_kernel(
-    pd_ptr, PD, S, ps_ptr, P, cs_ptr, l_sstat, scale_ptr, dt_ptr, bstat_ptr, HW, PB,
-    HAS_SCALE: tl.constexpr, BP: tl.constexpr,
+    pd_ptr, PD, S, ps_ptr, P, cs_ptr, l_sstat, sw_ptr, sb_ptr, dt_ptr, bstat_ptr, HW, PB, BP: tl.constexpr,
 ):  # fmt: skip
-    """d t = dg_s·g_s·(1 − σ) (t: the spatial BN's output) per pixel from the partials (into
+    """d t = dg_s·g_s·σ(−t) (t: the spatial BN's output, recomputed: 1 − σ(t) would round away the
+    gradient of a saturated gate) per pixel from the partials (into
     dt[n·HW + p]), the spatial max's ties per pixel (dt[P + ...]), and per block Σ dt and Σ dt·ô
     (ô: the normalised conv output) into bstat. Grid (pixel blocks, N)."""
     pb, n = tl.program_id(0), tl.program_id(1)
@@ -544,11 +549,11 @@ def _spatial_gate_grad_kernel(
         cnt += tl.load(q + PD, mask=pmask, other=0.0)
     tl.store(dt_ptr + P + n * HW + p, cnt, mask=pmask)
     g = tl.load(ps_ptr + 3 * P + n * HW + p, mask=pmask, other=0.0)
-    sig = g / tl.load(scale_ptr).to(tl.float32) if HAS_SCALE else g
-    dt = tl.where(pmask, dgs * g * (1.0 - sig), 0.0)
-    tl.store(dt_ptr + n * HW + p, dt, mask=pmask)
     o = tl.load(ps_ptr + 2 * P + n * HW + p, mask=pmask, other=0.0)
     xh = (o - tl.load(cs_ptr + l_sstat)) * tl.load(cs_ptr + l_sstat + 2)
+    t = xh * tl.load(sw_ptr).to(tl.float32) + tl.load(sb_ptr).to(tl.float32)
+    dt = tl.where(pmask, dgs * g * sigmoid(-t), 0.0)
+    tl.store(dt_ptr + n * HW + p, dt, mask=pmask)
     out = bstat_ptr + 2 * (n * PB + pb)
     tl.store(out, tl.sum(dt, 0))
     tl.store(out + 1, tl.sum(dt * xh, 0))
@@ -585,7 +590,7 @@ def _spatial_conv_grad_kernel(
     pw = p - ph * W
     da = tl.zeros([BP], dtype=tl.float32)
     dm = tl.zeros([BP], dtype=tl.float32)
-    for t in tl.static_range(K * K):  # the transposed conv: Σ_t w[t]·do[p − off_t]
+    for t in range(0, K * K):  # the transposed conv: Σ_t w[t]·do[p − off_t]
         qh = ph - (t // K - K // 2)
         qw = pw - (t % K - K // 2)
         qmask = pmask & (qh >= 0) & (qh < H) & (qw >= 0) & (qw < W)
@@ -601,7 +606,7 @@ def _spatial_conv_grad_kernel(
         dm += tl.load(w_ptr + (K * K if AVG_FIRST else 0) + t).to(tl.float32) * doq
     ties = tl.load(dt_ptr + P + n * HW + p, mask=pmask, other=1.0)
     tl.store(wm_ptr + n * HW + p, da / C, mask=pmask)
-    tl.store(wm_ptr + P + n * HW + p, dm / tl.maximum(ties, 1.0), mask=pmask)
+    tl.store(wm_ptr + P + n * HW + p, dm / nanmax(ties, 1.0), mask=pmask)
     dtp = tl.load(dt_ptr + n * HW + p, mask=pmask, other=0.0)
     if BATCH:
         xp = (tl.load(ps_ptr + 2 * P + n * HW + p, mask=pmask, other=0.0) - mean) * invstd
@@ -610,7 +615,7 @@ def _spatial_conv_grad_kernel(
         dop = coef * dtp
     dop = tl.where(pmask, dop, 0.0)
     out = dwp_ptr + (n * tl.num_programs(0) + pb) * 2 * K * K
-    for t in tl.static_range(K * K):  # Σ_p do[p]·map[p + off_t]
+    for t in range(0, K * K):  # Σ_p do[p]·map[p + off_t]
         qh = ph + (t // K - K // 2)
         qw = pw + (t % K - K // 2)
         qmask = pmask & (qh >= 0) & (qh < H) & (qw >= 0) & (qw < W)
@@ -675,14 +680,13 @@ def _spatial_pool_grad_kernel(
 
 @jit
 def _channel_gate_grad_kernel(
-    pp_ptr, PP, NB, q_ptr, PQ, S3, cs_ptr, l_gc, l_hid, l_a, bnb_ptr, w2_ptr, scale_ptr,
+    pp_ptr, PP, NB, q_ptr, PQ, S3, cs_ptr, l_gc, l_gl, l_hid, l_a, bnb_ptr, w2_ptr,
     sm_ptr, o_dl, o_sq1, o_sq2, o_dhp, dw2_ptr, db2_ptr, dwp_ptr, NPB, dconv_ptr, N, C, HD, KK2,
-    CBAM: tl.constexpr, BN: tl.constexpr, HAS_SCALE: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr,
-    BS: tl.constexpr,
+    CBAM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr, BS: tl.constexpr,
 ):  # fmt: skip
     """The channel gate's backward for BC channels, all images (grid (channel blocks,)): dg_c
     from the partials (CBAM: the gate-gradient pass plus the spatial-pool-gradient pass; a folded
-    BN: from its sums Q1, Q2, kept for the last kernel), d logit = dg_c·g_c·(1 − σ), W2's and b2's
+    BN: from its sums Q1, Q2, kept for the last kernel), d logit = dg_c·g_c·σ(−logit), W2's and b2's
     gradients, and the block's share of d hid = W2ᵀ·d logit (partials). Program 0 adds the conv
     weight's partial gradients."""
     cb = tl.program_id(0)
@@ -711,8 +715,8 @@ def _channel_gate_grad_kernel(
         else:
             dgc = t1
         g = tl.load(cs_ptr + l_gc + n * C + c, mask=cmask, other=0.0)
-        sig = g / tl.load(scale_ptr).to(tl.float32) if HAS_SCALE else g
-        dl = tl.where(cmask, dgc * g * (1.0 - sig), 0.0)
+        lg = tl.load(cs_ptr + l_gl + n * C + c, mask=cmask, other=0.0)
+        dl = tl.where(cmask, dgc * g * sigmoid(-lg), 0.0)
         tl.store(sm_ptr + o_dl + n * C + c, dl, mask=cmask)
         dl_sum += dl
         for h0 in range(0, HD, BH):
@@ -728,9 +732,9 @@ def _channel_gate_grad_kernel(
         acc = tl.zeros([BC, BH], dtype=tl.float32)
         for n in range(0, N):
             dl = tl.load(sm_ptr + o_dl + n * C + c, mask=cmask, other=0.0)
-            hs = tl.load(cs_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
+            hs = tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + h, mask=hmask, other=0.0)
             if CBAM:
-                hs += tl.load(cs_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
+                hs += tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + HD + h, mask=hmask, other=0.0)
             acc += dl[:, None] * hs[None, :]
         dw2 = dw2_ptr + c[:, None] * HD + h[None, :]
         tl.store(dw2, acc.to(dw2_ptr.dtype.element_ty), mask=cmask[:, None] & hmask[None, :])
@@ -767,12 +771,12 @@ def _channel_mlp_grad_kernel(
             dh = tl.zeros([BH], dtype=tl.float32)
             for j in range(0, CB):
                 dh += tl.load(sm_ptr + o_dhp + (j * N + n) * HD + h, mask=hmask, other=0.0)
-            ha = tl.load(cs_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
+            ha = tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + h, mask=hmask, other=0.0)
             dha = tl.where(ha > 0, dh, 0.0)
             acc += dha[:, None] * tl.load(cs_ptr + l_avg + n * C + c, mask=cmask, other=0.0)[None, :]
             dbias += dha
             if CBAM:
-                hm = tl.load(cs_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
+                hm = tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + HD + h, mask=hmask, other=0.0)
                 dhm = tl.where(hm > 0, dh, 0.0)
                 acc += dhm[:, None] * tl.load(cs_ptr + l_max + n * C + c, mask=cmask, other=0.0)[None, :]
                 dbias += dhm
@@ -792,10 +796,10 @@ def _channel_mlp_grad_kernel(
                 dh += tl.load(sm_ptr + o_dhp + (j * N + n) * HD + h, mask=hmask, other=0.0)
             w = tl.load(w1_ptr + h[:, None] * C + c[None, :], mask=hmask[:, None] & cmask[None, :], other=0.0)
             w = w.to(tl.float32)
-            ha = tl.load(cs_ptr + l_hid + n * 2 * HD + h, mask=hmask, other=0.0)
+            ha = tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + h, mask=hmask, other=0.0)
             davg += tl.sum(w * tl.where(ha > 0, dh, 0.0)[:, None], 0)
             if CBAM:
-                hm = tl.load(cs_ptr + l_hid + n * 2 * HD + HD + h, mask=hmask, other=0.0)
+                hm = tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + HD + h, mask=hmask, other=0.0)
                 dmax += tl.sum(w * tl.where(hm > 0, dh, 0.0)[:, None], 0)
         k0 = davg / HW
         tl.store(sm_ptr + o_k0 + n * C + c, k0, mask=cmask)
@@ -806,7 +810,7 @@ def _channel_mlp_grad_kernel(
                 ties += tl.load(q_ptr + 2 * PQ + (n * S3 + j) * C + c, mask=cmask, other=0.0)
                 if BN:
                     tie_z += tl.load(q_ptr + 3 * PQ + (n * S3 + j) * C + c, mask=cmask, other=0.0)
-            k2 = dmax / tl.maximum(ties, 1.0)
+            k2 = dmax / nanmax(ties, 1.0)
             tl.store(sm_ptr + o_k2 + n * C + c, k2, mask=cmask)
         if BN:  # Σ_hw dx and Σ_hw dx·(z − μ) of dx = g_c·(u + w) + [x = c_max]·K2 + K0
             g = tl.load(cs_ptr + l_gc + n * C + c, mask=cmask, other=0.0)
@@ -922,7 +926,7 @@ def _c_plan(n: int, c: int, hw: int, cl: bool, sms: int) -> tuple:
 def _gate_tiles(c: int, hd: int) -> tuple:
     """(BC, BH, warps) of the small channel-gate kernels: tiles of at most 4096 weights."""
     bh = min(64, L.pow2(hd))
-    return min(4096 // bh, L.pow2(c)), bh, 4
+    return min(4096 // bh, L.pow2(c)), bh, 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -964,6 +968,8 @@ def _backward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, sms: 
 
 
 def _launch_strides(t: Tensor) -> Tuple[Tensor, Tuple[int, int, int]]:
+    if t.numel() == 0:
+        raise ValueError(f'cbam_det::gates: the tensor of shape {tuple(t.shape)} is empty; N, C, H and W must be >= 1')
     st = L.strides(t)
     if st is None:
         t = t.contiguous()
@@ -989,8 +995,8 @@ def triton_forward(
     cl = sc == 1 and c > 1
     cbam = spatial != SPATIAL_NONE
     p = _forward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev))
-    lay = layout(n, c, hw, hd)
-    cs, ps = _f32(dev, lay.csize), _f32(dev, lay.psize if cbam else 0)
+    lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
+    cs, ps = _f32(dev, lay.csize), _f32(dev, lay.psize)
     y = torch.empty_like(z) if out is None else out
     yn, yc, yhw = L.strides(y)
     grid, length, bc, bhw, warps = p.pool
@@ -1003,7 +1009,7 @@ def triton_forward(
     gbc, gbh, gw = p.gate
     L.launch(
         _channel_gate_kernel, (n,), part, n * p.s1 * c, p.s1, bnw, bnb, bnm, bnv, w1, b1, w2, b2, scale, cs,
-        lay.gc, lay.avg, lay.max, lay.z1, lay.hid, lay.a, lay.b, lay.mean, lay.var, lay.invstd, n, c, hd, hw, eps,
+        lay.gc, lay.gl, lay.avg, lay.max, lay.z1, lay.hid, lay.a, lay.b, lay.mean, lay.var, lay.invstd, n, c, hd, hw, eps,
         BN=bn_mode, SHIFT=shift, USE_MAX=cbam, HAS_SCALE=scale is not None, BC=gbc, BH=gbh, warps=gw,
     )  # fmt: skip
     affine = bn_mode != BN_NONE
@@ -1035,7 +1041,7 @@ def triton_forward(
     return y, cs, ps
 
 
-def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz):
+def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz):
     """The backward's launches (7 for CBAM, 4 for SE): [dz, dW1, db1, dW2, db2] + (CBAM) [d conv,
     d γ_s, d β_s] + (folded BN) [d γ, d β]."""
     z, (sn, sc, shw) = _launch_strides(z)
@@ -1047,7 +1053,7 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_m
     cbam = spatial != SPATIAL_NONE
     k = cw.shape[-1] if cbam else 0
     p = _backward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev))
-    lay = layout(n, c, hw, hd)
+    lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
     sm = _f32(dev, p.size)
     o = p.o
     affine = bn_mode != BN_NONE
@@ -1070,8 +1076,8 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_m
         sgrid, bp, swarps = p.sgrad
         dt, bstat = _f32(dev, 2, nhw), _f32(dev, 2 * n * p.pb)
         L.launch(
-            _spatial_gate_grad_kernel, sgrid, pd, n * grid[1] * hw, grid[1], ps, nhw, cs, lay.sstat, scale, dt, bstat,
-            hw, p.pb, HAS_SCALE=scale is not None, BP=bp, warps=swarps,
+            _spatial_gate_grad_kernel, sgrid, pd, n * grid[1] * hw, grid[1], ps, nhw, cs, lay.sstat, sw, sb, dt,
+            bstat, hw, p.pb, BP=bp, warps=swarps,
         )  # fmt: skip
         wm, dwp = _f32(dev, 2, nhw), _f32(dev, n * p.pb * 2 * k * k)
         L.launch(
@@ -1094,10 +1100,10 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_m
     grid, bc, bh, warps = p.cgrad
     pq = n * p.s3 * c
     L.launch(
-        _channel_gate_grad_kernel, grid, pp, n * p.nb * c, p.nb, q, pq, p.s3, cs, lay.gc, lay.hid, lay.a, bnb, w2,
-        scale, sm, o['dl'], o['sq1'], o['sq2'], o['dhp'], dw2, db2, dwp, n * p.pb,
+        _channel_gate_grad_kernel, grid, pp, n * p.nb * c, p.nb, q, pq, p.s3, cs, lay.gc, lay.gl, lay.hid, lay.a, bnb,
+        w2, sm, o['dl'], o['sq1'], o['sq2'], o['dhp'], dw2, db2, dwp, n * p.pb,
         None if dconv is None else dconv.view(-1), n, c, hd, 2 * k * k,
-        CBAM=cbam, BN=affine, HAS_SCALE=scale is not None, BC=bc, BH=bh, BS=128, warps=warps,
+        CBAM=cbam, BN=affine, BC=bc, BH=bh, BS=128, warps=warps,
     )  # fmt: skip
     dbnw = dbnb = None
     if affine:
@@ -1149,55 +1155,58 @@ def twin_forward(
     ``out`` when given) and the states, every entry of :class:`Layout` filled as the kernels fill it."""
     n, c, h, w = z.shape
     hw, hd = h * w, w1.shape[0]
-    lay = layout(n, c, hw, hd)
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32  # (float64: the tests' reference)
     cbam = spatial != SPATIAL_NONE
-    st = torch.zeros(lay.csize, dtype=torch.float32, device=z.device)
-    ps = torch.zeros(lay.psize if cbam else 0, dtype=torch.float32, device=z.device)
+    lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
+    st = torch.zeros(lay.csize, dtype=acc, device=z.device)
+    ps = torch.zeros(lay.psize, dtype=acc, device=z.device)
     with _autocast_off(z.device):
-        zf = z.float()
+        zf = z.to(acc)
         x = zf
         if bn_mode != BN_NONE:
             if bn_mode == BN_OWN:
                 mean, var = zf.mean((0, 2, 3)), zf.var((0, 2, 3), unbiased=False)
                 invstd = torch.rsqrt(var + eps)
             elif bn_mode == BN_BATCH:
-                mean, invstd = bnm.float(), bnv.float()
+                mean, invstd = bnm.to(acc), bnv.to(acc)
                 var = 1.0 / (invstd * invstd) - eps
             else:
-                mean, var = bnm.float(), bnv.float()
+                mean, var = bnm.to(acc), bnv.to(acc)
                 invstd = torch.rsqrt(var + eps)
-            a = bnw.float() * invstd
-            b = bnb.float() - mean * a
+            a = bnw.to(acc) * invstd
+            b = bnb.to(acc) - mean * a
             x = zf * a[:, None, None] + b[:, None, None]
             for at, t in ((lay.a, a), (lay.b, b), (lay.mean, mean), (lay.var, var), (lay.invstd, invstd)):
                 _put(st, at, t)
             _put(st, lay.z1, (zf - mean[:, None, None]).sum((2, 3)))
         avg, mx = x.mean((2, 3)), x.amax((2, 3))
-        ha = torch.relu(avg @ w1.float().t() + b1.float())
+        ha = torch.relu(avg @ w1.to(acc).t() + b1.to(acc))
         hs, hm = ha, None
         if cbam:
-            hm = torch.relu(mx @ w1.float().t() + b1.float())
+            hm = torch.relu(mx @ w1.to(acc).t() + b1.to(acc))
             hs = ha + hm
-        gc = torch.sigmoid(hs @ w2.float().t() + b2.float() * (2.0 if cbam else 1.0))
+        logit = hs @ w2.to(acc).t() + b2.to(acc) * (2.0 if cbam else 1.0)
+        gc = torch.sigmoid(logit)
         if scale is not None:
-            gc = gc * scale.float()
+            gc = gc * scale.to(acc)
         _put(st, lay.gc, gc)
+        _put(st, lay.gl, logit)
         _put(st, lay.avg, avg)
         _put(st, lay.max, mx)
-        _put(st, lay.hid, torch.stack([ha, hm if hm is not None else torch.zeros_like(ha)], 1))
+        _put(st, lay.hid, torch.stack([ha, hm], 1) if cbam else ha)
         y = x * gc[:, :, None, None]
         if cbam:
             savg, smax = y.mean(1), y.amax(1)
             desc = torch.stack([savg, smax] if spatial == SPATIAL_AVG_MAX else [smax, savg], 1)
-            o = torch.nn.functional.conv2d(desc, cw.float(), padding=cw.shape[-1] // 2)[:, 0]
+            o = torch.nn.functional.conv2d(desc, cw.to(acc), padding=cw.shape[-1] // 2)[:, 0]
             if sbn_batch:
                 smean, svar = o.mean(), o.var(unbiased=False)
             else:
-                smean, svar = srm.float().reshape(()), srv.float().reshape(())
+                smean, svar = srm.to(acc).reshape(()), srv.to(acc).reshape(())
             sinv = torch.rsqrt(svar + seps)
-            gs = torch.sigmoid((o - smean) * sinv * sw.float() + sb.float())
+            gs = torch.sigmoid((o - smean) * sinv * sw.to(acc) + sb.to(acc))
             if scale is not None:
-                gs = gs * scale.float()
+                gs = gs * scale.to(acc)
             for at, t in ((lay.savg, savg), (lay.smax, smax), (lay.o, o), (lay.gs, gs)):
                 _put(ps, at, t)
             _put(st, lay.sstat, torch.stack([smean, svar, sinv]))
@@ -1206,12 +1215,15 @@ def twin_forward(
     return (y if out is None else out.copy_(y)), st, ps
 
 
-def _views(cs: Tensor, ps: Tensor, n: int, c: int, h: int, w: int, hd: int) -> dict:
-    """The states' entries as tensors of their shapes (views)."""
-    lay = layout(n, c, h * w, hd)
+def _views(cs: Tensor, ps: Tensor, n: int, c: int, h: int, w: int, hd: int, cbam: bool, bn: bool) -> dict:
+    """The states' entries the mode has, as tensors of their shapes (views)."""
+    lay = layout(n, c, h * w, hd, cbam, bn)
     nc, nhw = (n, c), (n, h, w)
-    shapes = dict(gc=nc, avg=nc, max=nc, z1=nc, hid=(n, 2, hd), a=(c,), b=(c,), mean=(c,), var=(c,), invstd=(c,))
-    shapes.update(sstat=(4,), savg=nhw, smax=nhw, o=nhw, gs=nhw)
+    shapes = dict(gc=nc, gl=nc, avg=nc, max=nc, hid=(n, 2 if cbam else 1, hd))
+    if bn:
+        shapes.update(z1=nc, a=(c,), b=(c,), mean=(c,), var=(c,), invstd=(c,))
+    if cbam:
+        shapes.update(sstat=(3,), savg=nhw, smax=nhw, o=nhw, gs=nhw)
     out = {}
     for name, shape in shapes.items():
         at = getattr(lay, name)
@@ -1219,57 +1231,57 @@ def _views(cs: Tensor, ps: Tensor, n: int, c: int, h: int, w: int, hd: int) -> d
         for s in shape:
             size *= s
         src = ps if name in ('savg', 'smax', 'o', 'gs') else cs
-        if at + size <= src.numel():
-            out[name] = src[at : at + size].view(shape)
+        out[name] = src[at : at + size].view(shape)
     return out
 
 
-def twin_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz):
+def twin_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz):
     """:func:`triton_backward`'s gradients with PyTorch operations, from the same states: the
     formulas written out (no autograd)."""
     n, c, h, w = z.shape
     hw, hd = h * w, w1.shape[0]
-    v = _views(cs, ps, n, c, h, w, hd)
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
     cbam = spatial != SPATIAL_NONE
+    v = _views(cs, ps, n, c, h, w, hd, cbam, bn_mode != BN_NONE)
     with _autocast_off(z.device):
-        zf, dyf = z.float(), dy.float()
+        zf, dyf = z.to(acc), dy.to(acc)
         x = zf
         if bn_mode != BN_NONE:
             x = zf * v['a'][:, None, None] + v['b'][:, None, None]
         gc, gcb = v['gc'], v['gc'][:, :, None, None]
-        s = scale.float() if scale is not None else 1.0
         grads_s = []
         if cbam:
             gs = v['gs']
             u = dyf * gs[:, None]
             xg = x * gcb
             tie_s = xg == v['smax'][:, None]
-            dt = (dyf * xg).sum(1) * gs * (1.0 - gs / s)
             smean, svar, sinv = v['sstat'][0], v['sstat'][1], v['sstat'][2]
             xh = (v['o'] - smean) * sinv
-            coef = sw.float().reshape(()) * sinv
+            dt = (dyf * xg).sum(1) * gs * torch.sigmoid(-(xh * sw.to(acc).reshape(()) + sb.to(acc).reshape(())))
+            coef = sw.to(acc).reshape(()) * sinv
             m = n * hw
             do = coef * (dt - dt.sum() / m - xh * (dt * xh).sum() / m) if sbn_batch else coef * dt
             pad = cw.shape[-1] // 2
             desc = torch.stack(
                 [v['savg'], v['smax']] if spatial == SPATIAL_AVG_MAX else [v['smax'], v['savg']], 1
             )
-            cwf = cw.float()
+            cwf = cw.to(acc)
             ddesc = torch.nn.grad.conv2d_input(desc.shape, cwf, do[:, None], padding=pad)
             dconv = torch.nn.grad.conv2d_weight(desc, cwf.shape, do[:, None], padding=pad)
             dsavg, dsmax = (ddesc[:, 0], ddesc[:, 1]) if spatial == SPATIAL_AVG_MAX else (ddesc[:, 1], ddesc[:, 0])
             wfull = (dsavg / c)[:, None] + torch.where(
-                tie_s, (dsmax / tie_s.sum(1).float().clamp_min(1))[:, None], 0.0
+                tie_s, (dsmax / tie_s.sum(1).to(acc).clamp_min(1))[:, None], 0.0
             )
             dgc = ((u + wfull) * x).sum((2, 3))
             grads_s = [dconv.to(cw.dtype), (dt * xh).sum().reshape(sw.shape).to(sw.dtype)]
             grads_s.append(dt.sum().reshape(sw.shape).to(sw.dtype))
         else:
             dgc = (dyf * x).sum((2, 3))
-        dl = dgc * gc * (1.0 - gc / s)
-        ha, hm = v['hid'][:, 0], v['hid'][:, 1]
+        dl = dgc * gc * torch.sigmoid(-v['gl'])
+        ha = v['hid'][:, 0]
+        hm = v['hid'][:, 1] if cbam else None
         hs = ha + hm if cbam else ha
-        w1f, w2f = w1.float(), w2.float()
+        w1f, w2f = w1.to(acc), w2.to(acc)
         dw2, db2 = dl.t() @ hs, dl.sum(0) * (2.0 if cbam else 1.0)
         dh = dl @ w2f
         dha = torch.where(ha > 0, dh, 0.0)
@@ -1279,7 +1291,7 @@ def twin_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mod
             dhm = torch.where(hm > 0, dh, 0.0)
             dw1, db1 = dw1 + dhm.t() @ v['max'], db1 + dhm.sum(0)
             tie_c = x == v['max'][:, :, None, None]
-            k2 = (dhm @ w1f) / tie_c.sum((2, 3)).float().clamp_min(1)
+            k2 = (dhm @ w1f) / tie_c.sum((2, 3)).to(acc).clamp_min(1)
             dx = dx + gcb * (u + wfull) + torch.where(tie_c, k2[:, :, None, None], 0.0)
         else:
             dx = dx + gcb * dyf
@@ -1320,7 +1332,7 @@ def cpu_forward(
 ):
     """The C++ forward (float32, NCHW): one call."""
     n, c, h, w = z.shape
-    lay = layout(n, c, h * w, w1.shape[0])
+    lay = layout(n, c, h * w, w1.shape[0], spatial != SPATIAL_NONE, bn_mode != BN_NONE)
     y, cs, ps = _kernels.cpu('gates').gates_forward(
         z.contiguous(), bnw, bnb, bnm, bnv, w1.contiguous(), b1, w2.contiguous(), b2, _dense(cw), sw, sb, srm, srv,
         scale, bn_mode, spatial, sbn_batch, eps, seps, out, list(lay),
@@ -1328,13 +1340,13 @@ def cpu_forward(
     return y, cs, ps
 
 
-def cpu_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz):
+def cpu_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz):
     """The C++ backward: one call."""
     n, c, h, w = z.shape
-    lay = layout(n, c, h * w, w1.shape[0])
+    lay = layout(n, c, h * w, w1.shape[0], spatial != SPATIAL_NONE, bn_mode != BN_NONE)
     grads = _kernels.cpu('gates_backward').gates_backward(
         dy.contiguous(), z.contiguous(), cs, ps, bnw, bnb, w1.contiguous(), b1, w2.contiguous(), b2, _dense(cw), sw,
-        scale, bn_mode, spatial, sbn_batch, want_dz, list(lay),
+        sb, bn_mode, spatial, sbn_batch, want_dz, list(lay),
     )  # fmt: skip
     if not want_dz:
         grads[0] = None
@@ -1359,7 +1371,7 @@ _lib.define(f'gates({_FORWARD_ARGS}) -> (Tensor, Tensor, Tensor)')
 _lib.define(f'gates_(Tensor(a!) out, {_FORWARD_ARGS}) -> ()')
 _lib.define(
     'gates_backward(Tensor dy, Tensor z, Tensor cstate, Tensor pstate, Tensor? bn_weight, Tensor? bn_bias, Tensor w1, Tensor b1, '
-    'Tensor w2, Tensor b2, Tensor? conv_weight, Tensor? sbn_weight, Tensor? gate_scale, int bn_mode, int spatial, '
+    'Tensor w2, Tensor b2, Tensor? conv_weight, Tensor? sbn_weight, Tensor? sbn_bias, int bn_mode, int spatial, '
     'bool sbn_batch, bool want_dz, bool triton, bool fallback) -> Tensor?[]'
 )
 _lib.define(
@@ -1378,7 +1390,7 @@ def _key(name: str, *args) -> tuple:
 
 def _triton_forward_or_twin(*args):
     *inputs, triton, fallback, out = args
-    return L.run_or_twin(_key('gates', *inputs), fallback, triton_forward, twin_forward, *inputs, out)
+    return L.run_or_twin(lambda: _key('gates', *inputs), fallback, triton_forward, twin_forward, *inputs, out)
 
 
 def _forward_impl(*args, out: Optional[Tensor] = None):
@@ -1394,17 +1406,26 @@ def _backward_impl(*args):
     inputs = args[:-2]
     if inputs[0].device.type == 'cpu' and not triton:
         return cpu_backward(*inputs)
-    return L.run_or_twin(_key('gates_backward', *inputs[1:]), fallback, triton_backward, twin_backward, *inputs)
+    key = lambda: _key('gates_backward', *inputs[1:])  # noqa: E731
+    return L.run_or_twin(key, fallback, triton_backward, twin_backward, *inputs)
 
 
 def _update_impl(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias, triton, fallback) -> None:
     args = (rm, rv, nbt, cs, l_mean, l_var, momentum, unbias)
     if rm.device.type == 'cpu' and not triton:
         return cpu_update(*args)
-    L.run_or_twin(('update_stats_',), fallback, triton_update, twin_update, *args)
+    L.run_or_twin(lambda: ('update_stats_',), fallback, triton_update, twin_update, *args)
 
 
 def _inplace_impl(out: Tensor, *args) -> None:
+    z = args[0]
+    dense = out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)
+    if out.shape != z.shape or out.dtype != z.dtype or out.device != z.device or not dense:
+        raise ValueError(
+            f"cbam_det::gates_: out must have the input's shape {tuple(z.shape)}, dtype {z.dtype} and device "
+            f'{z.device} and be NCHW- or channels-last-contiguous; got shape {tuple(out.shape)}, {out.dtype}, '
+            f'{out.device}, strides {out.stride()}'
+        )
     _forward_impl(*args, out=out)
 
 
@@ -1421,13 +1442,15 @@ for _dk in ('CPU', 'CUDA'):
 
 
 @torch.library.register_fake('cbam_det::gates')
-def _fake_gates(z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, *rest):
+def _fake_gates(z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, sw, sb, srm, srv, scale, bn_mode, spatial, *rest):
     if z.device.type == 'meta' and L.observing():
-        return triton_forward(z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, *rest[:-2], None)
+        return triton_forward(
+            z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, sw, sb, srm, srv, scale, bn_mode, spatial, *rest[:-2], None
+        )
     n, c, h, w = z.shape
-    lay = layout(n, c, h * w, w1.shape[0])
-    psize = lay.psize if cw is not None else 0
-    return torch.empty_like(z), z.new_empty((lay.csize,), dtype=torch.float32), z.new_empty((psize,), dtype=torch.float32)
+    lay = compute_layout(n, c, h * w, w1.shape[0], spatial != SPATIAL_NONE, bn_mode != BN_NONE)
+    f32 = dict(dtype=torch.float32)
+    return torch.empty_like(z), z.new_empty((lay.csize,), **f32), z.new_empty((lay.psize,), **f32)
 
 
 @torch.library.register_fake('cbam_det::gates_')
@@ -1437,9 +1460,9 @@ def _(out, *args) -> None:
 
 
 @torch.library.register_fake('cbam_det::gates_backward')
-def _fake_gates_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz, triton, fallback):
+def _fake_gates_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz, triton, fallback):  # noqa: E501
     if z.device.type == 'meta' and L.observing():
-        return triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, want_dz)
+        return triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz)
     out = [torch.empty_like(z) if want_dz else None] + [torch.empty_like(t) for t in (w1, b1, w2, b2)]
     if spatial != SPATIAL_NONE:
         out += [torch.empty_like(cw), torch.empty_like(sw), torch.empty_like(sw)]
@@ -1464,10 +1487,8 @@ UPDATE_STATS_ = torch.ops.cbam_det.update_stats_.default
 
 
 def _setup(ctx, inputs, output) -> None:
-    (z, bnw, bnb, _, _, w1, b1, w2, b2, cw, sw, _, _, _, scale, bn_mode, spatial, sbn_batch, _, _, triton, fallback) = (
-        inputs
-    )
-    ctx.save_for_backward(z, output[1], output[2], bnw, bnb, w1, b1, w2, b2, cw, sw, scale)
+    (z, bnw, bnb, _, _, w1, b1, w2, b2, cw, sw, sb, _, _, _, bn_mode, spatial, sbn_batch, _, _, triton, fallback) = inputs
+    ctx.save_for_backward(z, output[1], output[2], bnw, bnb, w1, b1, w2, b2, cw, sw, sb)
     ctx.flags = (bn_mode, spatial, sbn_batch)
     ctx.run = (triton, fallback)
     ctx.mark_non_differentiable(output[1], output[2])
@@ -1475,10 +1496,10 @@ def _setup(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, dy: Tensor, _dcs: Optional[Tensor], _dps: Optional[Tensor]) -> tuple:
-    z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale = ctx.saved_tensors
+    z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb = ctx.saved_tensors
     bn_mode, spatial, sbn_batch = ctx.flags
     g = GATES_BACKWARD(
-        dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, scale, bn_mode, spatial, sbn_batch, ctx.needs_input_grad[0],
+        dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, ctx.needs_input_grad[0],
         *ctx.run,
     )  # fmt: skip
     spatial_grads = (g[5], g[6], g[7]) if spatial != SPATIAL_NONE else (None, None, None)
@@ -1526,12 +1547,13 @@ class _Args(NamedTuple):
     supdate: bool  # and updates its running statistics
 
 
-def module_args(module: nn.Module) -> _Args:
+def module_args(module: nn.Module, cache: bool = True) -> _Args:
     """The op's arguments that depend on the module and its mode only, cached on it (the cache
-    is dropped when the module moves, changes dtype or mode: ``AttentionModule._apply``/``train``)."""
-    cache = module.__dict__.get('_gates_args')
-    if cache is not None:
-        return cache
+    is dropped when the module moves, changes dtype or mode: ``AttentionModule._apply``/``train``;
+    ``cache=False`` under ``torch.compile``, which traces them once)."""
+    cached = module.__dict__.get('_gates_args') if cache else None
+    if cached is not None:
+        return cached
     cg, sg = module.kernel_gates()
     spatial, cw = SPATIAL_NONE, None
     sw = sb = srm = srv = snbt = None
@@ -1548,7 +1570,8 @@ def module_args(module: nn.Module) -> _Args:
         cg.fc1.weight, cg.fc1.bias, cg.fc2.weight, cg.fc2.bias, cw, sw, sb, srm, srv, snbt, module.gate_scale,
         spatial, seps, smom, strain, supdate,
     )  # fmt: skip
-    module.__dict__['_gates_args'] = args
+    if cache:
+        module.__dict__['_gates_args'] = args
     return args
 
 
@@ -1565,7 +1588,7 @@ def attend(
     it, whose statistics the op computes; ``source``: (z, mode, γ, β, mean, var-or-invstd, eps)
     of a BatchNorm whose output x is, to fold in, from ``dispatch``); the running statistics of
     the BatchNorms that train are updated by ``update_stats_``."""
-    a = module_args(module)
+    a = module_args(module, cache=not compiled)
     bn_mode, bnw, bnb, bnm, bnv, eps, z = BN_NONE, None, None, None, None, 0.0, x
     own_update = False
     if bn is not None:
@@ -1588,14 +1611,14 @@ def attend(
     grad_params = a.w1.requires_grad or a.w2.requires_grad or (bnb is not None and bnb.requires_grad)
     if torch.is_grad_enabled() and (z.requires_grad or grad_params):
         y, cs, ps = GATES(*args) if compiled else _Gates.apply(*args)
-    elif module.inplace and source is None and not (supdate or own_update or recording()):
+    elif module.inplace and not compiled and source is None and not (supdate or own_update or recording()):
         GATES_(z, *args)  # inference in place: no state needed
         return z
     else:
         y, cs, ps = GATES(*args)
     if supdate or own_update:
         m = n * h * w
-        lay = layout(n, c, h * w, a.w1.shape[0])
+        lay = layout(n, c, h * w, a.w1.shape[0], a.spatial != SPATIAL_NONE, bn_mode != BN_NONE)
         if supdate:
             UPDATE_STATS_(a.srm, a.srv, a.snbt, cs, lay.sstat, lay.sstat + 1, a.smomentum, m / (m - 1), triton, fallback)
         if own_update:
@@ -1603,7 +1626,7 @@ def attend(
             UPDATE_STATS_(bn.running_mean, bn.running_var, bn.num_batches_tracked, cs, lay.mean, lay.var, mom,
                           m / (m - 1), triton, fallback)  # fmt: skip
     if recording():
-        v = _views(cs, ps, n, c, h, w, a.w1.shape[0])
+        v = _views(cs, ps, n, c, h, w, a.w1.shape[0], a.spatial != SPATIAL_NONE, bn_mode != BN_NONE)
         note(module, channel=v['gc'], spatial=v['gs'][:, None] if a.spatial != SPATIAL_NONE else None)
     return y
 

@@ -124,10 +124,13 @@ def check_not_frozen(module: nn.Module, owner: str) -> None:
     """
     if not torch.is_grad_enabled() or getattr(module, 'allow_frozen', False):
         return
-    state = module.__dict__.get('_frozen_checked')  # dropped by AttentionModule.train/_apply
+    compiling = torch.compiler.is_compiling()  # traced once: no cache
+    state = None if compiling else module.__dict__.get('_frozen_checked')  # dropped by train()/_apply
     if state is None:
         bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        state = module.__dict__['_frozen_checked'] = [list(module.parameters()), bns, None]
+        state = [list(module.parameters()), bns, None]
+        if not compiling:
+            module.__dict__['_frozen_checked'] = state
     key = [p.requires_grad for p in state[0]]
     if key == state[2]:
         return  # checked already in this mode with these parameters trainable

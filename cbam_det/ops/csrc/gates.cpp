@@ -394,11 +394,12 @@ enum Spatial { kSpatialNone = 0, kSpatialAvgMax = 1 };
 // offsets of the two states (cbam_det.kernels.library.gates.Layout, in its order): the channel
 // state (csize floats) and the pixel state (psize floats, CBAM)
 struct Lay {
-  int64_t gc, avg, max, z1, hid, a, b, mean, var, invstd, sstat, csize, savg, smax, o, gs, psize;
+  int64_t gc, gl, avg, max, z1, hid, a, b, mean, var, invstd, sstat, csize, savg, smax, o, gs, psize;
   explicit Lay(const std::vector<int64_t>& v) {
-    TORCH_CHECK(v.size() == 17, "gates: the state layout has 17 entries");
-    gc = v[0]; avg = v[1]; max = v[2]; z1 = v[3]; hid = v[4]; a = v[5]; b = v[6]; mean = v[7]; var = v[8];
-    invstd = v[9]; sstat = v[10]; csize = v[11]; savg = v[12]; smax = v[13]; o = v[14]; gs = v[15]; psize = v[16];
+    TORCH_CHECK(v.size() == 18, "gates: the state layout has 18 entries");
+    gc = v[0]; gl = v[1]; avg = v[2]; max = v[3]; z1 = v[4]; hid = v[5]; a = v[6]; b = v[7]; mean = v[8];
+    var = v[9]; invstd = v[10]; sstat = v[11]; csize = v[12]; savg = v[13]; smax = v[14]; o = v[15]; gs = v[16];
+    psize = v[17];
   }
 };
 
@@ -514,18 +515,23 @@ std::vector<at::Tensor> gates_forward(const at::Tensor& z, const OptT& bnw, cons
   matvec(Avg, N, C, w1.data_ptr<float>(), b1.data_ptr<float>(), HD, hid.data());
   if (cbam) matvec(Max, N, C, w1.data_ptr<float>(), b1.data_ptr<float>(), HD, hid.data() + N * HD);
   std::vector<float> hs(N * HD);
+  const int64_t HS = cbam ? 2 * HD : HD;  // the hidden state's stride per image
   for (int64_t n = 0; n < N; ++n)
     for (int64_t j = 0; j < HD; ++j) {
       const float ha = std::max(hid[n * HD + j], 0.f), hm = cbam ? std::max(hid[N * HD + n * HD + j], 0.f) : 0.f;
-      S[L.hid + n * 2 * HD + j] = std::isnan(hid[n * HD + j]) ? hid[n * HD + j] : ha;
-      S[L.hid + n * 2 * HD + HD + j] = cbam && std::isnan(hid[N * HD + n * HD + j]) ? hid[N * HD + n * HD + j] : hm;
-      hs[n * HD + j] = S[L.hid + n * 2 * HD + j] + S[L.hid + n * 2 * HD + HD + j];
+      float* row = S + L.hid + n * HS;
+      row[j] = std::isnan(hid[n * HD + j]) ? hid[n * HD + j] : ha;
+      if (cbam) row[HD + j] = std::isnan(hid[N * HD + n * HD + j]) ? hid[N * HD + n * HD + j] : hm;
+      hs[n * HD + j] = row[j] + (cbam ? row[HD + j] : 0.f);
     }
   std::vector<float> logit(N * C), b2x(C);
   for (int64_t c = 0; c < C; ++c) b2x[c] = b2.data_ptr<float>()[c] * (cbam ? 2.f : 1.f);
   matvec(hs.data(), N, HD, w2.data_ptr<float>(), b2x.data(), C, logit.data());
   float* G = S + L.gc;
-  for (int64_t r = 0; r < N * C; ++r) G[r] = sigmoid_f(logit[r]) * s;
+  for (int64_t r = 0; r < N * C; ++r) {
+    G[r] = sigmoid_f(logit[r]) * s;
+    S[L.gl + r] = logit[r];
+  }
   const OptT a_t = bn_mode != kBnNone ? OptT(part(st, L.a, {C})) : OptT(), b_t = bn_mode != kBnNone ? OptT(part(st, L.b, {C})) : OptT();
   const at::Tensor gc = part(st, L.gc, {N, C});
   OptT gs_t;
@@ -566,13 +572,12 @@ std::vector<at::Tensor> gates_forward(const at::Tensor& z, const OptT& bnw, cons
 std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z, const at::Tensor& st,
                                        const at::Tensor& ps, const OptT& bnw, const OptT& bnb, const at::Tensor& w1, const at::Tensor& b1,
                                        const at::Tensor& w2, const at::Tensor& b2, const OptT& cw, const OptT& sw,
-                                       const OptT& scale, int64_t bn_mode, int64_t spatial, bool sbn_batch,
+                                       const OptT& sb, int64_t bn_mode, int64_t spatial, bool sbn_batch,
                                        bool want_dz, const std::vector<int64_t>& layout) {
   check(dy, "dy"); check(z, "z"); check(st, "state");
   const Lay L(layout);
   const int64_t N = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), HW = H * W, HD = w1.size(0);
   const float *S = st.data_ptr<float>(), *P = ps.data_ptr<float>();
-  const float s = value_or(scale, 1.f);
   const bool cbam = spatial != kSpatialNone, bn = bn_mode != kBnNone;
   const OptT a_t = bn ? OptT(part(st, L.a, {C})) : OptT(), b_t = bn ? OptT(part(st, L.b, {C})) : OptT();
   const at::Tensor gc = part(st, L.gc, {N, C});
@@ -585,11 +590,12 @@ std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z
     auto g = gate_grads(dy, z, a_t, b_t, gc, gs_t, smax_t);
     dgc = g[0];
     const float *dgs = g[1].data_ptr<float>(), *cnt = g[2].data_ptr<float>(), *gsp = P + L.gs, *op = P + L.o;
-    const float mean = S[L.sstat], invstd = S[L.sstat + 2], coef = sw->data_ptr<float>()[0] * invstd;
+    const float mean = S[L.sstat], invstd = S[L.sstat + 2], gam = sw->data_ptr<float>()[0], coef = gam * invstd,
+                bet = sb->data_ptr<float>()[0];
     std::vector<float> dt(N * HW);
     double sum_dt = 0, sum_dtx = 0;
-    for (int64_t i = 0; i < N * HW; ++i) {
-      dt[i] = dgs[i] * gsp[i] * (1.f - gsp[i] / s);
+    for (int64_t i = 0; i < N * HW; ++i) {  // σ'(t) as σ(t)·σ(−t): exact for a saturated gate too
+      dt[i] = dgs[i] * gsp[i] * sigmoid_f(-((op[i] - mean) * invstd * gam + bet));
       sum_dt += dt[i];
       sum_dtx += static_cast<double>(dt[i]) * ((op[i] - mean) * invstd);
     }
@@ -622,9 +628,10 @@ std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z
   }
   // the MLP backward: d logit = dg_c·g_c·(1 − σ), then the two layers
   const float *G = S + L.gc, *dg = dgc.data_ptr<float>(), *Hd = S + L.hid;
+  const int64_t HS = cbam ? 2 * HD : HD;
   const float *W1 = w1.data_ptr<float>(), *W2 = w2.data_ptr<float>(), *Avg = S + L.avg, *Max = S + L.max;
   std::vector<float> dl(N * C), dh(N * HD), dha(N * HD), dhm(N * HD, 0.f);
-  for (int64_t r = 0; r < N * C; ++r) dl[r] = dg[r] * G[r] * (1.f - G[r] / s);
+  for (int64_t r = 0; r < N * C; ++r) dl[r] = dg[r] * G[r] * sigmoid_f(-S[L.gl + r]);
   auto dw2 = at::empty_like(w2), db2 = at::empty_like(b2), dw1 = at::empty_like(w1), db1 = at::empty_like(b1);
   float *DW2 = dw2.data_ptr<float>(), *DB2 = db2.data_ptr<float>(), *DW1 = dw1.data_ptr<float>(),
         *DB1 = db1.data_ptr<float>();
@@ -635,7 +642,8 @@ std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z
       DB2[c] = static_cast<float>(db * (cbam ? 2 : 1));
       for (int64_t j = 0; j < HD; ++j) {
         double acc = 0;
-        for (int64_t n = 0; n < N; ++n) acc += static_cast<double>(dl[n * C + c]) * (Hd[n * 2 * HD + j] + Hd[n * 2 * HD + HD + j]);
+        for (int64_t n = 0; n < N; ++n)
+          acc += static_cast<double>(dl[n * C + c]) * (Hd[n * HS + j] + (cbam ? Hd[n * HS + HD + j] : 0.f));
         DW2[c * HD + j] = static_cast<float>(acc);
       }
     }
@@ -645,8 +653,8 @@ std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z
       double acc = 0;
       for (int64_t c = 0; c < C; ++c) acc += static_cast<double>(W2[c * HD + j]) * dl[n * C + c];
       dh[n * HD + j] = static_cast<float>(acc);
-      dha[n * HD + j] = Hd[n * 2 * HD + j] > 0 ? dh[n * HD + j] : 0.f;
-      if (cbam) dhm[n * HD + j] = Hd[n * 2 * HD + HD + j] > 0 ? dh[n * HD + j] : 0.f;
+      dha[n * HD + j] = Hd[n * HS + j] > 0 ? dh[n * HD + j] : 0.f;
+      if (cbam) dhm[n * HD + j] = Hd[n * HS + HD + j] > 0 ? dh[n * HD + j] : 0.f;
     }
   for (int64_t j = 0; j < HD; ++j) {
     double db = 0;
