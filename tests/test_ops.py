@@ -95,10 +95,20 @@ def test_every_op_has_kernels_for_both_devices():
             assert has(qualname, 'CPU') and has(qualname, 'CUDA'), name
 
 
-@pytest.mark.parametrize('kernel_set', _kernel_sets(), ids=lambda k: k[0])
+def _opcheck_params():
+    """Every shape with the C++ kernels; Triton's interpreter (about 10 s a case here) at one shape
+    in the default suite, the others slow."""
+    out = []
+    for shape in SHAPES:
+        for name, triton in _kernel_sets():
+            slow = triton and launch.INTERPRETED and shape != 'odd'
+            out.append(pytest.param(shape, (name, triton), marks=[pytest.mark.slow] if slow else [], id=f'{shape}-{name}'))
+    return out
+
+
 @pytest.mark.parametrize('mode', ['train', 'eval'])
-@pytest.mark.parametrize('shape', list(SHAPES), ids=str)
-def test_opcheck_gates(shape, mode, kernel_set):
+@pytest.mark.parametrize('shape,kernel_set', _opcheck_params())
+def test_opcheck_gates(shape, kernel_set, mode):
     """Schema, fake (shapes, strides, dtypes), autograd registration and AOT dispatch of the
     forward op with each kernel set, every mode, with gradients wanted (train) and not (eval)."""
     _, triton = kernel_set

@@ -1,6 +1,7 @@
 """The Triton backend is safe to hand to a user: a self-check that never gets in the way, a
-fallback for every launch, launches under the tensor's device, ties and NaN as the torch backend
-has them, float32 tie counts in low precision, launchers that refuse what they cannot write.
+fallback for every op call whose launch fails, launches under the tensor's device, ties and NaN
+as the torch backend has them, float32 tie counts in low precision, kernels that take any layout
+and refuse what they cannot write.
 
 Runs in Triton's interpreter on CPU tensors (tests/conftest.py), or on CUDA with
 ``TRITON_INTERPRET=0`` (tools/analysis/gpu_check.sh). What only compiled code shows (fp-fusion
@@ -16,15 +17,15 @@ import pytest
 import torch
 from torch import nn
 
-from cbam_det import CBAM, SE, kernels
-from cbam_det.kernels import fused, policy, triton_fallback, triton_gate
-from cbam_det.kernels.triton_attend import GatedAttention
+from cbam_det import BAM, CBAM, SE, kernels
+from cbam_det.kernels import launch
+from cbam_det.kernels.library import bam, gates
 
 from . import numerics
 
-DEVICE = 'cpu' if triton_gate.INTERPRETED or not torch.cuda.is_available() else 'cuda'
+DEVICE = 'cpu' if launch.INTERPRETED or not torch.cuda.is_available() else 'cuda'
 pytestmark = pytest.mark.skipif(
-    DEVICE == 'cpu' and not triton_gate.INTERPRETED, reason='no GPU and Triton interpreter off'
+    not launch.AVAILABLE or (DEVICE == 'cpu' and not launch.INTERPRETED), reason='no GPU and Triton interpreter off'
 )
 
 
@@ -38,13 +39,12 @@ def randomised(m: nn.Module, seed: int = 0) -> nn.Module:
 
 def grads(m: nn.Module, x: torch.Tensor, backend=None, auto_fallback=False):
     """Output and every gradient of one weighted-sum step of ``m`` on ``x``: through
-    ``kernels.use_backend(backend)``, or (``auto_fallback``) through the Triton path exactly as
-    ``auto`` runs it on a GPU (fused.gated_attention under policy.fallback(True))."""
+    ``kernels.use_backend(backend)``, or (``auto_fallback``) through the Triton kernels exactly as
+    ``auto`` calls them on a GPU (fallback allowed)."""
     x = x.detach().clone().requires_grad_()
     params = [p for p in m.parameters() if p.requires_grad]
     if auto_fallback:
-        with policy.fallback(True):
-            y = fused.gated_attention(triton_gate, m, x, None, False, GatedAttention)
+        y = gates.attend(m, x, None, None, True, True)
     else:
         with kernels.use_backend(backend):
             y = m(x)
@@ -55,9 +55,8 @@ def grads(m: nn.Module, x: torch.Tensor, backend=None, auto_fallback=False):
 
 def assert_steps_equal(got, want):
     """Output within float32 rounding of its scale, gradients of the largest gradient's."""
-    scale = max(float(g.abs().max()) for g in want[1:])
-    for i, (a, b) in enumerate(zip(got, want)):
-        numerics.assert_close(a, b, depth=2 if i else 1, scale=scale if i else None, msg=f'tensor {i}')
+    numerics.assert_close(got[0], want[0], msg='output')
+    numerics.assert_grads_close(got[1:], want[1:])
 
 
 # ---------------------------------------------------------------- 1. the self-check
@@ -100,16 +99,17 @@ def test_self_check_leaves_the_random_generators_as_it_found_them():
         assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
 
 
-# ---------------------------------------------------------------- 2./3. a fallback for every launch
+# ---------------------------------------------------------------- 2./3. a fallback for every op call
 
 
-def _failing(kernel_name: str, when=lambda args, meta: True):
-    """An observer that fails the launches of ``kernel_name`` for which ``when`` holds (a
-    compile error of one specialization), and runs every other launch."""
+def _failing(kernel_name: str, when=lambda args: True):
+    """An observer that fails the launches of ``kernel_name`` for which ``when(arguments by name)``
+    holds (a compile error of one specialization), and runs every other launch."""
     failed = []
 
     def observer(kernel, grid, args, meta, warps, run):
-        if kernel.fn.__name__ == kernel_name and when(args, meta):
+        named = dict(zip(launch._parameter_names(kernel.fn), args))
+        if kernel.fn.__name__ == kernel_name and when(named):
             failed.append(meta)
             raise RuntimeError(f'simulated compile failure of {kernel_name}')
         run()
@@ -118,13 +118,13 @@ def _failing(kernel_name: str, when=lambda args, meta: True):
 
 
 @pytest.fixture(autouse=True)
-def _forget_failed_specializations():
-    """Each test starts with no specialization marked failed (they are marked for the process)."""
-    saved = dict(triton_gate._failed)
-    triton_gate._failed.clear()
+def _forget_failed_variants():
+    """Each test starts with no op variant marked failed (they are marked for the process)."""
+    saved = dict(launch._failed)
+    launch._failed.clear()
     yield
-    triton_gate._failed.clear()
-    triton_gate._failed.update(saved)
+    launch._failed.clear()
+    launch._failed.update(saved)
 
 
 @pytest.mark.parametrize(
@@ -132,33 +132,33 @@ def _forget_failed_specializations():
     [
         ('_gate_grads_kernel', 'channels_last'),  # backward only, one layout only
         ('_spatial_pool_kernel', 'nchw'),  # forward, the other layout
+        ('_spatial_pool_grad_kernel', 'channels_last'),  # the third pass of backward
         ('_input_grad_kernel', 'nchw'),  # the last pass of backward
     ],
 )
-def test_a_failing_specialization_falls_back_to_torch_with_one_warning(kernel, layout):
-    """A failure injected into one specialization only (one kernel, one memory layout: the
-    stride of C is 1 exactly in channels-last): under auto the call gives torch's result, one
-    warning names the kernel and the specialization, later calls of it go to torch without
-    trying again, and the other layout still runs its Triton kernel."""
+def test_a_failing_launch_falls_back_to_the_twin_with_one_warning(kernel, layout):
+    """A failure injected into one kernel in one memory layout only (the stride of C is 1 exactly
+    in channels-last): under auto the op call gives torch's result (its PyTorch twin computes it),
+    one warning names the kernel and its specialization, later calls of that op variant go to the
+    twin without trying again, and the other layout still runs its Triton kernels."""
     x = torch.randn(2, 48, 7, 9, device=DEVICE)
     cl = x.to(memory_format=torch.channels_last)
     m = randomised(CBAM(48, 4)).train()
     want = {name: grads(copy.deepcopy(m), t, 'torch') for name, t in (('nchw', x), ('channels_last', cl))}
 
-    def in_layout(args, meta):
-        z = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4)
-        return (z.stride(1) == 1) == (layout == 'channels_last')
+    def in_layout(named):  # the layout of the module's input
+        return (named['z_ptr'].stride(1) == 1) == (layout == 'channels_last')
 
     observer, failed = _failing(kernel, in_layout)
     target = cl if layout == 'channels_last' else x
-    with triton_gate.observe(observer):
+    with launch.observe(observer):
         with pytest.warns(UserWarning, match=rf'Triton kernel {kernel}\[.*failed to compile or launch') as rec:
             got = grads(copy.deepcopy(m), target, auto_fallback=True)
         assert len([w for w in rec if 'failed to compile' in str(w.message)]) == 1
         assert len(failed) == 1
         assert_steps_equal(got, want[layout])
         with warnings.catch_warnings():
-            warnings.simplefilter('error', UserWarning)  # no second warning: the specialization is known to fail
+            warnings.simplefilter('error', UserWarning)  # no second warning: the variant is known to fail
             again = grads(copy.deepcopy(m), target, auto_fallback=True)
             other = grads(copy.deepcopy(m), cl if target is x else x, auto_fallback=True)
         assert len(failed) == 1  # not launched again
@@ -168,10 +168,12 @@ def test_a_failing_specialization_falls_back_to_torch_with_one_warning(kernel, l
 
 def test_a_failing_bam_launch_falls_back_in_backward():
     x, c, s = torch.randn(2, 16, 5, 6), torch.randn(2, 16), torch.randn(2, 30)
-    observer, failed = _failing('_bam_grads_kernel')
-    with triton_gate.observe(observer), policy.fallback(True), pytest.warns(UserWarning, match='_bam_grads_kernel'):
-        got = triton_gate.bam_grads(torch.ones_like(x), x, c, s, False, True)
-    want = triton_fallback.bam_grads(torch.ones_like(x), x, c, s, False, True)
+    x, c, s = x.to(DEVICE), c.to(DEVICE), s.to(DEVICE)
+    dy = torch.ones_like(x)
+    observer, failed = _failing('_bam_sum_kernel')
+    with launch.observe(observer), pytest.warns(UserWarning, match='_bam_sum_kernel'):
+        got = torch.ops.cbam_det.bam_backward(dy, x, c, s, False, True, True, True)
+    want = bam.twin_backward(dy, x, c, s, False, True)
     assert failed
     for a, b in zip(got, want):
         numerics.assert_close(a, b)
@@ -181,47 +183,57 @@ def test_explicit_triton_raises_the_launch_failure_with_its_reason():
     m = randomised(CBAM(48, 4)).train()
     observer, _ = _failing('_gate_grads_kernel')
     with (
-        triton_gate.observe(observer),
+        launch.observe(observer),
         pytest.raises(
-            triton_gate.TritonLaunchError, match=r'_gate_grads_kernel\[.*simulated compile failure.*named explicitly'
+            launch.TritonLaunchError, match=r'_gate_grads_kernel\[.*simulated compile failure.*named explicitly'
         ),
     ):
         grads(m, torch.randn(2, 48, 7, 9, device=DEVICE), 'triton')
 
 
-def test_auto_allows_the_fallback_and_an_explicit_backend_does_not():
-    """What dispatch tells the kernels: backward inherits the forward's setting."""
+def test_the_backward_inherits_the_forwards_fallback_setting():
+    """What dispatch tells the ops (``fallback``: auto allows it, a named backend does not) reaches
+    the backward op through the autograd node."""
     seen = []
+    real = gates.GATES_BACKWARD
 
-    def observer(kernel, grid, args, meta, warps, run):
-        seen.append(policy.fallback_enabled())
-        run()
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
 
     m = randomised(SE(16, 4)).train()
-    with triton_gate.observe(observer):
-        grads(m, torch.randn(2, 16, 5, 5, device=DEVICE), 'triton')
-        assert seen and not any(seen)
-        seen.clear()
-        grads(m, torch.randn(2, 16, 5, 5, device=DEVICE), auto_fallback=True)
-        assert len(seen) >= 3 and all(seen)  # forward and backward launches
+    x = torch.randn(2, 16, 5, 5, device=DEVICE)
+    try:
+        gates.GATES_BACKWARD = spy
+        grads(m, x, 'triton')
+        grads(m, x, auto_fallback=True)
+    finally:
+        gates.GATES_BACKWARD = real
+    assert seen == [False, True]
+
+
+def test_the_failure_key_is_formed_only_once_something_failed():
+    """The key of an op variant (a tuple over its arguments, host work) is not formed while no
+    launch has failed; after a failure every op call checks it."""
+    formed = []
+    key = lambda: formed.append(1) or ('k',)  # noqa: E731
+    launch.run_or_twin(key, True, lambda: 1, lambda: 2)
+    assert formed == []
+    launch._failed[('other',)] = 'injected'
+    assert launch.run_or_twin(key, True, lambda: 1, lambda: 2) == 1
+    assert formed == [1]
+    launch._failed[('k',)] = 'injected'
+    assert launch.run_or_twin(key, True, lambda: 1, lambda: 2) == 2  # the twin, directly
+    with pytest.raises(launch.TritonLaunchError, match='injected'):
+        launch.run_or_twin(key, False, lambda: 1, lambda: 2)
 
 
 # ---------------------------------------------------------------- 4. the tensor's device
 
 
-def test_every_launch_runs_under_its_tensors_device(monkeypatch):
-    seen = []
-    on = triton_gate._on
-    monkeypatch.setattr(triton_gate, '_on', lambda device: seen.append(device) or on(device))
-    launched = []
-    x = torch.randn(2, 16, 5, 5, device=DEVICE)
-    with triton_gate.observe(lambda kernel, grid, args, meta, warps, run: launched.append(kernel) or run()):
-        grads(randomised(CBAM(16, 4)).train(), x, 'triton')
-    assert len(seen) == len(launched) == 6 and all(d == x.device for d in seen)  # 3 forward, 3 backward
-
-
-def test_a_cuda_launch_is_guarded_by_torch_cuda_device(monkeypatch):
-    """On a second GPU without set_device, the guard makes it current for the launch."""
+def test_an_op_call_on_another_gpu_is_guarded_by_torch_cuda_device(monkeypatch):
+    """On a second GPU without set_device, the guard makes it current for the op's launches;
+    on the current device (and on the CPU) there is no guard to enter."""
     entered = []
 
     @contextlib.contextmanager
@@ -230,37 +242,40 @@ def test_a_cuda_launch_is_guarded_by_torch_cuda_device(monkeypatch):
         yield
 
     monkeypatch.setattr(torch.cuda, 'device', device)
-    with triton_gate._on(torch.device('cuda', 1)):
-        pass
-    with triton_gate._on(torch.device('cpu')):
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    with launch.guard_for(torch.device('cuda', 1)):
         pass
     assert entered == [torch.device('cuda', 1)]
+    assert launch.guard_for(torch.device('cuda', 0)) is None
+    assert launch.device_guard((3, torch.zeros(1))) is None  # a CPU tensor
 
 
 # ---------------------------------------------------------------- 5./6. ties and NaN as torch has them
 
 
 @pytest.mark.parametrize('with_bn', [False, True], ids=['plain', 'bn_folded'])
-def test_tie_masks_of_the_kernels_and_of_their_twins_agree_bit_for_bit(with_bn):
+def test_ties_give_the_twins_gradients(with_bn):
     """The max masks compare values recomputed in different kernels; formed as a rounded
-    multiply and a rounded add everywhere (no fp-fusion), the kernels' and the PyTorch twin's
-    tie counts are identical, with many ties (integer inputs) and a BN's affine map."""
+    multiply and a rounded add everywhere (no fp-fusion), every tie is found as the twin finds it:
+    integer inputs (many ties over H×W and over C) and a BN's affine map, the same states and
+    gradients as the PyTorch twin."""
+    from .test_ops import gates_cases
+
     g = numerics.generator(5)
-    z = torch.randint(0, 4, (2, 32, 6, 7), generator=g).float().to(DEVICE)
-    a = (torch.rand(32, generator=g) + 0.5).to(DEVICE) if with_bn else None
-    b = torch.randn(32, generator=g).to(DEVICE) if with_bn else None
-    gc = torch.sigmoid(torch.randint(-2, 3, (2, 32), generator=g).float()).to(DEVICE)
-    _, smax = triton_gate.spatial_pool(z, a, b, gc)
-    _, cmax = triton_gate.channel_pool(z, a, b)
-    dy = torch.randn(z.shape, generator=g).to(DEVICE)
-    gs = torch.rand(2, 42, generator=g).to(DEVICE)
-    k = triton_gate.gate_grads(dy, z, a, b, gc, gs, smax)
-    t = triton_fallback.gate_grads(dy, z, a, b, gc, gs, smax)
-    assert torch.equal(k[-1], t[-1]) and float(k[-1].min()) >= 1  # every pixel finds its max
-    w = torch.randn(2, 42, generator=g).to(DEVICE)
-    k = triton_gate.spatial_pool_grad(z, a, b, gc, smax, w, w, cmax)
-    t = triton_fallback.spatial_pool_grad(z, a, b, gc, smax, w, w, cmax)
-    assert torch.equal(k[-1], t[-1]) and float(k[-1].min()) >= 1
+    z = torch.randint(0, 4, (2, 32, 6, 7), generator=g).float()
+    case = [a for a in gates_cases((2, 32, 6, 7), numerics.seed()) if a[16] == gates.SPATIAL_AVG_MAX]
+    args = case[gates.BN_RUNNING if with_bn else gates.BN_NONE]
+    args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in (z,) + args[1:])
+    y, cs, ps = torch.ops.cbam_det.gates(*args, True, False)
+    ry, rcs, rps = gates.twin_forward(*args, None)
+    numerics.assert_close(y, ry)
+    v, rv = gates._views(cs, ps, 2, 32, 6, 7, 3, True, with_bn), gates._views(rcs, rps, 2, 32, 6, 7, 3, True, with_bn)
+    assert torch.equal(v['max'], rv['max'])
+    dy = torch.randn(y.shape, generator=g).to(DEVICE)
+    bw = (args[1], args[2], *args[5:12], args[15], args[16], args[17], True)
+    got = torch.ops.cbam_det.gates_backward(dy, args[0], cs, ps, *bw, True, False)
+    want = gates.twin_backward(dy, args[0], rcs, rps, *bw)
+    numerics.assert_grads_close(got, want)
 
 
 @pytest.mark.parametrize('kind', ['cbam', 'se'])
@@ -279,18 +294,21 @@ def test_inf_and_nan_give_the_torch_backends_pattern_of_non_finite_values(kind):
 
 
 def test_channel_max_propagates_nan_like_amax():
-    z = torch.randn(2, 8, 4, 5, device=DEVICE)
+    from .test_ops import gates_cases
+
+    z = torch.randn(2, 6, 5, 7, device=DEVICE)
     z[1, 2, 3, 4] = float('nan')
-    mean, mx = triton_gate.channel_pool(z, None, None)
-    assert torch.equal(torch.isnan(mx), torch.isnan(z.amax((2, 3))))
-    _, zmax, zmin = triton_gate.channel_moments(z, z[0, :, 0, 0].contiguous())[1:]
-    assert bool(torch.isnan(zmax[1, 2])) and bool(torch.isnan(zmin[1, 2])) and int(torch.isnan(zmax).sum()) == 1
+    for args in gates_cases((2, 6, 5, 7), numerics.seed())[:2]:  # CBAM, without and with a folded BN
+        args = (z,) + tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args[1:])
+        _, cs, ps = torch.ops.cbam_det.gates(*args, True, False)
+        v = gates._views(cs, ps, 2, 6, 5, 7, 3, True, args[15] != gates.BN_NONE)
+        assert torch.equal(torch.isnan(v['max']), torch.isnan(z.amax((2, 3))))
 
 
 # ---------------------------------------------------------------- 7. low precision: tie counts in float32
 
 
-INTERPRETED_SLOW = [pytest.mark.slow] if triton_gate.INTERPRETED else []  # 67,200 pixels: ~1 min interpreted
+INTERPRETED_SLOW = [pytest.mark.slow] if launch.INTERPRETED else []  # 67,200 pixels: ~1 min interpreted
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
@@ -298,47 +316,53 @@ INTERPRETED_SLOW = [pytest.mark.slow] if triton_gate.INTERPRETED else []  # 67,2
 def test_a_constant_stage1_channel_keeps_its_max_gradient_in_low_precision(dtype, backend):
     """A constant channel of a stage-1 map (200×336 = 67,200 tied maxima, e.g. a γ = 0 BN from
     scratch): the gradient of its max is shared by a float32 count (a float16 count is inf,
-    which gave 0; a bfloat16 one 67,072), so each tied element gets 1/67,200 of it rounded once
-    to the dtype and the channel's total is the max's gradient, as in float32. The max-pool
-    gradient alone: on torch ChannelPool's backward, on triton the tie count of the spatial-pool
-    gradient pass and the input-gradient pass that shares it."""
+    which gave 0; a bfloat16 one 67,072), so each tied element gets its share rounded once to the
+    dtype and the channel's total is the max's gradient, as in float32. On torch ChannelPool's
+    backward alone; on triton a whole SE step whose gate's gradient reaches only the max (CBAM's
+    channel gate with max pooling, the spatial gate neutral), against its float32 twin."""
     from cbam_det.kernels import lean
 
     hw = 200 * 336
     x = torch.randn(1, 2, 200, 336, device=DEVICE)
     x[0, 1] = 0.75
     x = x.to(dtype)
-    g_max = torch.tensor([[0.5, 2.0]], device=DEVICE)
     if backend == 'torch':
+        g_max = torch.tensor([[0.5, 2.0]], device=DEVICE)
         xr = x.detach().requires_grad_()
         _, mx = lean.ChannelPool.apply(xr)
         (dx,) = torch.autograd.grad(mx, [xr], g_max)
-    else:
-        zero_c, zero_p = torch.zeros(1, 2, device=DEVICE), torch.zeros(1, hw, device=DEVICE)
-        _, cmax = triton_gate.channel_pool(x, None, None)
-        gc = torch.ones(1, 2, device=DEVICE)
-        smax = triton_gate.spatial_pool(x, None, None, gc)[1]
-        _, ties = triton_gate.spatial_pool_grad(x, None, None, gc, smax, zero_p, zero_p, cmax)
-        assert float(ties[0, 1]) == hw  # counted exactly
-        dy = torch.zeros_like(x)
-        dx = triton_gate.input_grad(dy, x, None, None, gc, zero_p, smax, zero_p, zero_p, cmax, zero_c, g_max / ties,
-                                    zero_c)  # fmt: skip
-    share = dx[0, 1].float()
-    assert float(share.min()) == float(share.max())  # shared evenly
-    # 2/67,200 rounded once to the dtype (the interpreter may truncate where a GPU rounds to nearest)
-    numerics.assert_close(share, torch.full_like(share, 2.0 / hw), dtype=dtype, terms=1)
-    numerics.assert_close(share.double().sum(), torch.tensor(2.0), dtype=dtype, terms=1)
+        share = dx[0, 1].float()
+        assert float(share.min()) == float(share.max())  # shared evenly
+        numerics.assert_close(share, torch.full_like(share, 2.0 / hw), dtype=dtype, terms=1)
+        numerics.assert_close(share.double().sum(), torch.tensor(2.0), dtype=dtype, terms=1)
+        return
+    from .test_ops import gates_cases
+
+    args = list(gates_cases((1, 2, 4, 4), numerics.seed())[0])
+    args[0] = x
+    args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
+    y, cs, ps = torch.ops.cbam_det.gates(*args, True, False)
+    dy = torch.zeros_like(y)
+    dy[0, 1, 0, 0] = 1.0  # one pixel of the constant channel: its gate's gradient flows to the max
+    bw = (args[1], args[2], *args[5:12], args[15], args[16], args[17], True)
+    got = torch.ops.cbam_det.gates_backward(dy, x, cs, ps, *bw, True, False)[0][0, 1].float()
+    want = gates.twin_backward(dy, x.float(), *gates.twin_forward(*((x.float(),) + args[1:]), None)[1:], *bw)
+    want = want[0][0, 1].float()
+    numerics.assert_close(got, want, dtype=dtype, terms=1, scale=float(want.abs().max()))
+    numerics.assert_close(got.double().sum(), want.double().sum(), dtype=dtype, terms=hw)
 
 
-# ---------------------------------------------------------------- 8. launchers
+# ---------------------------------------------------------------- 8. layouts and bad tensors
 
 
 @pytest.mark.parametrize(
     'layout', ['sliced_channels', 'sliced_batch', 'transposed_hw'], ids=['C_slice', 'N_slice', 'HW_transposed']
 )
-def test_launchers_take_non_dense_tensors_and_write_in_bounds(layout):
-    """Views with gaps (a slice of the channels or of the batch) or with H and W not merging:
-    every launcher gives its PyTorch twin's result, and nothing outside the outputs is written."""
+def test_ops_take_non_dense_tensors_and_write_in_bounds(layout):
+    """Views with gaps (a slice of the channels or of the batch) or with H and W not merging: the
+    ops give their PyTorch twin's result, and nothing outside the outputs is written."""
+    from .test_ops import gates_cases
+
     g = numerics.generator(7)
     big = torch.randn(4, 64, 6, 7, generator=g).to(DEVICE)
     z = {
@@ -348,41 +372,32 @@ def test_launchers_take_non_dense_tensors_and_write_in_bounds(layout):
     }[layout]
     guard = big.clone()
     n, c, h, w = z.shape
-    a, b = (torch.rand(c, generator=g) + 0.5).to(DEVICE), torch.randn(c, generator=g).to(DEVICE)
-    gc, gs = torch.rand(n, c, generator=g).to(DEVICE), torch.rand(n, h * w, generator=g).to(DEVICE)
-    dy = torch.randn(z.shape, generator=g).to(DEVICE)
-    _, smax = triton_fallback.spatial_pool(z, a, b, gc)
-    _, cmax = triton_fallback.channel_pool(z, a, b)
-    k = [torch.randn(n, c, generator=g).to(DEVICE) for _ in range(3)]
-    wa, wm = torch.randn(n, h * w, generator=g).to(DEVICE), torch.randn(n, h * w, generator=g).to(DEVICE)
-    calls = {
-        'channel_pool': (z, a, b),
-        'spatial_pool': (z, a, b, gc),
-        'apply_gates': (z, a, b, gc, gs),
-        'gate_grads': (dy, z, a, b, gc, gs, smax),
-        'spatial_pool_grad': (z, a, b, gc, smax, wa, wm, cmax),
-        'input_grad': (dy, z, a, b, gc, gs, smax, wa, wm, cmax, *k),
-        'bam_apply': (z, gc, gs, False, True),
-        'bam_grads': (dy, z, gc, gs, True, False),
-    }
-    for name, args in calls.items():
-        got = getattr(triton_gate, name)(*args)
-        want = getattr(triton_fallback, name)(*args)
-        for u, v in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
-            numerics.assert_close(u, v, msg=name)
+    for args in gates_cases((n, c, h, w), numerics.seed())[:2]:
+        args = (z,) + tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args[1:])
+        y, cs, ps = torch.ops.cbam_det.gates(*args, True, False)
+        numerics.assert_close(y, gates.twin_forward(*args, None)[0], msg=layout)
+        dy = torch.randn(z.shape, generator=g).to(DEVICE)
+        bw = (args[1], args[2], *args[5:12], args[15], args[16], args[17], True)
+        got = torch.ops.cbam_det.gates_backward(dy, z, cs, ps, *bw, True, False)
+        numerics.assert_grads_close(got, gates.twin_backward(dy, z, cs, ps, *bw))
+    c2, s2 = torch.randn(n, c, generator=g).to(DEVICE), torch.randn(n, h * w, generator=g).to(DEVICE)
+    numerics.assert_close(torch.ops.cbam_det.bam_apply(z, c2, s2, False, True, True, False),
+                          bam.twin_apply(z, c2, s2, False, True, None))  # fmt: skip
     assert torch.equal(big, guard)  # the inputs' storage is untouched
 
 
-def test_launchers_refuse_empty_tensors_and_mismatched_outputs():
-    for shape in ((2, 0, 4, 4), (0, 8, 4, 4), (2, 8, 0, 4)):
+def test_ops_refuse_empty_tensors_and_mismatched_outputs():
+    from .test_ops import gates_cases
+
+    args = gates_cases((2, 6, 5, 7), numerics.seed())[0]
+    args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
+    for shape in ((2, 6, 0, 7), (0, 6, 5, 7)):
         with pytest.raises(ValueError, match=r'is empty; N, C, H and W must be >= 1'):
-            triton_gate.channel_pool(torch.randn(shape, device=DEVICE), None, None)
-    z = torch.randn(2, 8, 4, 4, device=DEVICE)
-    gc = torch.rand(2, 8, device=DEVICE)
-    with pytest.raises(ValueError, match=r"out must have the input's shape \(2, 8, 4, 4\)"):
-        triton_gate.apply_gates(z, None, None, gc, None, torch.empty(2, 8, 4, 5, device=DEVICE))
+            torch.ops.cbam_det.gates(torch.randn(shape, device=DEVICE), *args[1:], True, False)
+    with pytest.raises(ValueError, match=r"out must have the input's shape \(2, 6, 5, 7\)"):
+        torch.ops.cbam_det.gates_(torch.empty(2, 6, 5, 8, device=DEVICE), *args, True, False)
     with pytest.raises(ValueError, match='NCHW- or channels-last-contiguous'):
-        triton_gate.apply_gates(z, None, None, gc, None, torch.empty(2, 16, 4, 4, device=DEVICE)[:, ::2])
+        torch.ops.cbam_det.gates_(torch.empty(2, 12, 5, 7, device=DEVICE)[:, ::2], *args, True, False)
 
 
 def test_launch_planning_arithmetic_matches_tritons():
@@ -391,22 +406,33 @@ def test_launch_planning_arithmetic_matches_tritons():
     import triton
 
     for a in list(range(1, 300)) + [2**20 - 1, 2**20, 2**20 + 1, 2 * 256 * 200 * 336]:
-        assert triton_gate._pow2(a) == triton.next_power_of_2(a), a
+        assert launch.pow2(a) == triton.next_power_of_2(a), a
         for b in (1, 2, 3, 7, 16, 64, 1024):
-            assert triton_gate._cdiv(a, b) == triton.cdiv(a, b), (a, b)
+            assert launch.cdiv(a, b) == triton.cdiv(a, b), (a, b)
 
 
-def test_a_launch_forms_its_specialization_key_only_once_something_failed(monkeypatch):
-    """The key (an inspection of the kernel's signature, the largest host cost of a launch) is
-    not formed while no specialization has failed; after a failure every launch checks it."""
-    m = randomised(CBAM(24, 4))
-    x = torch.randn(2, 24, 5, 7, generator=numerics.generator(0)).to(DEVICE)
-    formed = []
-    real = triton_gate._spec_key
-    monkeypatch.setattr(triton_gate, '_spec_key', lambda *a: formed.append(a[0]) or real(*a))
-    monkeypatch.setattr(triton_gate, '_failed', {})
-    grads(m, x, auto_fallback=True)
-    assert formed == []
-    triton_gate._failed[('no such kernel', 4, ())] = 'injected'
-    grads(m, x, auto_fallback=True)
-    assert len(formed) >= 5  # every launch of a CBAM step (forward and backward)
+def test_launch_plans_are_computed_once_per_problem():
+    """What a launch needs (grids, splits, tiles, warps) is decided once per shape, layout, module
+    kind and SM count: a second call of the same problem computes nothing."""
+    gates._forward_plan.cache_clear()
+    gates._backward_plan.cache_clear()
+    m = randomised(CBAM(24, 4)).train()
+    x = torch.randn(2, 24, 5, 7, device=DEVICE)
+    for _ in range(3):
+        grads(m, x, 'triton')
+    assert gates._forward_plan.cache_info().misses == 1 and gates._forward_plan.cache_info().hits == 2
+    assert gates._backward_plan.cache_info().misses == 1 and gates._backward_plan.cache_info().hits == 2
+
+
+@pytest.mark.parametrize('kind', ['cbam', 'se', 'bam'])
+def test_a_module_call_is_one_autograd_node(kind):
+    """The whole module is one node of the graph between its input and its output (BAM: its
+    refinement is one node; its branches are ordinary layers)."""
+    m = randomised({'cbam': CBAM(16, 4), 'se': SE(16, 4), 'bam': BAM(16, 4, 1)}[kind]).train()
+    x = torch.randn(2, 16, 5, 6, device=DEVICE, requires_grad=True)
+    with kernels.use_backend('triton'):
+        y = m(x)
+    node = y.grad_fn
+    assert type(node).__name__.startswith(('_GatesBackward', '_BamBackward')), type(node).__name__
+    if kind != 'bam':
+        assert any(f is not None and getattr(f, 'variable', None) is x for f, _ in node.next_functions)

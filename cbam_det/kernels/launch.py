@@ -64,6 +64,7 @@ __all__ = [
     'launch',
     'run_or_twin',
     'device_guard',
+    'guard_for',
     'strides',
     'cdiv',
     'pow2',
@@ -286,14 +287,18 @@ def run_or_twin(key: Callable[[], tuple], fallback: bool, kernels: Callable, twi
 
 
 def device_guard(args: tuple):
-    """``torch.cuda.device`` of the first tensor of ``args`` where it is a CUDA tensor on another
-    device than the current one (Triton launches on the current device); None otherwise."""
+    """:func:`guard_for` the device of the first tensor of ``args``."""
     for a in args:
         if isinstance(a, torch.Tensor):
-            device = a.device
-            if device.type == 'cuda' and device.index is not None and device.index != torch.cuda.current_device():
-                return torch.cuda.device(device)
-            return None
+            return guard_for(a.device)
+    return None
+
+
+def guard_for(device: torch.device):
+    """``torch.cuda.device(device)`` where it is a CUDA device other than the current one (Triton
+    launches on the current device); None otherwise."""
+    if device.type == 'cuda' and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
     return None
 
 

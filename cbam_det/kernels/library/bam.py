@@ -102,9 +102,10 @@ def _bam_sum_kernel(part_ptr, ds_ptr, dc_ptr, dsum_ptr, C, HW, NB, S, BLOCK: tl.
 # ---------------------------------------------------------------- launchers
 
 
-def _strided(t: Tensor) -> Tuple[Tensor, Tuple[int, int, int]]:
+def _strided(t: Tensor, dense: bool = True) -> Tuple[Tensor, Tuple[int, int, int]]:
+    """``t`` and its (n, c, hw) strides, as the gates family's ``_launch_strides``."""
     st = L.strides(t)
-    if st is None:
+    if st is None or dense and not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
         t = t.contiguous()
         st = L.strides(t)
     return t, st
@@ -139,7 +140,7 @@ def triton_apply(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool,
 def triton_backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool):
     """Two launches: (dx, dc (N, C), ds (N, H·W))."""
     x, (sn, sc, shw) = _strided(x)
-    dy, dst = _strided(dy)
+    dy, dst = _strided(dy, dense=False)
     n, ch, h, w = x.shape
     hw = h * w
     _, grads, sums = _plans(n, ch, hw, sc == 1 and ch > 1, L.sm_count(x.device))

@@ -756,7 +756,7 @@ def _channel_mlp_grad_kernel(
     CBAM: tl.constexpr, BN: tl.constexpr, BATCH: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr,
 ):  # fmt: skip
     """The MLP's first layer backward for BC channels (grid (channel blocks,)): d hid from the
-    partials, W1's gradient (program 0: b1's), d avg and d max, and the input gradient's
+    partials (masked where hid ≤ 0: a NaN hid passes the gradient on, as torch's relu does), W1's gradient (program 0: b1's), d avg and d max, and the input gradient's
     per-(n, c) coefficients K0 = d avg / HW, K2 = d max / ties; with a folded BN its weight and
     bias gradients and the per-channel terms of dz = a·dx + Bz·z + D."""
     cb = tl.program_id(0)
@@ -772,12 +772,12 @@ def _channel_mlp_grad_kernel(
             for j in range(0, CB):
                 dh += tl.load(sm_ptr + o_dhp + (j * N + n) * HD + h, mask=hmask, other=0.0)
             ha = tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + h, mask=hmask, other=0.0)
-            dha = tl.where(ha > 0, dh, 0.0)
+            dha = tl.where(ha <= 0, 0.0, dh)
             acc += dha[:, None] * tl.load(cs_ptr + l_avg + n * C + c, mask=cmask, other=0.0)[None, :]
             dbias += dha
             if CBAM:
                 hm = tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + HD + h, mask=hmask, other=0.0)
-                dhm = tl.where(hm > 0, dh, 0.0)
+                dhm = tl.where(hm <= 0, 0.0, dh)
                 acc += dhm[:, None] * tl.load(cs_ptr + l_max + n * C + c, mask=cmask, other=0.0)[None, :]
                 dbias += dhm
         dw1 = dw1_ptr + h[:, None] * C + c[None, :]
@@ -797,10 +797,10 @@ def _channel_mlp_grad_kernel(
             w = tl.load(w1_ptr + h[:, None] * C + c[None, :], mask=hmask[:, None] & cmask[None, :], other=0.0)
             w = w.to(tl.float32)
             ha = tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + h, mask=hmask, other=0.0)
-            davg += tl.sum(w * tl.where(ha > 0, dh, 0.0)[:, None], 0)
+            davg += tl.sum(w * tl.where(ha <= 0, 0.0, dh)[:, None], 0)
             if CBAM:
                 hm = tl.load(cs_ptr + l_hid + n * (2 * HD if CBAM else HD) + HD + h, mask=hmask, other=0.0)
-                dmax += tl.sum(w * tl.where(hm > 0, dh, 0.0)[:, None], 0)
+                dmax += tl.sum(w * tl.where(hm <= 0, 0.0, dh)[:, None], 0)
         k0 = davg / HW
         tl.store(sm_ptr + o_k0 + n * C + c, k0, mask=cmask)
         if CBAM:
@@ -967,11 +967,14 @@ def _backward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, sms: 
     return _Backward(grads, nb, sgrad, pb, pgrad, s3, ((cb,), gc_bc, gc_bh, gc_w), cb, dx, dict(zip(names, offsets)), size)
 
 
-def _launch_strides(t: Tensor) -> Tuple[Tensor, Tuple[int, int, int]]:
+def _launch_strides(t: Tensor, dense: bool = True) -> Tuple[Tensor, Tuple[int, int, int]]:
+    """``t`` and its (n, c, hw) strides: NCHW- or channels-last-contiguous (``dense``: the outputs
+    made ``empty_like`` it share its strides), or any layout whose H and W merge (a gradient that is
+    only read, a broadcast one included); other layouts are made contiguous."""
     if t.numel() == 0:
         raise ValueError(f'cbam_det::gates: the tensor of shape {tuple(t.shape)} is empty; N, C, H and W must be >= 1')
     st = L.strides(t)
-    if st is None:
+    if st is None or dense and not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
         t = t.contiguous()
         st = L.strides(t)
     return t, st
@@ -1045,7 +1048,7 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
     """The backward's launches (7 for CBAM, 4 for SE): [dz, dW1, db1, dW2, db2] + (CBAM) [d conv,
     d γ_s, d β_s] + (folded BN) [d γ, d β]."""
     z, (sn, sc, shw) = _launch_strides(z)
-    dy, (dn, dc, dhw) = _launch_strides(dy)
+    dy, (dn, dc, dhw) = _launch_strides(dy, dense=False)
     w1, w2 = w1.contiguous(), w2.contiguous()
     n, c, h, w = z.shape
     hw, hd, dev = h * w, w1.shape[0], z.device
@@ -1284,11 +1287,11 @@ def twin_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, 
         w1f, w2f = w1.to(acc), w2.to(acc)
         dw2, db2 = dl.t() @ hs, dl.sum(0) * (2.0 if cbam else 1.0)
         dh = dl @ w2f
-        dha = torch.where(ha > 0, dh, 0.0)
+        dha = torch.where(ha <= 0, 0.0, dh)
         dw1, db1, davg = dha.t() @ v['avg'], dha.sum(0), dha @ w1f
         dx = (davg / hw)[:, :, None, None]
         if cbam:
-            dhm = torch.where(hm > 0, dh, 0.0)
+            dhm = torch.where(hm <= 0, 0.0, dh)
             dw1, db1 = dw1 + dhm.t() @ v['max'], db1 + dhm.sum(0)
             tie_c = x == v['max'][:, :, None, None]
             k2 = (dhm @ w1f) / tie_c.sum((2, 3)).to(acc).clamp_min(1)

@@ -653,8 +653,8 @@ std::vector<at::Tensor> gates_backward(const at::Tensor& dy, const at::Tensor& z
       double acc = 0;
       for (int64_t c = 0; c < C; ++c) acc += static_cast<double>(W2[c * HD + j]) * dl[n * C + c];
       dh[n * HD + j] = static_cast<float>(acc);
-      dha[n * HD + j] = Hd[n * HS + j] > 0 ? dh[n * HD + j] : 0.f;
-      if (cbam) dhm[n * HD + j] = Hd[n * HS + HD + j] > 0 ? dh[n * HD + j] : 0.f;
+      dha[n * HD + j] = Hd[n * HS + j] <= 0 ? 0.f : dh[n * HD + j];  // (NaN passes, as torch's relu)
+      if (cbam) dhm[n * HD + j] = Hd[n * HS + HD + j] <= 0 ? 0.f : dh[n * HD + j];
     }
   for (int64_t j = 0; j < HD; ++j) {
     double db = 0;
