@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from cbam_det import BAM, CBAM, SE, kernels
-from cbam_det.kernels import triton_gate
+from cbam_det.kernels import launch
+from cbam_det.kernels.library import gates as gate_ops
 
 from . import numerics
 from .helpers import REPO, analysis_tool
@@ -25,9 +26,9 @@ census = analysis_tool('census')
 kernel_compile = analysis_tool('kernel_compile')
 
 no_ext = pytest.mark.skipif(os.environ.get('CBAM_DET_NO_EXT') == '1', reason='CBAM_DET_NO_EXT=1: no C++ kernels')
-DEVICE = 'cpu' if triton_gate.INTERPRETED or not torch.cuda.is_available() else 'cuda'
+DEVICE = 'cpu' if launch.INTERPRETED or not torch.cuda.is_available() else 'cuda'
 needs_triton = pytest.mark.skipif(
-    DEVICE == 'cpu' and not triton_gate.INTERPRETED, reason='no GPU and Triton interpreter off'
+    not launch.AVAILABLE or (DEVICE == 'cpu' and not launch.INTERPRETED), reason='no GPU and Triton interpreter off'
 )
 
 
@@ -310,7 +311,7 @@ def test_probe_reports_a_failing_kernel_and_warns_once(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError('simulated compile failure')
 
-    monkeypatch.setattr(triton_gate, 'spatial_pool', broken)
+    monkeypatch.setattr(gate_ops, 'triton_forward', broken)
     with pytest.warns(UserWarning, match='failed their self-check.*simulated compile failure'):
         assert not kernels.probe_triton(DEVICE, torch.float32, force=True)
     with warnings.catch_warnings():
@@ -353,13 +354,18 @@ def test_the_self_check_runs_the_cases_each_module_class_registers(monkeypatch):
         dispatch.register_self_check(int)
 
 
-def test_nothing_under_kernels_imports_the_modules():
-    """The one import circle of the package is gone: the kernels read nothing from models/."""
-    import ast
+def _kernel_sources():
     import pathlib
 
     root = pathlib.Path(kernels.__file__).parent
-    for path in sorted(root.glob('*.py')):
+    return sorted(root.glob('*.py')) + sorted((root / 'library').glob('*.py'))
+
+
+def test_nothing_under_kernels_imports_the_modules():
+    """The kernels read nothing from models/ (no import circle)."""
+    import ast
+
+    for path in _kernel_sources():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 name = ('.' * node.level) + (node.module or '')
@@ -370,26 +376,23 @@ def test_nothing_under_kernels_imports_the_modules():
             assert 'models' not in name, f'{path.name} imports {name}'
 
 
-def test_both_kernel_sets_declare_their_abilities_and_the_kernels_probe_nothing():
-    """The C++ and Triton kernel sets declare the same optional abilities (a value or None), and
-    nothing under kernels/ probes a module or a kernel set with getattr/hasattr: a module is read
-    through the contract of models/layers/base.py (kernel_variant, fusable_with_bn, inplace,
-    kernel_gates, gate, gate_scale)."""
+def test_each_op_family_keeps_its_parts_in_one_file_and_the_kernels_probe_no_module():
+    """Every op family (kernels/library/<family>.py) defines its schemas, registers a CPU and a
+    CUDA kernel, its fakes and its autograd, and has a PyTorch twin and Triton launchers beside
+    them; its C++ kernels are ops/csrc/<family>.cpp. Nothing under kernels/ probes a module with
+    getattr/hasattr: a module is read through the contract of models/layers/base.py."""
     import ast
     import pathlib
 
-    from cbam_det.kernels import triton_gate
-    from cbam_det.ops import gate_ext
+    from cbam_det import ops
 
-    sets = [triton_gate] + ([gate_ext()] if gate_ext() is not None else [])
-    for ext in sets:
-        assert isinstance(ext.CENTERED_SUMS, bool)
-        for name in ('affine_extreme', 'gated_infer'):
-            assert getattr(ext, name) is None or callable(getattr(ext, name)), (ext, name)
-    if len(sets) == 2:
-        assert (triton_gate.gated_infer is None) != (sets[1].gated_infer is None)
-    root = pathlib.Path(kernels.__file__).parent
-    for path in sorted(root.glob('*.py')):
+    for family in ('gates', 'bam'):
+        path = pathlib.Path(kernels.__file__).parent / 'library' / f'{family}.py'
+        text = path.read_text()
+        for part in ('_lib.define(', "'CPU')", 'register_fake(', 'register_autograd(', 'def twin_', 'def triton_'):
+            assert part in text or part == "'CPU')" and "_lib.impl(" in text, (family, part)
+        assert family in ops.FAMILIES
+    for path in _kernel_sources():
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Call)

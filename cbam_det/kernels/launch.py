@@ -333,12 +333,13 @@ class Tiles(NamedTuple):
     bhw: int
 
 
-def tiles(channels_last: bool, c: int, hw: int, per_pixel: bool = False) -> Tiles:
+def tiles(channels_last: bool, c: int, hw: int, per_pixel: bool = False, elements: int = 0) -> Tiles:
     """Up to 64 elements along the contiguous axis, the rest of TILE along the other, neither
     longer than its (power-of-two rounded) extent. ``per_pixel`` (reductions over C, which write
     per-pixel partials, and loops over C per pixel block): tiles of 2 × TILE elements that are long
-    in pixels (NCHW: 256 pixels × 8 channels; channels-last: 16 channels × 128 pixels)."""
-    tile = 2 * TILE if per_pixel else TILE
+    in pixels (NCHW: 256 pixels × 8 channels; channels-last: 16 channels × 128 pixels), or of
+    ``elements`` (a kernel with many accumulators: fewer registers per thread)."""
+    tile = elements or (2 * TILE if per_pixel else TILE)
     if channels_last:
         bc = min(16 if per_pixel else 64, pow2(c))
         return Tiles(bc, min(tile // bc, pow2(hw)))

@@ -621,7 +621,7 @@ def run_census(args) -> dict:
             first = group[0]
             regs = {a: max(usage[g.key()][a].get('registers', -1) for g in group) for a in args.archs}
             spills = sum(
-                usage[g.key()][a].get('stack', 0) + usage[g.key()][a].get('local', 0) for g in group for a in args.archs
+                usage[g.key()][a].get('spills', 0) + usage[g.key()][a].get('local', 0) for g in group for a in args.archs
             )
             rows.append(
                 dict(

@@ -34,4 +34,7 @@ KERNELS = {
     name: fn for family in (gates, bam) for name, fn in vars(family).items() if name.endswith('_kernel') and callable(fn)
 }
 
-__all__ = ['OPS', 'KERNELS', 'gates', 'bam']
+#: the kernels of :data:`KERNELS` that touch no full-size tensor (per-channel or per-pixel work)
+SMALL_KERNELS = frozenset(gates.SMALL_KERNELS + bam.SMALL_KERNELS)
+
+__all__ = ['OPS', 'KERNELS', 'SMALL_KERNELS', 'gates', 'bam']

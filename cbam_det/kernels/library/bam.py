@@ -99,6 +99,10 @@ def _bam_sum_kernel(part_ptr, ds_ptr, dc_ptr, dsum_ptr, C, HW, NB, S, BLOCK: tl.
     tl.store(dsum_ptr + n * HW + i, acc, mask=hm)
 
 
+#: the kernels that touch no full-size tensor
+SMALL_KERNELS = ('_bam_sum_kernel',)
+
+
 # ---------------------------------------------------------------- launchers
 
 

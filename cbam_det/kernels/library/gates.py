@@ -872,6 +872,19 @@ def _input_grad_kernel(
     tl.store(dx_ptr + off, v.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+#: the kernels that touch no full-size tensor (their work is per channel or per pixel: their
+#: registers and spills cost nothing measurable against their launch; tools/analysis/kernel_compile.py)
+SMALL_KERNELS = (
+    '_channel_gate_kernel',
+    '_spatial_conv_kernel',
+    '_update_stats_kernel',
+    '_spatial_gate_grad_kernel',
+    '_spatial_conv_grad_kernel',
+    '_channel_gate_grad_kernel',
+    '_channel_mlp_grad_kernel',
+)
+
+
 # ---------------------------------------------------------------- the Triton launch plans
 
 
@@ -915,18 +928,19 @@ def _hw_plan(n: int, c: int, hw: int, cl: bool, sms: int) -> tuple:
     return (s, cb, n), per * t.bhw, t.bc, t.bhw, L.WARPS if cl else 2 * L.WARPS
 
 
-def _c_plan(n: int, c: int, hw: int, cl: bool, sms: int) -> tuple:
-    """A loop over C per pixel block: (grid (pixel blocks, S, N), channels per split, BC, BHW, warps)."""
-    t = L.tiles(cl, c, hw, per_pixel=True)
+def _c_plan(n: int, c: int, hw: int, cl: bool, sms: int, elements: int = 0) -> tuple:
+    """A loop over C per pixel block: (grid (pixel blocks, S, N), channels per split, BC, BHW, warps):
+    8 elements of a tile per thread, or 4 with ``elements`` (a kernel with many accumulators)."""
+    t = L.tiles(cl, c, hw, per_pixel=True, elements=elements)
     cb, nb = L.cdiv(c, t.bc), L.cdiv(hw, t.bhw)
     s, per = L.splits(cb, n * nb, L.WAVES * sms)
-    return (nb, s, n), per * t.bc, t.bc, t.bhw, max(L.WARPS, t.bc * t.bhw // (32 * 8))
+    return (nb, s, n), per * t.bc, t.bc, t.bhw, max(L.WARPS, t.bc * t.bhw // (32 * (4 if elements else 8)))
 
 
 def _gate_tiles(c: int, hd: int) -> tuple:
-    """(BC, BH, warps) of the small channel-gate kernels: tiles of at most 4096 weights."""
-    bh = min(64, L.pow2(hd))
-    return min(4096 // bh, L.pow2(c)), bh, 8
+    """(BC, BH, warps) of the small channel-gate kernels: 128 channels by up to 16 hidden units (a
+    tile wider than C is masked) at 8 warps."""
+    return 128, min(16, L.pow2(hd)), 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -946,13 +960,13 @@ def _forward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, sms: i
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, sms: int) -> _Backward:
+def _backward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, affine: bool, sms: int) -> _Backward:
     gc_bc, gc_bh, gc_w = _gate_tiles(c, hd)
     cb = L.cdiv(c, gc_bc)
     sgrad = pgrad = None
     pb = s3 = 0
-    if cbam:
-        grads = _c_plan(n, c, hw, cl, sms)
+    if cbam:  # (with a folded BN's sums: half the tile, as many pixels per block, within 128 registers)
+        grads = _c_plan(n, c, hw, cl, sms, L.TILE if affine else 0)
         pb = L.cdiv(hw, _BP)
         sgrad = ((pb, n), _BP, 4)
         pgrad = _hw_plan(n, c, hw, cl, sms)
@@ -1055,11 +1069,11 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
     cl = sc == 1 and c > 1
     cbam = spatial != SPATIAL_NONE
     k = cw.shape[-1] if cbam else 0
-    p = _backward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev))
+    affine = bn_mode != BN_NONE
+    p = _backward_plan(n, c, hw, hd, cl, cbam, affine, L.sm_count(dev))
     lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
     sm = _f32(dev, p.size)
     o = p.o
-    affine = bn_mode != BN_NONE
     dw1, db1, dw2, db2 = torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2), torch.empty_like(b2)
     grads = [None, dw1, db1, dw2, db2]
     nhw = n * hw
@@ -1074,7 +1088,7 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
         L.launch(
             _gate_grads_kernel, grid, dy, z, cs, lay.a, lay.b, lay.gc, lay.mean, ps, nhw, pp, n * p.nb * c, pd,
             n * grid[1] * hw, c, hw, length, p.nb, sn, sc, shw, dn, dc, dhw,
-            HAS_AFFINE=affine, BN_SUMS=affine, BC=bc, BHW=bhw, warps=2 * warps if affine else warps,
+            HAS_AFFINE=affine, BN_SUMS=affine, BC=bc, BHW=bhw, warps=warps,
         )  # fmt: skip
         sgrid, bp, swarps = p.sgrad
         dt, bstat = _f32(dev, 2, nhw), _f32(dev, 2 * n * p.pb)
