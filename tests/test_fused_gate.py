@@ -1,5 +1,6 @@
-"""The fused CPU kernels (cbam_det/ops) against plain PyTorch: CBAM and SE, alone and with the
-BatchNorm before them folded in (AttnResNet's fused blocks)."""
+"""The C++ CPU kernels (cbam_det/ops) against plain PyTorch: CBAM and SE, alone and with the
+BatchNorm before them folded in (AttnResNet's fused blocks, and a plugin after a block's BN), BAM,
+and its 1×1 reduction conv."""
 
 import contextlib
 import copy
@@ -10,9 +11,10 @@ import torch
 from mmdet.registry import MODELS
 from torch import nn
 
-from cbam_det import BAM, CBAM, SE, kernels
-from cbam_det.kernels import fused as _fused_gate
-from cbam_det.kernels.library import convs
+from cbam_det import BAM, CBAM, SE, kernels, ops
+from cbam_det.kernels import dispatch as _dispatch
+from cbam_det.kernels.library import bam as bam_ops
+from cbam_det.kernels.library import gates as gate_ops
 from cbam_det.ops import gate_ext
 
 from . import numerics
@@ -46,9 +48,11 @@ def test_kernels_are_built_for_the_named_cpu_target(monkeypatch):
         ops.cpu_arch()
     monkeypatch.undo()
     if arch in ('x86-64', 'x86-64-v2') and gate_ext() is not None and shutil.which('objdump'):
-        lib = [os.path.join(key, f) for f in os.listdir(key) if f.endswith('.so')][0]
-        dis = subprocess.run(['objdump', '-d', '--no-show-raw-insn', lib], capture_output=True, text=True).stdout
-        assert dis and '%ymm' not in dis and '%zmm' not in dis and 'vfmadd' not in dis
+        libs = [os.path.join(d, f) for d, _, files in os.walk(key) for f in files if f.endswith('.so')]
+        assert len(libs) == len(ops.FAMILIES)
+        for lib in libs:
+            dis = subprocess.run(['objdump', '-d', '--no-show-raw-insn', lib], capture_output=True, text=True).stdout
+            assert dis and '%ymm' not in dis and '%zmm' not in dis and 'vfmadd' not in dis
 
 
 @contextlib.contextmanager
@@ -201,13 +205,24 @@ def test_forward_with_bn_equals_bn_then_module(kind, variant, monkeypatch):
             numerics.assert_close(bf, br)
 
 
+def _op_calls(fn) -> dict:
+    """The cbam_det op calls of ``fn()``, by name (torch.profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    calls = {}
+    for e in prof.events():
+        if e.name.startswith('cbam_det::'):
+            calls[e.name] = calls.get(e.name, 0) + 1
+    return out, calls
+
+
 @no_ext
 @pytest.mark.parametrize('kind', ['cbam', 'cbam_official', 'se'])
 @pytest.mark.parametrize('variant', ['none'] + list(bn_variants()))
 @pytest.mark.parametrize('inplace', [False, True], ids=['copy', 'inplace'])
 def test_inference_in_one_call_equals_plain_pytorch(kind, variant, inplace, monkeypatch):
-    """No-grad inference runs the whole module in one kernel call (``gated_infer``) whenever
-    no BatchNorm has statistics to update; the result equals the plain PyTorch module."""
+    """No-grad inference runs the whole module in one op call (in place with ``inplace``), and one
+    more per BatchNorm whose running statistics move; the result equals the plain PyTorch module."""
     z = torch.randn(2, 24, 6, 10) * 3 + 1
     att_f, att_r = make(kind, 24).eval(), make(kind, 24).eval()
     for att in (att_f, att_r):
@@ -216,17 +231,19 @@ def test_inference_in_one_call_equals_plain_pytorch(kind, variant, inplace, monk
             att.spatial_gate.bn.running_mean.fill_(0.7)
             att.spatial_gate.bn.running_var.fill_(2.5)
     bn_f, bn_r = (bn_variants()[variant], bn_variants()[variant]) if variant != 'none' else (None, None)
-    ext, calls = gate_ext(), []
-    monkeypatch.setattr(ext, 'gated_infer', lambda *a, _f=ext.gated_infer: calls.append(1) or _f(*a))
     x = z.clone()
     with torch.no_grad():
-        got = att_f(x) if bn_f is None else att_f.forward_with_bn(x, bn_f)
+        got, calls = _op_calls(lambda: att_f(x) if bn_f is None else att_f.forward_with_bn(x, bn_f))
         with plain_pytorch(monkeypatch):
             want = att_r(z.clone()) if bn_r is None else att_r(bn_r(z.clone()))
     numerics.assert_close(got, want, depth=2)  # the folded BN and the module
-    # statistics to update (BN in training mode, or none tracked): the step-by-step path
-    assert len(calls) == int(variant in ('none', 'eval', 'frozen'))
-    assert (got.data_ptr() == x.data_ptr()) == inplace
+    updates = int(variant in ('train', 'cumulative_momentum', 'no_affine'))  # a BN in training that tracks
+    foldable = variant != 'no_affine'
+    if foldable:
+        assert calls == {'cbam_det::gates_' if inplace and not updates else 'cbam_det::gates': 1} | (
+            {'cbam_det::update_stats_': updates} if updates else {}
+        ), calls
+        assert (got.data_ptr() == x.data_ptr()) == (inplace and not updates)
     if bn_f is not None:
         for bf, br in zip(bn_f.buffers(), bn_r.buffers()):
             numerics.assert_close(bf, br)
@@ -322,11 +339,13 @@ def mmdet_block(att=None, inplace=False, **kw) -> nn.Module:
 @no_ext
 def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
     """Memory: the fused BN + CBAM block, and a CBAM/SE plugin right after the block's last BN
-    (which computes from the BN's saved input), keep no more than the plain block: not even
-    small tensors (pools and gates are recomputed in backward). Under saved-tensor hooks the
-    plugin falls back to keeping the BN output."""
+    (which computes from the BN's saved input), keep no full-size tensor beyond the plain block's:
+    only their states (gates, pooled maps: a few per-channel and per-pixel values). Under
+    saved-tensor hooks the plugin falls back to keeping the BN output."""
     x = torch.randn(2, 64, 40, 48, requires_grad=True)
     full = 2 * 64 * 40 * 48
+    lay = gate_ops.layout(2, 64, 40 * 48, 64 // 16, True, True)
+    states = lay.csize + lay.psize
     plain = MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16)).layer1[1].train()
     fused = (
         MODELS.build(dict(type='AttnResNet', depth=50, base_channels=16, attention=dict(type='CBAM'))).layer1[1].train()
@@ -334,7 +353,7 @@ def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
     n_plain = kept_elements(plain(x))
     assert n_plain == kept_elements(mmdet_block()(x))
     for block in (fused, mmdet_block('CBAM'), mmdet_block('CBAM', inplace=True), mmdet_block('SE')):
-        assert n_plain - 4 * 64 <= kept_elements(block(x)) <= n_plain  # BN statistics: 2-4 × C
+        assert n_plain - 4 * 64 <= kept_elements(block(x)) <= n_plain + states  # BN statistics: 2-4 × C
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         assert kept_elements(mmdet_block('CBAM')(x)) >= n_plain + full
 
@@ -346,7 +365,7 @@ def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
 def test_module_after_bn_equals_plain_pytorch(kind, variant, inplace, monkeypatch):
     """A plugin fed by a BatchNorm computes from the BN's saved input (affine BN with a
     trainable bias) or falls back; either way outputs, every gradient and the BN buffers
-    match plain PyTorch, and ``inplace`` writes the output over the BN output."""
+    match plain PyTorch, ``inplace`` or not."""
     z = torch.randn(2, 24, 6, 10) * 3 + 5
     bn_f, bn_r = bn_variants()[variant], bn_variants()[variant]
     att_f, att_r = make(kind, 24), make(kind, 24)
@@ -354,14 +373,11 @@ def test_module_after_bn_equals_plain_pytorch(kind, variant, inplace, monkeypatc
     params_f = list(att_f.parameters()) + list(bn_f.parameters())
     params_r = list(att_r.parameters()) + list(bn_r.parameters())
     sources = []
-    spy = _fused_gate._bn_source
-    monkeypatch.setattr(_fused_gate, '_bn_source', lambda t: sources.append(spy(t)) or sources[-1])
+    spy = _dispatch._bn_source
+    monkeypatch.setattr(_dispatch, '_bn_source', lambda t: sources.append(spy(t)) or sources[-1])
 
     def fused(t):
-        x = bn_f(t)
-        y = att_f(x)
-        assert (y.data_ptr() == x.data_ptr()) == (inplace and sources[-1] is not None)
-        return y
+        return att_f(bn_f(t))
 
     for _ in range(2):  # twice: running statistics feed the second step
         got = step(fused, z, params_f)
@@ -382,17 +398,17 @@ def test_bn_node_guard_failure_falls_back_to_the_plain_graph(kind, monkeypatch):
     fails, the plugin keeps the plain graph (it keeps the BN output) and outputs, gradients
     and BN buffers equal both the node path and plain PyTorch."""
     z = torch.randn(2, 24, 6, 10) * 3 + 5
-    assert _fused_gate.bn_node_readable(), 'this torch should pass the guard'
+    assert _dispatch.bn_node_readable(), 'this torch should pass the guard'
     results, kept = [], []
-    for fields in (_fused_gate._BN_NODE_FIELDS, _fused_gate._BN_NODE_FIELDS + ('_saved_no_such_field',)):
-        monkeypatch.setattr(_fused_gate, '_BN_NODE_FIELDS', fields)
+    for fields in (_dispatch._BN_NODE_FIELDS, _dispatch._BN_NODE_FIELDS + ('_saved_no_such_field',)):
+        monkeypatch.setattr(_dispatch, '_BN_NODE_FIELDS', fields)
         bn, att = bn_variants()['train'], make(kind, 24)
-        assert _fused_gate.bn_node_readable() == (len(fields) == 8)
+        assert _dispatch.bn_node_readable() == (len(fields) == 8)
         results.append(step(lambda t, att=att, bn=bn: att(bn(t)), z, list(att.parameters()) + list(bn.parameters())))
         kept.append(kept_elements(att(bn(z.clone().requires_grad_()))))
         results[-1] += (tuple(b.clone() for b in bn.buffers()),)
-    monkeypatch.setattr(_fused_gate, '_BN_NODE_FIELDS', _fused_gate._BN_NODE_FIELDS[:8])
-    assert kept[1] >= kept[0] + z.numel()  # the fallback keeps the BN output x, the node path only z
+    monkeypatch.setattr(_dispatch, '_BN_NODE_FIELDS', _dispatch._BN_NODE_FIELDS[:8])
+    assert kept[1] - kept[0] > z.numel() // 2  # the fallback keeps the BN output x too (the node path: z)
     bn, att = bn_variants()['train'], make(kind, 24)
     with plain_pytorch(monkeypatch):
         want = step(lambda t: att(bn(t)), z, list(att.parameters()) + list(bn.parameters()))
@@ -423,19 +439,22 @@ def test_plugin_under_checkpointing_trains_like_without(with_cp):
 
 @no_ext
 def test_kernels_refuse_bad_tensors():
-    ext = gate_ext()
+    ext = ops.ext('gates')
     x = torch.randn(2, 8, 4, 4)
+    w1, b1, w2, b2 = torch.randn(2, 8), torch.randn(2), torch.randn(8, 2), torch.randn(8)
+    lay = list(gate_ops.layout(2, 8, 16, 2, False, False))
     with pytest.raises(RuntimeError, match='contiguous float32 CPU tensor'):
-        ext.channel_pool(x.to(memory_format=torch.channels_last), None, None)
-    with pytest.raises(RuntimeError, match='C elements'):
-        ext.channel_pool(x, torch.ones(3), torch.ones(3))
+        ext.gates_forward(x.to(memory_format=torch.channels_last), None, None, None, None, w1, b1, w2, b2, None,
+                          None, None, None, None, None, 0, 0, False, 1e-5, 1e-5, None, lay)  # fmt: skip
+    with pytest.raises(RuntimeError, match='layout has 18 entries'):
+        ext.gates_forward(x, None, None, None, None, w1, b1, w2, b2, None, None, None, None, None, None, 0, 0,
+                          False, 1e-5, 1e-5, None, lay[:5])  # fmt: skip
 
 
 @pytest.mark.parametrize('att', ['CBAM', 'SE'])
 def test_inplace_plugin_trains_exactly_like_the_default(att):
-    """inplace=True (mmdet's ResNet default for cbam_det plugins) against inplace=False:
-    inference writes into the BN output and backward writes dx over the saved input; a
-    training step must not change."""
+    """inplace=True (mmdet's ResNet default for cbam_det plugins) against inplace=False: a
+    training step must not change (inference writes into the input: see above)."""
     torch.manual_seed(numerics.seed())
     cfg = dict(
         type='ResNet',
@@ -462,40 +481,6 @@ def test_inplace_plugin_trains_exactly_like_the_default(att):
 
 @no_ext
 @pytest.mark.parametrize(
-    'shape,k',
-    [((2, 2, 40, 52), 7), ((1, 2, 5, 4), 7), ((3, 1, 9, 13), 3), ((2, 2, 1, 1), 7), ((1, 2, 2, 30), 5)],
-    ids=str,
-)
-def test_spatial_conv_equals_conv2d_in_float64(shape, k):
-    """The spatial gate's one-output-channel k×k conv kernel, forward and both gradients,
-    against F.conv2d in float64 (borders: kernels wider than the map)."""
-    torch.manual_seed(numerics.seed())
-    x64 = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    w64 = torch.randn(1, shape[1], k, k, dtype=torch.float64, requires_grad=True)
-    y64 = torch.nn.functional.conv2d(x64, w64, padding=k // 2)
-    g = torch.randn_like(y64)
-    dx64, dw64 = torch.autograd.grad(y64, [x64, w64], g)
-    x, w = x64.detach().float().requires_grad_(), w64.detach().float().requires_grad_()
-    y = convs.spatial_conv(x, w)
-    dx, dw = torch.autograd.grad(y, [x, w], g.float())
-    for got, want in ((y, y64), (dx, dx64), (dw, dw64)):
-        numerics.assert_close(got, want, terms=shape[1] * k * k * shape[0] * shape[2] * shape[3])
-    x.requires_grad_(False)  # only the weight gradient asked for
-    (dw_only,) = torch.autograd.grad(convs.spatial_conv(x, w), [w], g.float())
-    torch.testing.assert_close(dw_only, dw, rtol=0, atol=0)
-
-
-@no_ext
-def test_spatial_conv_refuses_bad_weights():
-    ext = gate_ext()
-    x = torch.randn(2, 2, 6, 6)
-    for w in (torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3), torch.randn(1, 1, 3, 3)):
-        with pytest.raises(RuntimeError, match=r'weight \(1, Cin, k, k\) with odd k'):
-            ext.spatial_conv(x, w)
-
-
-@no_ext
-@pytest.mark.parametrize(
     'shape,out_channels',
     [((2, 5, 7, 9), 3), ((1, 40, 13, 17), 7), ((2, 64, 16, 20), 16), ((2, 33, 4, 8), 21), ((1, 8, 1, 1), 2)],
     ids=str,
@@ -512,7 +497,7 @@ def test_pointwise_conv_equals_conv2d_in_float64(shape, out_channels):
     g = torch.randn_like(y64)
     want = (y64,) + torch.autograd.grad(y64, [x64, w64, b64], g)
     x, w, b = (t.detach().float().requires_grad_() for t in (x64, w64, b64))
-    y = convs.pointwise_conv(x, w.view(out_channels, -1), b)
+    y = bam_ops.pointwise_conv(x, w, b)
     got = (y,) + torch.autograd.grad(y, [x, w, b], g.float())
     for u, v in zip(got, want):
         assert u.shape == v.shape
@@ -521,7 +506,7 @@ def test_pointwise_conv_equals_conv2d_in_float64(shape, out_channels):
 
 @no_ext
 def test_pointwise_conv_refuses_bad_weights():
-    ext = gate_ext()
+    ext = ops.ext('bam')
     with pytest.raises(RuntimeError, match=r'weight \(O, C\)'):
         ext.pointwise_conv(torch.randn(2, 4, 3, 3), torch.randn(3, 5), None)
     with pytest.raises(RuntimeError, match=r'weight \(O, C\)'):

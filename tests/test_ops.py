@@ -35,8 +35,9 @@ def _module_args(shape, gen, spatial: int, scale: bool):
     w1, b1 = torch.randn(3, c, generator=gen), torch.randn(3, generator=gen)
     w2, b2 = torch.randn(c, 3, generator=gen), torch.randn(c, generator=gen)
     cw = sw = sb = srm = srv = None
-    if spatial:
-        cw = torch.randn(1, 2, 3, 3, generator=gen)
+    if spatial:  # 7×7 (wider than the one-pixel and odd maps: the borders) and 3×3
+        k = 7 if spatial == gates.SPATIAL_AVG_MAX else 3
+        cw = torch.randn(1, 2, k, k, generator=gen)
         sw, sb = torch.rand(1, generator=gen) + 0.5, torch.randn(1, generator=gen)
         srm, srv = torch.randn(1, generator=gen), torch.rand(1, generator=gen) + 0.5
     return [w1, b1, w2, b2, cw, sw, sb, srm, srv, torch.tensor(2.0) if scale else None]
