@@ -342,6 +342,8 @@ def tiles(channels_last: bool, c: int, hw: int, per_pixel: bool = False, element
     tile = elements or (2 * TILE if per_pixel else TILE)
     if channels_last:
         bc = min(16 if per_pixel else 64, pow2(c))
+        if elements:  # as many pixels per block (as many partial sums), fewer channels
+            bc = max(1, min(bc, elements // min(2 * TILE // bc, pow2(hw))))
         return Tiles(bc, min(tile // bc, pow2(hw)))
     bhw = min(256 if per_pixel else 64, pow2(hw))
     return Tiles(min(tile // bhw, pow2(c)), bhw)

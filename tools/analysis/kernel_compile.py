@@ -129,7 +129,7 @@ def compile_one(kernel: str, spec: List[list], warps: int, arch: int) -> dict:
 
 
 #: kernels that take a maximum (their PTX must hold the NaN-propagating ``max.NaN.f32``)
-MAX_KERNELS = ('_pool_kernel', '_spatial_pool_kernel', '_spatial_conv_kernel')
+MAX_KERNELS = ('_pool_kernel', '_spatial_pool_kernel')
 
 
 def compile_problems(results: Sequence[dict]) -> List[tuple]:
