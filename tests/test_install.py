@@ -43,7 +43,8 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         meta = z.read(next(n for n in names if n.endswith('.dist-info/METADATA'))).decode()
-    assert 'cbam_det/ops/csrc/gate_cpu.cpp' in names
+    for source in ('gates.cpp', 'bam.cpp', 'common.h'):
+        assert f'cbam_det/ops/csrc/{source}' in names, source
     assert not [line for line in meta.splitlines() if line.startswith('Requires-Dist')], meta
 
     site = tmp_path / 'site'

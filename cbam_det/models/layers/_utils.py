@@ -105,7 +105,22 @@ def safe_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, update
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
     if bn.training and not update_stats:
         return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    if bn.training and bn.momentum is None and bn.track_running_stats:
+        return _cumulative_batch_norm(bn, x)
     return bn(x)
+
+
+def _cumulative_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` for ``momentum=None`` (the cumulative average of the batch statistics) without a
+    host synchronisation: PyTorch's module reads ``float(num_batches_tracked)``; here the factor
+    1 / num_batches_tracked stays on the device (``lerp_`` by a tensor)."""
+    bn.num_batches_tracked.add_(1)
+    with torch.no_grad():
+        dims = [d for d in range(x.dim()) if d != 1]
+        factor = bn.num_batches_tracked.reciprocal().to(bn.running_mean.dtype)
+        bn.running_mean.lerp_(x.mean(dims).to(bn.running_mean.dtype), factor)
+        bn.running_var.lerp_(x.var(dims, unbiased=True).to(bn.running_var.dtype), factor)
+    return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
 
 
 def check_not_frozen(module: nn.Module, owner: str) -> None:
