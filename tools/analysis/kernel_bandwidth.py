@@ -41,7 +41,7 @@ from census import (
 )
 from toolkit import DEFAULT_BANDWIDTH_TBS, copy_bandwidth, environment, write_results
 
-from cbam_det.kernels import triton_gate as T
+from cbam_det.kernels import launch as T
 
 __all__ = ['STAGE_SHAPES', 'LAYOUTS', 'step_launches', 'measure']
 

@@ -920,12 +920,13 @@ class _Backward(NamedTuple):
 _BP = 256  # pixels per program of the spatial-gate kernels
 
 
-def _hw_plan(n: int, c: int, hw: int, cl: bool, sms: int) -> tuple:
-    """A reduction over H×W per (n, c): (grid (S, channel blocks, N), pixels per split, BC, BHW, warps)."""
+def _hw_plan(n: int, c: int, hw: int, cl: bool, sms: int, warps: Optional[int]) -> tuple:
+    """A reduction over H×W per (n, c): (grid (S, channel blocks, N), pixels per split, BC, BHW,
+    warps: ``warps``, else ``launch.OVER_HW_WARPS``'s rule)."""
     t = L.tiles(cl, c, hw)
     cb, nb = L.cdiv(c, t.bc), L.cdiv(hw, t.bhw)
     s, per = L.splits(nb, n * cb, L.WAVES * sms)
-    return (s, cb, n), per * t.bhw, t.bc, t.bhw, L.WARPS if cl else 2 * L.WARPS
+    return (s, cb, n), per * t.bhw, t.bc, t.bhw, warps or (L.WARPS if cl else 2 * L.WARPS)
 
 
 def _c_plan(n: int, c: int, hw: int, cl: bool, sms: int, elements: int = 0) -> tuple:
@@ -944,8 +945,8 @@ def _gate_tiles(c: int, hd: int) -> tuple:
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, sms: int) -> _Forward:
-    pool = _hw_plan(n, c, hw, cl, sms)
+def _forward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, sms: int, hw_warps=None) -> _Forward:
+    pool = _hw_plan(n, c, hw, cl, sms, hw_warps)
     spool = conv = None
     s3 = pb = 0
     if cbam:
@@ -960,7 +961,9 @@ def _forward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, sms: i
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, affine: bool, sms: int) -> _Backward:
+def _backward_plan(
+    n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, affine: bool, sms: int, hw_warps=None
+) -> _Backward:
     gc_bc, gc_bh, gc_w = _gate_tiles(c, hd)
     cb = L.cdiv(c, gc_bc)
     sgrad = pgrad = None
@@ -969,10 +972,10 @@ def _backward_plan(n: int, c: int, hw: int, hd: int, cl: bool, cbam: bool, affin
         grads = _c_plan(n, c, hw, cl, sms, L.TILE if affine else 0)
         pb = L.cdiv(hw, _BP)
         sgrad = ((pb, n), _BP, 4)
-        pgrad = _hw_plan(n, c, hw, cl, sms)
+        pgrad = _hw_plan(n, c, hw, cl, sms, hw_warps)
         s3 = pgrad[0][0]
     else:
-        grads = _hw_plan(n, c, hw, cl, sms)
+        grads = _hw_plan(n, c, hw, cl, sms, hw_warps)
     nb = grads[0][0]
     names = ('dl', 'sq1', 'sq2', 'dhp', 'k2', 'k0', 'bz', 'd')
     offsets, size = _offsets([n * c] * 3 + [cb * n * hd] + [n * c] * 2 + [c] * 2)
@@ -1011,7 +1014,7 @@ def triton_forward(
     hw, hd, dev = h * w, w1.shape[0], z.device
     cl = sc == 1 and c > 1
     cbam = spatial != SPATIAL_NONE
-    p = _forward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev))
+    p = _forward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev), L.OVER_HW_WARPS)
     lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
     cs, ps = _f32(dev, lay.csize), _f32(dev, lay.psize)
     y = torch.empty_like(z) if out is None else out
@@ -1070,7 +1073,7 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
     cbam = spatial != SPATIAL_NONE
     k = cw.shape[-1] if cbam else 0
     affine = bn_mode != BN_NONE
-    p = _backward_plan(n, c, hw, hd, cl, cbam, affine, L.sm_count(dev))
+    p = _backward_plan(n, c, hw, hd, cl, cbam, affine, L.sm_count(dev), L.OVER_HW_WARPS)
     lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
     sm = _f32(dev, p.size)
     o = p.o
