@@ -168,9 +168,10 @@ def test_a_basic_block_backbone_with_plugins_is_refused_by_name():
 def test_kernel_bandwidth_measures_the_reductions_at_each_warps_setting_side_by_side():
     """--over-hw-warps: the reductions over H×W are replayed once per setting (NCHW's own rule
     is 8 warps, channels-last's 4), every other launch once; the launchers' rule is restored."""
-    from cbam_det.kernels import triton_gate
+    from cbam_det.kernels import launch as L
+    from cbam_det.kernels.library import SMALL_KERNELS
 
-    if not triton_gate.INTERPRETED:
+    if not L.INTERPRETED:
         pytest.skip("the dry run needs Triton's interpreter")
     kb = analysis_tool('kernel_bandwidth')
     kinds = ['cbam_plugin', 'se_plugin']
@@ -180,7 +181,10 @@ def test_kernel_bandwidth_measures_the_reductions_at_each_warps_setting_side_by_
         warps = {}
         for r in rows:
             warps.setdefault(r['kernel'], set()).add(r['warps'])
-        assert warps['_channel_pool_kernel'] == warps['_se_grads_kernel'] == {own, 2}, (channels_last, warps)
-        assert warps['_apply_gates_kernel'] == {triton_gate.WARPS}  # not a reduction over H×W: once
-        assert all(r['passes'] > 0 and r['bytes'] > 0 for r in rows)
-    assert triton_gate.OVER_HW_WARPS is None
+        reductions = ('_pool_kernel', '_se_grads_kernel', '_spatial_pool_grad_kernel')
+        assert all(warps[k] == {own, 2} for k in reductions), (channels_last, warps)
+        assert warps['_apply_channel_kernel'] == {L.WARPS}  # not a reduction over H×W: once
+        assert all(r['bytes'] > 0 for r in rows)
+        # the full-size kernels read or write N×C×H×W elements; the small ones (gates, convs) none
+        assert all((r['passes'] > 0) == (r['kernel'] not in SMALL_KERNELS) for r in rows), rows
+    assert L.OVER_HW_WARPS is None

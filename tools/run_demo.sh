@@ -4,18 +4,22 @@
 # CONFIG=configs/demo/stairnet_r18w16-cbam_demo_voc.py). Fails if mAP@0.5 < MIN_MAP50 (0.5).
 # Then (VIS=1, default) draws detections, Grad-CAM and the applied attention for four
 # validation images with tools/analysis/vis_attention.py into $WORK/vis.
+# SEED=N: train with randomness.seed=N (default: the config's, i.e. mmengine draws one); the GPU
+# demos of tools/analysis/gpu_check.sh train with SEED=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/${STACK:-onedl}/bin/python}
 CONFIG=${CONFIG:-configs/demo/faster-rcnn_r50w16-cbam_fpn_demo.py}
 WORK=${WORK:-work_dirs/demo}
 MIN_MAP50=${MIN_MAP50:-0.5}
+SEED_OPT=()
+if [[ -n "${SEED:-}" ]]; then SEED_OPT=(--cfg-options "randomness.seed=$SEED"); fi
 
 if [[ ! -f data/demo/annotations/instances_val.json ]]; then
     "$PY" tools/misc/make_demo_data.py --out data/demo
 fi
 start=$(date +%s)
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK"
+"$PY" tools/train.py "$CONFIG" --work-dir "$WORK" "${SEED_OPT[@]}"
 trained=$(date +%s)
 CKPT="$WORK/$(cat "$WORK/last_checkpoint" | xargs basename)"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK" --out "$WORK/val_predictions.pkl" | tee "$WORK/test_output.txt"

@@ -1638,7 +1638,8 @@ def attend(
         y, cs, ps = GATES(*args)
     if supdate or own_update:
         m = n * h * w
-        lay = layout(n, c, h * w, a.w1.shape[0], a.spatial != SPATIAL_NONE, bn_mode != BN_NONE)
+        sizes = (n, c, h * w, a.w1.shape[0], a.spatial != SPATIAL_NONE, bn_mode != BN_NONE)
+        lay = compute_layout(*sizes) if compiled else layout(*sizes)  # (Dynamo warns on a cache)
         if supdate:
             UPDATE_STATS_(a.srm, a.srv, a.snbt, cs, lay.sstat, lay.sstat + 1, a.smomentum, m / (m - 1), triton, fallback)
         if own_update:
