@@ -390,7 +390,7 @@ def test_each_op_family_keeps_its_parts_in_one_file_and_the_kernels_probe_no_mod
         path = pathlib.Path(kernels.__file__).parent / 'library' / f'{family}.py'
         text = path.read_text()
         for part in ('_lib.define(', "'CPU')", 'register_fake(', 'register_autograd(', 'def twin_', 'def triton_'):
-            assert part in text or part == "'CPU')" and "_lib.impl(" in text, (family, part)
+            assert part in text or part == "'CPU')" and '_lib.impl(' in text, (family, part)
         assert family in ops.FAMILIES
     for path in _kernel_sources():
         for node in ast.walk(ast.parse(path.read_text())):

@@ -19,7 +19,9 @@ from cbam_det.kernels import launch
 from .helpers import analysis_tool
 
 census = analysis_tool('host_census')
-needs_interpreter = pytest.mark.skipif(not launch.INTERPRETED, reason="the triton backend on CPU tensors needs Triton's interpreter")
+needs_interpreter = pytest.mark.skipif(
+    not launch.INTERPRETED, reason="the triton backend on CPU tensors needs Triton's interpreter"
+)
 
 #: (kind, backend, dtype, after a BN): budget of a training step and of inference, (kernel calls +
 #: Triton launches, Python function calls); nested autograd runs, casts and syncs are 0 everywhere
@@ -144,7 +146,9 @@ def test_no_host_sync_in_a_modules_forward_or_backward(setup, momentum, backend)
     for _ in range(2):
         step(att, bn, backend, _NoSync)
         step(ref_att, ref_bn, 'torch', contextlib.nullcontext)
-    for (name, got), want in zip(list(att.named_buffers()) + list(bn.named_buffers()), list(ref_att.buffers()) + list(ref_bn.buffers())):
+    for (name, got), want in zip(
+        list(att.named_buffers()) + list(bn.named_buffers()), list(ref_att.buffers()) + list(ref_bn.buffers())
+    ):
         if got.is_floating_point():
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
         else:

@@ -103,7 +103,9 @@ def _opcheck_params():
     for shape in SHAPES:
         for name, triton in _kernel_sets():
             slow = triton and launch.INTERPRETED and shape != 'odd'
-            out.append(pytest.param(shape, (name, triton), marks=[pytest.mark.slow] if slow else [], id=f'{shape}-{name}'))
+            out.append(
+                pytest.param(shape, (name, triton), marks=[pytest.mark.slow] if slow else [], id=f'{shape}-{name}')
+            )
     return out
 
 
@@ -113,7 +115,7 @@ def test_opcheck_gates(shape, kernel_set, mode):
     """Schema, fake (shapes, strides, dtypes), autograd registration and AOT dispatch of the
     forward op with each kernel set, every mode, with gradients wanted (train) and not (eval)."""
     _, triton = kernel_set
-    for i, args in enumerate(gates_cases(SHAPES[shape], numerics.seed())):
+    for args in gates_cases(SHAPES[shape], numerics.seed()):
         args = _on(args, DEVICE) + (triton, False)
         if mode == 'train':
             args = _trainable(args)
@@ -137,7 +139,11 @@ def test_opcheck_the_other_gate_ops(kernel_set):
         )
         opcheck(OPS['gates_'], (torch.empty_like(z),) + args + (triton, False))
     lay = gates.layout(2, 6, 35, 3, False, True)  # the last case: SE with its own BN
-    rm, rv, nbt = torch.zeros(6, device=DEVICE), torch.ones(6, device=DEVICE), torch.zeros((), dtype=torch.long, device=DEVICE)
+    rm, rv, nbt = (
+        torch.zeros(6, device=DEVICE),
+        torch.ones(6, device=DEVICE),
+        torch.zeros((), dtype=torch.long, device=DEVICE),
+    )
     opcheck(OPS['update_stats_'], (rm, rv, nbt, cs, lay.mean, lay.var, 0.1, 1.1, triton, False))
 
 
@@ -202,8 +208,9 @@ def test_the_kernel_sets_and_the_twin_give_the_same_states_and_gradients(shape):
             y, cs, ps = OPS['gates'](*args, triton, False)
             what = f'{name} bn_mode={bn_mode} spatial={spatial}'
             _compare([y], [ref_y], what + ' y', terms)
-            got, want = _state_entries(cs, ps, SHAPES[shape], hd, spatial, bn_mode), _state_entries(
-                ref_cs, ref_ps, SHAPES[shape], hd, spatial, bn_mode
+            got, want = (
+                _state_entries(cs, ps, SHAPES[shape], hd, spatial, bn_mode),
+                _state_entries(ref_cs, ref_ps, SHAPES[shape], hd, spatial, bn_mode),
             )
             _compare(got, want, what + ' state', terms)
             if bn_mode != gates.BN_OWN:  # (own BN: the statistics, thus x, round otherwise in the twin)
@@ -278,8 +285,11 @@ def test_bam_kernel_sets_equal_the_twin(kernel_set):
         for product, residual in ((False, True), (True, False), (True, True)):
             _compare([OPS['bam_apply'](x, c, s, product, residual, triton, False)],
                      [bam.twin_apply(x, c, s, product, residual, None)], f'bam {shape}', ch * h * w)  # fmt: skip
-            numerics.assert_grads_close(OPS['bam_backward'](dy, x, c, s, product, residual, triton, False),
-                                        bam.twin_backward(dy, x, c, s, product, residual), terms=ch * h * w)  # fmt: skip
+            numerics.assert_grads_close(
+                OPS['bam_backward'](dy, x, c, s, product, residual, triton, False),
+                bam.twin_backward(dy, x, c, s, product, residual),
+                terms=ch * h * w,
+            )
 
 
 @pytest.mark.parametrize('kernel_set', _kernel_sets(), ids=lambda k: k[0])

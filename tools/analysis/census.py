@@ -10,8 +10,9 @@ al., 2018).
   would compile: argument types, 16-byte alignment, constants) through the kernels' one
   launch-observer seam (``cbam_det.kernels.launch.observe``) and optionally skips it, so a network
   can run at full size on ``meta`` tensors (shapes only, no memory, no time: the ops' ``meta``
-  kernels run the Triton launchers while observed) and show the exact grids; with ``count=True`` in Triton's interpreter it counts the bytes each launch loads
-  and stores of its full-size (4-d) operands, so the passes over memory are measured.
+  kernels run the Triton launchers while observed) and show the exact grids; with ``count=True``
+  in Triton's interpreter it counts the bytes each launch loads and stores of its full-size (4-d)
+  operands, so the passes over memory are measured.
 - :func:`module_passes` sums every byte one module step moves (kernels, their partial-sum
   buffers, and the PyTorch operations between them, :class:`TorchTraffic`).
 - ``kernel_compile.py`` compiles recorded specializations ahead of time for real targets.
@@ -439,7 +440,9 @@ COUNT_SHAPE = (1, 24, 5, 9)
 
 def kernel_key(launch: Launch) -> str:
     """A kernel and its constant flags, without its tile sizes (a kernel's passes do not depend on them)."""
-    flags = [(n, v) for n, kind, v in launch.spec if kind == 'const' and n not in ('BC', 'BHW', 'BLOCK', 'BP', 'BH', 'BS')]
+    flags = [
+        (n, v) for n, kind, v in launch.spec if kind == 'const' and n not in ('BC', 'BHW', 'BLOCK', 'BP', 'BH', 'BS')
+    ]
     return json.dumps([launch.kernel, flags])
 
 
@@ -621,7 +624,9 @@ def run_census(args) -> dict:
             first = group[0]
             regs = {a: max(usage[g.key()][a].get('registers', -1) for g in group) for a in args.archs}
             spills = sum(
-                usage[g.key()][a].get('spills', 0) + usage[g.key()][a].get('local', 0) for g in group for a in args.archs
+                usage[g.key()][a].get('spills', 0) + usage[g.key()][a].get('local', 0)
+                for g in group
+                for a in args.archs
             )
             rows.append(
                 dict(

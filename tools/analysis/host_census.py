@@ -200,9 +200,11 @@ def _op_counts(events, backend: str) -> Dict[str, int]:
 def _make(kind: str, c: int) -> nn.Module:
     from cbam_det import BAM, CBAM, SE
 
-    return {'cbam': lambda: CBAM(c, inplace=True), 'se': lambda: SE(c, inplace=True), 'bam': lambda: BAM(c, inplace=True)}[
-        kind
-    ]()
+    return {
+        'cbam': lambda: CBAM(c, inplace=True),
+        'se': lambda: SE(c, inplace=True),
+        'bam': lambda: BAM(c, inplace=True),
+    }[kind]()
 
 
 def _phases(module: Optional[nn.Module], bn: Optional[nn.Module], z0: torch.Tensor, amp, train: bool):
@@ -347,8 +349,8 @@ def _print_table(rows: List[dict]) -> None:
     for r in rows:
         s, f, b = r['step'], r['forward'], r['backward']
 
-        def both(k):
-            return f'{s[k]} ({f[k]}+{b[k]})' if r['train'] else f'{s[k]}'
+        def both(k, s=s, f=f, b=b, train=r['train']):
+            return f'{s[k]} ({f[k]}+{b[k]})' if train else f'{s[k]}'
 
         print(
             f'| {r["kind"]} | {r["backend"]} | {r["dtype"]} | {"after BN" if r["bn"] else "alone"} | '

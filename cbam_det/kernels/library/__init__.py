@@ -31,7 +31,10 @@ OPS = {
 
 #: every Triton kernel of the families, by name (the ahead-of-time compile tool and the census)
 KERNELS = {
-    name: fn for family in (gates, bam) for name, fn in vars(family).items() if name.endswith('_kernel') and callable(fn)
+    name: fn
+    for family in (gates, bam)
+    for name, fn in vars(family).items()
+    if name.endswith('_kernel') and callable(fn)
 }
 
 #: the kernels of :data:`KERNELS` that touch no full-size tensor (per-channel or per-pixel work)

@@ -191,7 +191,9 @@ def twin_backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, re
 # ---------------------------------------------------------------- the operators
 
 _lib = torch.library.Library('cbam_det', 'FRAGMENT')
-_lib.define('bam_apply(Tensor x, Tensor c, Tensor s, bool product, bool residual, bool triton, bool fallback) -> Tensor')
+_lib.define(
+    'bam_apply(Tensor x, Tensor c, Tensor s, bool product, bool residual, bool triton, bool fallback) -> Tensor'
+)
 _lib.define(
     'bam_apply_(Tensor(a!) out, Tensor x, Tensor c, Tensor s, bool product, bool residual, bool triton, '
     'bool fallback) -> ()'
@@ -218,7 +220,9 @@ def _apply_inplace_impl(out, x, c, s, product, residual, triton, fallback) -> No
 
 def _backward_impl(dy, x, c, s, product, residual, triton, fallback):
     if x.device.type == 'cpu' and not triton:
-        dx, dc, ds = _kernels.cpu('bam_backward', 'bam').bam_grads(dy.contiguous(), x.contiguous(), c, s, product, residual)
+        dx, dc, ds = _kernels.cpu('bam_backward', 'bam').bam_grads(
+            dy.contiguous(), x.contiguous(), c, s, product, residual
+        )
         return dx, dc, ds
     key = lambda: ('bam_backward', x.dtype, product, residual)  # noqa: E731
     return L.run_or_twin(key, fallback, triton_backward, twin_backward, dy, x, c, s, product, residual)

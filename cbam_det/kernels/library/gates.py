@@ -69,7 +69,8 @@ SPATIAL_NONE, SPATIAL_AVG_MAX, SPATIAL_MAX_AVG = 0, 1, 2
 
 class Layout(NamedTuple):
     """Offsets (float32 elements) of the small tensors the forward keeps for the backward, in its
-    two state tensors (an entry the mode does not have takes no room). ``cstate`` (per channel): gc (the channel gate), gl (its logit), avg, max (of x over H×W),
+    two state tensors (an entry the mode does not have takes no room). ``cstate`` (per channel):
+    gc (the channel gate), gl (its logit), avg, max (of x over H×W),
     z1 (Σ_hw (z − μ), folded BN) per (n, c); hid (relu(W1·avg + b1), then relu(W1·max + b1)) per
     n and hidden unit; a, b, mean, var, invstd (folded BN) per channel; sstat: the spatial BN's
     mean, var and invstd as used. ``pstate`` (per pixel, CBAM): savg, smax (over C of x·g_c),
@@ -756,7 +757,8 @@ def _channel_mlp_grad_kernel(
     CBAM: tl.constexpr, BN: tl.constexpr, BATCH: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr,
 ):  # fmt: skip
     """The MLP's first layer backward for BC channels (grid (channel blocks,)): d hid from the
-    partials (masked where hid ≤ 0: a NaN hid passes the gradient on, as torch's relu does), W1's gradient (program 0: b1's), d avg and d max, and the input gradient's
+    partials (masked where hid ≤ 0: a NaN hid passes the gradient on, as torch's relu does), W1's
+    gradient (program 0: b1's), d avg and d max, and the input gradient's
     per-(n, c) coefficients K0 = d avg / HW, K2 = d max / ties; with a folded BN its weight and
     bias gradients and the per-channel terms of dz = a·dx + Bz·z + D."""
     cb = tl.program_id(0)
@@ -981,7 +983,9 @@ def _backward_plan(
     offsets, size = _offsets([n * c] * 3 + [cb * n * hd] + [n * c] * 2 + [c] * 2)
     t = L.tiles(cl, c, hw)
     dx = ((L.cdiv(hw, t.bhw), L.cdiv(c, t.bc), n), t.bc, t.bhw)
-    return _Backward(grads, nb, sgrad, pb, pgrad, s3, ((cb,), gc_bc, gc_bh, gc_w), cb, dx, dict(zip(names, offsets)), size)
+    return _Backward(
+        grads, nb, sgrad, pb, pgrad, s3, ((cb,), gc_bc, gc_bh, gc_w), cb, dx, dict(zip(names, offsets)), size
+    )
 
 
 def _launch_strides(t: Tensor, dense: bool = True) -> Tuple[Tensor, Tuple[int, int, int]]:
@@ -1029,8 +1033,8 @@ def triton_forward(
     gbc, gbh, gw = p.gate
     L.launch(
         _channel_gate_kernel, (n,), part, n * p.s1 * c, p.s1, bnw, bnb, bnm, bnv, w1, b1, w2, b2, scale, cs,
-        lay.gc, lay.gl, lay.avg, lay.max, lay.z1, lay.hid, lay.a, lay.b, lay.mean, lay.var, lay.invstd, n, c, hd, hw, eps,
-        BN=bn_mode, SHIFT=shift, USE_MAX=cbam, HAS_SCALE=scale is not None, BC=gbc, BH=gbh, warps=gw,
+        lay.gc, lay.gl, lay.avg, lay.max, lay.z1, lay.hid, lay.a, lay.b, lay.mean, lay.var, lay.invstd,
+        n, c, hd, hw, eps, BN=bn_mode, SHIFT=shift, USE_MAX=cbam, HAS_SCALE=scale is not None, BC=gbc, BH=gbh, warps=gw,
     )  # fmt: skip
     affine = bn_mode != BN_NONE
     if not cbam:
@@ -1275,23 +1279,19 @@ def twin_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, 
             u = dyf * gs[:, None]
             xg = x * gcb
             tie_s = xg == v['smax'][:, None]
-            smean, svar, sinv = v['sstat'][0], v['sstat'][1], v['sstat'][2]
+            smean, sinv = v['sstat'][0], v['sstat'][2]
             xh = (v['o'] - smean) * sinv
             dt = (dyf * xg).sum(1) * gs * torch.sigmoid(-(xh * sw.to(acc).reshape(()) + sb.to(acc).reshape(())))
             coef = sw.to(acc).reshape(()) * sinv
             m = n * hw
             do = coef * (dt - dt.sum() / m - xh * (dt * xh).sum() / m) if sbn_batch else coef * dt
             pad = cw.shape[-1] // 2
-            desc = torch.stack(
-                [v['savg'], v['smax']] if spatial == SPATIAL_AVG_MAX else [v['smax'], v['savg']], 1
-            )
+            desc = torch.stack([v['savg'], v['smax']] if spatial == SPATIAL_AVG_MAX else [v['smax'], v['savg']], 1)
             cwf = cw.to(acc)
             ddesc = torch.nn.grad.conv2d_input(desc.shape, cwf, do[:, None], padding=pad)
             dconv = torch.nn.grad.conv2d_weight(desc, cwf.shape, do[:, None], padding=pad)
             dsavg, dsmax = (ddesc[:, 0], ddesc[:, 1]) if spatial == SPATIAL_AVG_MAX else (ddesc[:, 1], ddesc[:, 0])
-            wfull = (dsavg / c)[:, None] + torch.where(
-                tie_s, (dsmax / tie_s.sum(1).to(acc).clamp_min(1))[:, None], 0.0
-            )
+            wfull = (dsavg / c)[:, None] + torch.where(tie_s, (dsmax / tie_s.sum(1).to(acc).clamp_min(1))[:, None], 0.0)
             dgc = ((u + wfull) * x).sum((2, 3))
             grads_s = [dconv.to(cw.dtype), (dt * xh).sum().reshape(sw.shape).to(sw.dtype)]
             grads_s.append(dt.sum().reshape(sw.shape).to(sw.dtype))
@@ -1390,8 +1390,9 @@ _FORWARD_ARGS = (
 _lib.define(f'gates({_FORWARD_ARGS}) -> (Tensor, Tensor, Tensor)')
 _lib.define(f'gates_(Tensor(a!) out, {_FORWARD_ARGS}) -> ()')
 _lib.define(
-    'gates_backward(Tensor dy, Tensor z, Tensor cstate, Tensor pstate, Tensor? bn_weight, Tensor? bn_bias, Tensor w1, Tensor b1, '
-    'Tensor w2, Tensor b2, Tensor? conv_weight, Tensor? sbn_weight, Tensor? sbn_bias, int bn_mode, int spatial, '
+    'gates_backward(Tensor dy, Tensor z, Tensor cstate, Tensor pstate, Tensor? bn_weight, Tensor? bn_bias, '
+    'Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? conv_weight, Tensor? sbn_weight, Tensor? sbn_bias, '
+    'int bn_mode, int spatial, '
     'bool sbn_batch, bool want_dz, bool triton, bool fallback) -> Tensor?[]'
 )
 _lib.define(
@@ -1480,9 +1481,13 @@ def _(out, *args) -> None:
 
 
 @torch.library.register_fake('cbam_det::gates_backward')
-def _fake_gates_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz, triton, fallback):  # noqa: E501
+def _fake_gates_backward(
+    dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz, triton, fallback
+):  # noqa: E501
     if z.device.type == 'meta' and L.observing():
-        return triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz)
+        return triton_backward(
+            dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz
+        )
     out = [torch.empty_like(z) if want_dz else None] + [torch.empty_like(t) for t in (w1, b1, w2, b2)]
     if spatial != SPATIAL_NONE:
         out += [torch.empty_like(cw), torch.empty_like(sw), torch.empty_like(sw)]
@@ -1507,7 +1512,9 @@ UPDATE_STATS_ = torch.ops.cbam_det.update_stats_.default
 
 
 def _setup(ctx, inputs, output) -> None:
-    (z, bnw, bnb, _, _, w1, b1, w2, b2, cw, sw, sb, _, _, _, bn_mode, spatial, sbn_batch, _, _, triton, fallback) = inputs
+    (z, bnw, bnb, _, _, w1, b1, w2, b2, cw, sw, sb, _, _, _, bn_mode, spatial, sbn_batch, _, _, triton, fallback) = (
+        inputs
+    )
     ctx.save_for_backward(z, output[1], output[2], bnw, bnb, w1, b1, w2, b2, cw, sw, sb)
     ctx.flags = (bn_mode, spatial, sbn_batch)
     ctx.run = (triton, fallback)
@@ -1616,7 +1623,9 @@ def attend(
         if bn.training or bn.running_mean is None:  # the running mean (if any) shifts the sums
             bn_mode, own_update, bnm = BN_OWN, bn.training and bn.running_mean is not None, bn.running_mean
             if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
-                raise ValueError(f'Expected more than 1 value per channel when training, got input size {tuple(x.shape)}')
+                raise ValueError(
+                    f'Expected more than 1 value per channel when training, got input size {tuple(x.shape)}'
+                )
         else:
             bn_mode, bnm, bnv = BN_RUNNING, bn.running_mean, bn.running_var
     elif source is not None:
@@ -1641,7 +1650,9 @@ def attend(
         sizes = (n, c, h * w, a.w1.shape[0], a.spatial != SPATIAL_NONE, bn_mode != BN_NONE)
         lay = compute_layout(*sizes) if compiled else layout(*sizes)  # (Dynamo warns on a cache)
         if supdate:
-            UPDATE_STATS_(a.srm, a.srv, a.snbt, cs, lay.sstat, lay.sstat + 1, a.smomentum, m / (m - 1), triton, fallback)
+            UPDATE_STATS_(
+                a.srm, a.srv, a.snbt, cs, lay.sstat, lay.sstat + 1, a.smomentum, m / (m - 1), triton, fallback
+            )
         if own_update:
             mom = -1.0 if bn.momentum is None else float(bn.momentum)
             UPDATE_STATS_(bn.running_mean, bn.running_var, bn.num_batches_tracked, cs, lay.mean, lay.var, mom,
@@ -1650,4 +1661,3 @@ def attend(
         v = _views(cs, ps, n, c, h, w, a.w1.shape[0], a.spatial != SPATIAL_NONE, bn_mode != BN_NONE)
         note(module, channel=v['gc'], spatial=v['gs'][:, None] if a.spatial != SPATIAL_NONE else None)
     return y
-
