@@ -188,3 +188,27 @@ def test_kernel_bandwidth_measures_the_reductions_at_each_warps_setting_side_by_
         # the full-size kernels read or write N×C×H×W elements; the small ones (gates, convs) none
         assert all((r['passes'] > 0) == (r['kernel'] not in SMALL_KERNELS) for r in rows), rows
     assert L.OVER_HW_WARPS is None
+
+
+def test_cuda_graph_check_dry_run_compares_replay_and_eager(tmp_path, monkeypatch):
+    """cuda_graph_check.py's dry run (no capture on the CPU): the eager step against the same step
+    re-run from the restored state agrees to the bit, the tables are written."""
+    cg = analysis_tool('cuda_graph_check')
+    argv = ['--device', 'cpu', '--width', '4', '--shape', '2', '3', '64', '64', '--repeats', '1', '--dtype', 'float32']
+    assert cg.main(argv + ['--variants', 'plain', 'cbam', 'se', '--out-dir', str(tmp_path / 'a')]) == 0
+    res = json.loads((tmp_path / 'a' / 'cuda_graph.json').read_text())
+    assert [r['variant'] for r in res['rows']] == ['plain', 'cbam', 'se']
+    for r in res['rows']:
+        assert r['ok'] and not r['captured'] and r['batch_counts_equal'], r
+        assert max(r['errors'].values()) == 0.0, r  # the same computation, the same bits
+    assert '| cbam | auto |' in (tmp_path / 'a' / 'cuda_graph.md').read_text()
+
+    # a step that does not repeat (dropout draws new masks) is caught: the check can fail
+    monkeypatch.setitem(
+        cg.VARIANTS,
+        'dropout',
+        (lambda w: torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Dropout(0.5)), 'torch'),
+    )
+    assert cg.main(argv + ['--variants', 'dropout', '--out-dir', str(tmp_path / 'b')]) == 1
+    row = json.loads((tmp_path / 'b' / 'cuda_graph.json').read_text())['rows'][0]
+    assert not row['ok'] and row['errors']['gradients'] > 0.01

@@ -30,7 +30,13 @@
 #    ResNet-50, the eager reference CBAM, timm's CbamModule, ours as plugin and fused (CBAM
 #    in all 16 blocks), SE, BAM x3, channels-last; each beside its bandwidth floor; writes
 #    OUT_DIR/gpu_bench.{json,md};
-# 4. `compiled`: the torch.compile variants (bf16) into OUT_DIR/compiled/;
+# 4. `graph`: tools/analysis/cuda_graph_check.py: a ResNet-50 training step (bf16 autocast, 2x3x800x1344,
+#    the bench's shape: its kernels are compiled already)
+#    with CBAM (auto: the Triton kernels), CBAM on the torch backend, SE, BAM x3 and none, each captured
+#    in one CUDA graph (forward, backward, running statistics) and replayed against the eager step on
+#    the same input from the same state: loss, gradients, buffers; eager and replay ms
+#    (OUT_DIR/cuda_graph.{json,md});
+#    `compiled`: the torch.compile variants (bf16) into OUT_DIR/compiled/;
 # 5. `detector` (the full stack, CBAM_DET_LAYERS_ONLY=0; DETECTOR_PARTS, default "demos bench profile"):
 #    `demos`: the demo data (tools/misc/make_demo_data.py, into data/demo if missing), then for the
 #    COCO demo (configs/demo/faster-rcnn_r50w16-cbam_fpn_demo.py) and the VOC demo
@@ -57,7 +63,8 @@
 # PACK=FILE.tgz: at the end, OUT_DIR packed into one file without the installed packages, the
 # demo data and the checkpoints (a device call brings back at most 8 files).
 # Logs go to OUT_DIR/*.log; each step has a time limit: tests, kernels and bench within 8
-# minutes, compiled within 5 (two device calls fit one session's 15 minutes of device time).
+# minutes, graph within 100 s, compiled within 7 (two device calls fit one session's 15 minutes of
+# device time: STEPS="tests kernels bench graph", then STEPS=compiled or the detector's parts).
 #
 # --dry-run: the test subset in Triton's interpreter on CPU tensors, and the benchmark on
 # the CPU at 2x3x32x32 (ResNet-50 at width 8) with every cbam_det variant on the triton backend
@@ -71,9 +78,9 @@ DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 OUT=${1:-work_dirs/gpu_check}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-tests kernels bench compiled}
+STEPS=${STEPS:-tests kernels bench graph compiled}
 for s in $STEPS; do
-    case $s in tests|kernels|bench|compiled|detector) ;; *) echo "gpu_check: STEPS: unknown step '$s'; allowed: tests kernels bench compiled detector" >&2; exit 2;; esac
+    case $s in tests|kernels|bench|graph|compiled|detector) ;; *) echo "gpu_check: STEPS: unknown step '$s'; allowed: tests kernels bench graph compiled detector" >&2; exit 2;; esac
 done
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 DETECTOR_PARTS=${DETECTOR_PARTS:-demos bench profile}
@@ -186,8 +193,21 @@ if want bench; then
     tail -25 "$OUT/bench.log"
 fi
 
-# 4. torch.compile: the plain network, ours (auto: the torch path) and the eager reference,
+# 4. the training step in one CUDA graph, replayed against eager (no host sync or data-dependent
+#    host decision may be in it); then torch.compile: the plain network, ours (auto: the torch path) and the eager reference,
 #    bf16 only, last and time-limited (inductor compiles for minutes); a failure is reported, not fatal
+rc_graph=0
+if want graph; then
+    say "CUDA graph: a ResNet-50 training step captured and replayed against eager"
+    if [ "$DRY" = 1 ]; then
+        timeout 300 "$PY" tools/analysis/cuda_graph_check.py --device cpu --width 4 --shape 2 3 32 32 --repeats 1 --warmup 1 \
+            --backend triton --variants plain cbam \
+            --out-dir "$OUT" > "$OUT/cuda_graph.log" 2>&1 || rc_graph=$?
+    else
+        timeout 100 "$PY" tools/analysis/cuda_graph_check.py --out-dir "$OUT" > "$OUT/cuda_graph.log" 2>&1 || rc_graph=$?
+    fi
+    tail -12 "$OUT/cuda_graph.log"
+fi
 rc_compiled=0
 if want compiled; then
     say "benchmark, torch.compile variants"
@@ -299,7 +319,7 @@ EOF
         tables+=("$OUT/detector_profile.md")
     fi
 fi
-say "done ($STEPS${DETECTOR_PARTS:+; detector: $DETECTOR_PARTS}): tests rc=$rc_tests, benchmark rc=$rc_bench, compiled rc=$rc_compiled, detector rc=$rc_detector; results in $OUT"
+say "done ($STEPS${DETECTOR_PARTS:+; detector: $DETECTOR_PARTS}): tests rc=$rc_tests, benchmark rc=$rc_bench, graph rc=$rc_graph, compiled rc=$rc_compiled, detector rc=$rc_detector; results in $OUT"
 if [ -n "${PACK:-}" ]; then
     tar czf "$PACK" -C "$(dirname "$OUT")" --exclude='site' --exclude='site312' --exclude='demo_data' --exclude='*.pth' \
         --exclude='last_checkpoint' --exclude='requirements.tmp' "$(basename "$OUT")"
@@ -309,4 +329,4 @@ for t in "${tables[@]}"; do  # the detector step's tables, last
     echo
     if [ -f "$t" ]; then cat "$t"; else echo "(no $t: see its log)"; fi
 done
-exit $(( rc_tests || rc_bench || rc_detector ))
+exit $(( rc_tests || rc_bench || rc_graph || rc_detector ))
