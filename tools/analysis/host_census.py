@@ -85,32 +85,37 @@ def _interpreted() -> bool:
 @contextlib.contextmanager
 def launches_skipped() -> Iterator[List[str]]:
     """Every Triton launch inside the block is counted (its kernel's name appended to the list
-    yielded) and skipped, at Triton's own entry (``fn[grid](...)`` calls ``run``)."""
+    yielded) and skipped, at Triton's own entry: ``fn[grid](...)``, which calls ``run`` of a
+    ``JITFunction`` and, in the interpreter, returns a grid executor (Triton 3.1) or calls ``run``
+    (later versions); both are replaced."""
     from triton.runtime import jit
 
-    classes = [jit.JITFunction]
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        classes.append(InterpretedFunction)
-    except ImportError:
-        pass
     names: List[str] = []
 
     def run(self, *args, grid, warmup, **kwargs):
         names.append(getattr(self, '__name__', None) or self.fn.__name__)
 
-    saved = [(c, c.__dict__.get('run')) for c in classes]
-    for c in classes:
-        c.run = run
+    def getitem(self, grid):
+        return lambda *args, **kwargs: names.append(self.fn.__name__)
+
+    patches = [(jit.JITFunction, 'run', run)]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        patches += [(InterpretedFunction, 'run', run), (InterpretedFunction, '__getitem__', getitem)]
+    except ImportError:
+        pass
+    saved = [(c, attr, c.__dict__.get(attr)) for c, attr, _ in patches]
+    for c, attr, fn in patches:
+        setattr(c, attr, fn)
     try:
         yield names
     finally:
-        for c, old in saved:
+        for c, attr, old in saved:
             if old is None:
-                del c.run
+                delattr(c, attr)
             else:
-                c.run = old
+                setattr(c, attr, old)
 
 
 class _PythonCalls:
@@ -171,7 +176,8 @@ class _SyncMode(torch.overrides.TorchFunctionMode):
 def _op_counts(events, backend: str) -> Dict[str, int]:
     """kernels, casts and syncs among the profiler's events of one phase, walked from the roots
     of the event tree (through events that are not ops, e.g. autograd's). An aten op counts one
-    kernel unless its descendants launch kernels (then they are counted instead). A ``cbam_det::``
+    kernel unless its descendants launch kernels (then they are counted instead) or all its tensors
+    are empty (then it launches none). A ``cbam_det::``
     op is one kernel call where its kernel is C++ (the ``cpu`` backend), plus what its C++ calls
     of aten launch; with Triton its launches are counted instead."""
     counts = {'kernels': 0, 'casts': 0, 'syncs': 0}
@@ -186,12 +192,19 @@ def _op_counts(events, backend: str) -> Dict[str, int]:
             return inner
         if name.startswith('cbam_det::'):
             return inner + (backend == 'cpu')
-        if inner or name in NOT_KERNELS or not name.startswith('aten::'):
+        if inner or name in NOT_KERNELS or not name.startswith('aten::') or _all_empty(e):
             return inner
         return 1
 
     counts['kernels'] = sum(kernels(e) for e in events if e.cpu_parent is None)
     return counts
+
+
+def _all_empty(event) -> bool:
+    """Whether every tensor an op gets is empty: it launches no kernel (torch 2.5's per-call probe
+    for saved-tensor hooks, a ``sin`` of an empty CPU tensor, where torch has no query for them)."""
+    shapes = [s for s in (event.input_shapes or []) if isinstance(s, (list, tuple)) and s]
+    return bool(shapes) and all(0 in s for s in shapes)
 
 
 # ---------------------------------------------------------------- one module step
@@ -247,7 +260,9 @@ def module_census(
     """Counts of one ``kind`` ('cbam', 'se', 'bam') module call on ``backend`` ('torch', 'cpu',
     'triton' with launches skipped), ``dtype`` 'float32' or 'bfloat16' (autocast on the module and
     the BN, the input in bfloat16 as a conv under autocast gives it), after a BatchNorm
-    (``bn_before``: its own counts subtracted) or alone, a training step (forward + backward) or
+    (``bn_before``: its own counts subtracted) or alone (the harness's own counts subtracted: the
+    autocast context, whose constructor in torch 2.5 on a machine without CUDA searches for
+    ``torch_xla`` on every call), a training step (forward + backward) or
     inference (forward under ``no_grad``, eval mode). Returns ``{'forward': {...}, 'backward':
     {...}, 'step': {...}}``, each with kernels, launches, nested_autograd, python, casts, syncs."""
     from cbam_det import kernels
@@ -264,9 +279,7 @@ def module_census(
     z0 = torch.randn(*shape).to(amp or torch.float32)
     with kernels.use_backend(backend):
         full = _count(module, bn, z0, amp, train, backend)
-        if bn is None:
-            return full
-        base = _count(None, bn, z0, amp, train, backend)
+        base = _count(None, bn, z0, amp, train, backend)  # the BN's counts, or the harness's own
     return {ph: {k: full[ph][k] - base[ph][k] for k in full[ph]} for ph in full}
 
 
@@ -301,7 +314,7 @@ def _count_phase(forward, backward, phase: str, backend: str, state: dict) -> Di
     result: Dict[str, int] = {}
     prepare()
     with launches_skipped() as names, _engine_runs() as runs:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
             run()
     result.update(_op_counts(prof.events(), backend))
     result['launches'] = len(names)

@@ -1,12 +1,11 @@
-"""Where the ops' device kernels come from: the compiled C++ module for CPU tensors, the Triton
-launchers (:mod:`cbam_det.kernels.triton_gate`) for CUDA tensors."""
+"""Where the ops' CPU kernels come from: the compiled C++ module of each op family
+(``cbam_det/ops/csrc/<family>.cpp``). The CUDA kernels are the Triton kernels in each family's file."""
 
-from types import ModuleType
 from typing import Optional, Tuple
 
 import torch
 
-__all__ = ['cpu', 'cuda', 'dense']
+__all__ = ['cpu', 'dense']
 
 
 def cpu(op: str, family: str = 'gates'):
@@ -20,15 +19,6 @@ def cpu(op: str, family: str = 'gates'):
             f'CBAM_DET_NO_EXT=1). The PyTorch backend computes the same: use_backend("torch").'
         )
     return ext
-
-
-def cuda(op: str) -> ModuleType:
-    """The Triton launchers; raises naming ``op`` where triton cannot be imported."""
-    try:
-        from .. import triton_gate
-    except ImportError as e:
-        raise RuntimeError(f'cbam_det::{op} has no CUDA kernel here: triton cannot be imported ({e})') from e
-    return triton_gate
 
 
 def dense(*tensors: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:

@@ -14,7 +14,7 @@ BatchNorm before it folded in.
   forward written into ``out``, for inference in place) and ``update_stats_`` (a BatchNorm's
   running statistics from the state: the op that mutates, kept apart so that ``gates`` stays
   functional);
-- the **CPU kernels** (the C++ functions of ``cbam_det/ops/csrc/gate_cpu.cpp``, float32 NCHW);
+- the **CPU kernels** (the C++ functions of ``cbam_det/ops/csrc/gates.cpp``, float32 NCHW);
 - the **CUDA kernels**: the Triton kernels below and their launcher (5 launches forward, 7
   backward for CBAM; 3 and 4 for SE; plus 1 per BatchNorm whose running statistics move);
 - the **PyTorch twin** (:func:`twin_forward`, :func:`twin_backward`): the same outputs with
@@ -108,9 +108,9 @@ def compute_layout(n: int, c: int, hw: int, hd: int, cbam: bool, bn: bool) -> La
     """The states' layout for N, C, H·W, the MLP's hidden width, CBAM (else SE) and a folded
     BatchNorm: only the entries the mode has, packed (every element of both states is written by
     the forward), also for symbolic sizes (the fakes under ``torch.compile``)."""
-    k = 1 if bn else 0
-    channel, csize = _offsets([n * c] * 4 + [k * n * c, n * (2 if cbam else 1) * hd] + [k * c] * 5 + [3 * cbam])
-    pixel, psize = _offsets([cbam * n * hw] * 4)
+    k, m = int(bn), int(cbam)  # ints, not bools: torch 2.5's symbolic sizes refuse bool × SymInt
+    channel, csize = _offsets([n * c] * 4 + [k * n * c, n * (1 + m) * hd] + [k * c] * 5 + [3 * m])
+    pixel, psize = _offsets([m * n * hw] * 4)
     return Layout(*channel, csize, *pixel, psize)
 
 
