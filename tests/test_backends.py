@@ -431,3 +431,30 @@ def test_every_launched_specialization_compiles_within_128_registers_without_spi
     # over 128 registers, spills, a fused multiply-add (the tie masks need the interpreter's
     # rounding), a maximum that ignores NaN
     assert kernel_compile.compile_problems(results) == []
+
+
+def test_train_keeps_the_cached_decisions_unless_a_mode_changes():
+    """``train()`` every step (as some loops and the benchmarks call it) keeps what the module
+    decided once; a change of its own mode or of a submodule's (the spatial gate's BN put in eval
+    alone) drops it, and the next call follows the new mode: batch statistics again."""
+    m = randomised(CBAM(16, 4)).train()
+    x = torch.randn(2, 16, 5, 7)
+    with kernels.use_backend('torch'):
+        m(x)
+    cached = m.__dict__['_backend_cache']
+    m.train()
+    assert m.__dict__.get('_backend_cache') is cached
+    m.eval()
+    assert '_backend_cache' not in m.__dict__
+    m.train()
+    with kernels.use_backend('torch'):
+        m(x)
+    assert '_backend_cache' in m.__dict__
+    m.spatial_gate.bn.eval()
+    m.train()
+    assert '_backend_cache' not in m.__dict__ and m.spatial_gate.bn.training
+    before = m.spatial_gate.bn.running_mean.clone()
+    with kernels.use_backend('cpu' if kernels.select_backend(x) == 'cpu' else 'torch'):
+        y = m(x)
+    assert not torch.equal(m.spatial_gate.bn.running_mean, before)  # batch statistics, updated
+    numerics.assert_close(y, copy.deepcopy(m).reference(x))

@@ -120,7 +120,8 @@ def step_fns(
     run: Optional[Callable] = None,
 ) -> Dict[str, Callable[[], None]]:
     """``{'inference', 'train'}``: an eval-mode forward under ``no_grad``, and a train-mode
-    forward + backward of the outputs' sum, each under autocast to ``amp`` (None: off) and
+    forward + backward of the outputs' sum (the mode switched only when it changes, as a training
+    loop does: once per epoch, not per step), each under autocast to ``amp`` (None: off) and
     cbam_det's ``backend`` (None: the run's). ``run``: what is called (default ``model``; e.g.
     its compiled form)."""
     from cbam_det import kernels
@@ -134,12 +135,14 @@ def step_fns(
         return kernels.use_backend(backend) if backend else contextlib.nullcontext()
 
     def infer():
-        model.eval()
+        if model.training:  # the mode set when it changes, as a training loop does (once per epoch)
+            model.eval()
         with torch.no_grad(), ctx(), chosen():
             run(x)
 
     def train():
-        model.train()
+        if not model.training:
+            model.train()
         model.zero_grad(set_to_none=True)
         with ctx(), chosen():
             loss = outputs_sum(run(x))

@@ -136,7 +136,8 @@ class AttentionModule(BaseModule):
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True):
-        self._drop_kernel_caches()
+        if any(m.training != mode for m in self.modules()):  # (a loop may call train() every step)
+            self._drop_kernel_caches()
         return super().train(mode)
 
     def init_weights(self) -> None:
