@@ -383,15 +383,22 @@ def test_each_op_family_keeps_its_parts_in_one_file_and_the_kernels_probe_no_mod
     getattr/hasattr: a module is read through the contract of models/layers/base.py."""
     import ast
     import pathlib
+    import re
 
     from cbam_det import ops
+    from cbam_det.kernels import library
 
-    for family in ('gates', 'bam'):
-        path = pathlib.Path(kernels.__file__).parent / 'library' / f'{family}.py'
+    assert sorted(library.FAMILIES) == ['bam', 'gates']  # found by the package itself
+    for family, module in library.FAMILIES.items():
+        path = pathlib.Path(module.__file__)
+        assert path.name == f'{family}.py'
         text = path.read_text()
         for part in ('_lib.define(', "'CPU')", 'register_fake(', 'register_autograd(', 'def twin_', 'def triton_'):
             assert part in text or part == "'CPU')" and '_lib.impl(' in text, (family, part)
         assert family in ops.FAMILIES
+        defined = re.findall(r"_lib\.define\(\s*f?'(\w+)\(", text)
+        assert sorted(defined) == sorted(module.OPS), (family, defined)  # OPS lists every op it defines
+        assert set(module.SMALL_KERNELS) <= set(library.KERNELS)
     for path in _kernel_sources():
         for node in ast.walk(ast.parse(path.read_text())):
             if (

@@ -137,10 +137,11 @@ def _compile(specs, arch):
     return results
 
 
-@pytest.mark.parametrize('arch', kernel_compile.ARCHS, ids=lambda a: f'sm_{a}')
+@pytest.mark.parametrize('arch', (80, 90), ids=lambda a: f'sm_{a}')
 def test_the_c24_specializations_of_ssdlite_compile(arch):
     """MobileNetV2's 24-channel stage (no divisibility hint on C): bfloat16, both layouts,
-    training and inference, at its detection shape."""
+    training and inference, at its detection shape; for A100 and H100/H200 here, for every target
+    in the slow test below (whose SSDLite config has this stage)."""
     specs = census.unique_specs(
         [
             launch

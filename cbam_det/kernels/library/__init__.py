@@ -7,37 +7,41 @@ node per call), side by side. The eager backends and ``torch.compile`` call the 
   ``gates_``, ``gates_backward``, ``update_stats_``;
 - :mod:`.bam`: BAM (Park et al., BMVC 2018): ``bam_apply``, ``bam_apply_``, ``bam_backward``,
   ``pointwise_conv``, ``pointwise_conv_input_grad``.
+
+Every module of this package whose name does not start with ``_`` is a family and is imported here
+(which registers its ops); it declares its op names in ``OPS`` and its kernels that touch no
+full-size tensor in ``SMALL_KERNELS``. A new family is a new file: nothing here names it.
 """
+
+import importlib
+import pkgutil
+from types import ModuleType
+from typing import Dict
 
 import torch
 
-from . import bam, gates  # noqa: F401  (imported to register the ops)
+#: the op families, by name (``gates``, ``bam``, ...), imported
+FAMILIES: Dict[str, ModuleType] = {
+    info.name: importlib.import_module(f'{__name__}.{info.name}')
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name)
+    if not info.name.startswith('_')
+}
 
 #: every op of the namespace, by name (``torch.ops.cbam_det.<name>``)
-OPS = {
-    name: getattr(torch.ops.cbam_det, name).default
-    for name in (
-        'gates',
-        'gates_',
-        'gates_backward',
-        'update_stats_',
-        'bam_apply',
-        'bam_apply_',
-        'bam_backward',
-        'pointwise_conv',
-        'pointwise_conv_input_grad',
-    )
-}
+OPS = {name: getattr(torch.ops.cbam_det, name).default for family in FAMILIES.values() for name in family.OPS}
 
 #: every Triton kernel of the families, by name (the ahead-of-time compile tool and the census)
 KERNELS = {
     name: fn
-    for family in (gates, bam)
+    for family in FAMILIES.values()
     for name, fn in vars(family).items()
     if name.endswith('_kernel') and callable(fn)
 }
 
 #: the kernels of :data:`KERNELS` that touch no full-size tensor (per-channel or per-pixel work)
-SMALL_KERNELS = frozenset(gates.SMALL_KERNELS + bam.SMALL_KERNELS)
+SMALL_KERNELS = frozenset(name for family in FAMILIES.values() for name in family.SMALL_KERNELS)
 
-__all__ = ['OPS', 'KERNELS', 'SMALL_KERNELS', 'gates', 'bam']
+gates = FAMILIES['gates']
+bam = FAMILIES['bam']
+
+__all__ = ['FAMILIES', 'OPS', 'KERNELS', 'SMALL_KERNELS', 'gates', 'bam']

@@ -191,6 +191,8 @@ def twin_backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, re
 # ---------------------------------------------------------------- the operators
 
 _lib = torch.library.Library('cbam_det', 'FRAGMENT')
+#: the family's ops (``torch.ops.cbam_det.<name>``), each defined below
+OPS = ('bam_apply', 'bam_apply_', 'bam_backward', 'pointwise_conv', 'pointwise_conv_input_grad')
 _lib.define(
     'bam_apply(Tensor x, Tensor c, Tensor s, bool product, bool residual, bool triton, bool fallback) -> Tensor'
 )

@@ -1387,6 +1387,8 @@ _FORWARD_ARGS = (
     'Tensor? sbn_var, Tensor? gate_scale, int bn_mode, int spatial, bool sbn_batch, float eps, float sbn_eps, '
     'bool triton, bool fallback'
 )
+#: the family's ops (``torch.ops.cbam_det.<name>``), each defined below
+OPS = ('gates', 'gates_', 'gates_backward', 'update_stats_')
 _lib.define(f'gates({_FORWARD_ARGS}) -> (Tensor, Tensor, Tensor)')
 _lib.define(f'gates_(Tensor(a!) out, {_FORWARD_ARGS}) -> ()')
 _lib.define(
