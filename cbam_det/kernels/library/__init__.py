@@ -41,7 +41,4 @@ KERNELS = {
 #: the kernels of :data:`KERNELS` that touch no full-size tensor (per-channel or per-pixel work)
 SMALL_KERNELS = frozenset(name for family in FAMILIES.values() for name in family.SMALL_KERNELS)
 
-gates = FAMILIES['gates']
-bam = FAMILIES['bam']
-
-__all__ = ['FAMILIES', 'OPS', 'KERNELS', 'SMALL_KERNELS', 'gates', 'bam']
+__all__ = ['FAMILIES', 'OPS', 'KERNELS', 'SMALL_KERNELS']  # (the families are its submodules)
