@@ -292,6 +292,74 @@ def test_bam_kernel_sets_equal_the_twin(kernel_set):
             )
 
 
+def _autograd_kernel_calls(fn, *args) -> tuple:
+    """``fn(*args)`` and how often torch.library's Python autograd kernel of an op ran inside it."""
+    import sys
+
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == 'call' and frame.f_code.co_name == 'autograd_impl' and '_library' in frame.f_code.co_filename:
+            calls.append(1)
+
+    sys.setprofile(profile)
+    try:
+        out = fn(*args)
+    finally:
+        sys.setprofile(None)
+    return out, len(calls)
+
+
+def _eager_cases(triton: bool):
+    """(node, args, differentiable positions) of every eager node: CBAM, SE (after a folded BN), BAM
+    and (C++ only) the 1×1 conv."""
+    gen = torch.Generator().manual_seed(numerics.seed())
+    cases = [
+        (gates._Gates, gates_cases((2, 6, 5, 7))[i] + (triton, False), (0, 1, 2, 5, 6, 7, 8, 9, 10, 11))
+        for i in (1, 9)  # CBAM after a BN in training; SE after one
+    ]
+    x, c, s = (
+        torch.randn(2, 6, 5, 7, generator=gen),
+        torch.randn(2, 6, generator=gen),
+        torch.randn(2, 35, generator=gen),
+    )
+    cases.append((bam._Bam, (x, c, s, False, True, triton, False), (0, 1, 2)))
+    if not triton:
+        w, b = torch.randn(3, 6, generator=gen), torch.randn(3, generator=gen)
+        cases.append((bam._Pointwise, (x, w, b), (0, 1, 2)))
+    return cases
+
+
+@pytest.mark.parametrize('kernel_set', _kernel_sets(), ids=lambda k: k[0])
+def test_the_eager_nodes_skip_the_autograd_kernel_and_equal_the_plain_dispatch(kernel_set, monkeypatch):
+    """Each eager node calls its op below the autograd key: torch.library's Python autograd kernel
+    never runs (it does in a plain call), and outputs and gradients equal the plain dispatch (the
+    fallback where this torch lacks the guard) and the op's registered formula called directly."""
+    from cbam_det.kernels.library import _autograd
+
+    _, triton = kernel_set
+    guard = _autograd._GUARD
+    assert guard is not None  # both stacks' torch has it; the fallback is tested by removing it
+    for node, args, diff in _eager_cases(triton):
+        op = {gates._Gates: gates.GATES, bam._Bam: bam.BAM_APPLY}.get(node, bam.POINTWISE)
+        results = []
+        for way in ('guarded', 'no guard', 'op'):
+            monkeypatch.setattr(_autograd, '_GUARD', guard if way == 'guarded' else None)
+            inputs = tuple(
+                a.clone().requires_grad_() if i in diff and a is not None else a
+                for i, a in enumerate(_on(args, DEVICE))
+            )
+            out, calls = _autograd_kernel_calls(node.apply if way != 'op' else op, *inputs)
+            y = out[0] if isinstance(out, (tuple, list)) else out
+            wanted = [inputs[i] for i in diff if inputs[i] is not None]
+            grads = torch.autograd.grad(y, wanted, torch.ones_like(y), allow_unused=True)
+            assert calls == (0 if way == 'guarded' else 1), (node.__name__, way, calls)
+            results.append([y.detach()] + [g for g in grads])
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), node.__name__
+
+
 @pytest.mark.parametrize('kernel_set', _kernel_sets(), ids=lambda k: k[0])
 def test_ops_take_any_strides(kernel_set):
     """Inputs in other layouts (a compiled graph may hand a backward formula gradients with other

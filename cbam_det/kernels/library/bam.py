@@ -22,6 +22,7 @@ from torch import Tensor
 from .. import launch as L
 from ..launch import c_tile, jit, per_c, per_hw, sigmoid, tl
 from . import _kernels
+from ._autograd import call_below_autograd, eager_node
 
 __all__ = ['refine', 'pointwise_conv', 'twin_apply', 'twin_backward', 'triton_apply', 'triton_backward']
 
@@ -304,18 +305,7 @@ def _backward(ctx, dy: Tensor) -> tuple:
     return dx, dc, ds, None, None, None, None
 
 
-class _Bam(torch.autograd.Function):
-    """The eager autograd node of ``cbam_det::bam_apply``."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        y = BAM_APPLY(*inputs)
-        _setup(ctx, inputs, y)
-        return y
-
-    backward = staticmethod(_backward)
-
-
+_Bam = eager_node('_Bam', BAM_APPLY, _setup, _backward, 'The eager autograd node of ``cbam_det::bam_apply``.')
 torch.library.register_autograd('cbam_det::bam_apply', _backward, setup_context=_setup)
 
 
@@ -335,18 +325,13 @@ def _pointwise_backward(ctx, dout: Tensor) -> tuple:
     return dx, dw, (d.sum((0, 2)) if want_b and ctx.has_bias else None)
 
 
-class _Pointwise(torch.autograd.Function):
-    """The eager autograd node of ``cbam_det::pointwise_conv``."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        out = POINTWISE(*inputs)
-        _pointwise_setup(ctx, inputs, out)
-        return out
-
-    backward = staticmethod(_pointwise_backward)
-
-
+_Pointwise = eager_node(
+    '_Pointwise',
+    POINTWISE,
+    _pointwise_setup,
+    _pointwise_backward,
+    'The eager autograd node of ``cbam_det::pointwise_conv``.',
+)
 torch.library.register_autograd('cbam_det::pointwise_conv', _pointwise_backward, setup_context=_pointwise_setup)
 
 
@@ -365,12 +350,14 @@ def refine(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool, inpla
     if inplace and not compiled:
         BAM_APPLY_(x, *args)
         return x
-    return BAM_APPLY(*args)
+    return BAM_APPLY(*args) if compiled else call_below_autograd(BAM_APPLY, *args)
 
 
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], compiled: bool = False) -> Tensor:
     """BAM's 1×1 reduction with the C++ kernel (float32 NCHW CPU tensors), one op call."""
     w = weight.reshape(weight.shape[0], -1)
-    if compiled or not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+    if compiled:
         return POINTWISE(x, w, bias)
+    if not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+        return call_below_autograd(POINTWISE, x, w, bias)
     return _Pointwise.apply(x, w, bias)

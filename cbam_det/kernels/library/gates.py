@@ -41,6 +41,7 @@ from .. import launch as L
 from ..launch import c_tile, hw_tile, jit, nanmax, nanmin, per_c, per_hw, sigmoid, tl
 from ..record import note, recording
 from . import _kernels
+from ._autograd import call_below_autograd, eager_node
 
 __all__ = [
     'Layout',
@@ -1001,8 +1002,15 @@ def _launch_strides(t: Tensor, dense: bool = True) -> Tuple[Tensor, Tuple[int, i
     return t, st
 
 
-def _f32(device: torch.device, *shape: int) -> Tensor:
-    return torch.empty(shape, dtype=torch.float32, device=device)
+def _f32(device: torch.device, size: int) -> Tensor:
+    return torch.empty(size, dtype=torch.float32, device=device)
+
+
+def _scratch(like: Tensor, rows: int, size: int) -> Tensor:
+    """A float32 scratch tensor of ``rows`` × ``size`` elements (flat: the kernels take the row
+    stride) on ``like``'s device; ``like`` is a float32 tensor (cheaper on the host than dtype and
+    device arguments)."""
+    return like.new_empty(rows * size)
 
 
 # ---------------------------------------------------------------- the Triton launchers
@@ -1020,11 +1028,12 @@ def triton_forward(
     cbam = spatial != SPATIAL_NONE
     p = _forward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev), L.OVER_HW_WARPS)
     lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
-    cs, ps = _f32(dev, lay.csize), _f32(dev, lay.psize)
+    cs = _f32(dev, lay.csize)
+    ps = cs.new_empty(lay.psize)
     y = torch.empty_like(z) if out is None else out
     yn, yc, yhw = L.strides(y)
     grid, length, bc, bhw, warps = p.pool
-    part = _f32(dev, 4, n * p.s1 * c)
+    part = _scratch(cs, 4, n * p.s1 * c)
     shift = bn_mode != BN_NONE and bnm is not None
     L.launch(
         _pool_kernel, grid, z, bnm, part, n * p.s1 * c, c, hw, length, sn, sc, shw,
@@ -1045,13 +1054,13 @@ def triton_forward(
         )  # fmt: skip
         return y, cs, ps
     grid, length, bc, bhw, warps = p.spool
-    sp = _f32(dev, 2, n * p.s3 * hw)
+    sp = _scratch(cs, 2, n * p.s3 * hw)
     L.launch(
         _spatial_pool_kernel, grid, z, cs, lay.a, lay.b, lay.gc, sp, n * p.s3 * hw, c, hw, length, sn, sc, shw,
         HAS_AFFINE=affine, BC=bc, BHW=bhw, warps=warps,
     )  # fmt: skip
     grid, bp, warps = p.conv
-    stat = _f32(dev, 3 * n * p.pb)
+    stat = _scratch(cs, 3, n * p.pb)
     L.launch(
         _spatial_conv_kernel, grid, sp, n * p.s3 * hw, p.s3, ps, n * hw, stat, cw.reshape(-1), c, h, w, hw, p.pb,
         AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=cw.shape[-1], BATCH=sbn_batch, BP=bp, warps=warps,
@@ -1085,32 +1094,32 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
     grads = [None, dw1, db1, dw2, db2]
     nhw = n * hw
     grid, length, bc, bhw, warps = p.grads
-    pp = _f32(dev, 2 if affine else 1, n * p.nb * c)
+    pp = _scratch(sm, 2 if affine else 1, n * p.nb * c)
     dconv = q = dwp = wm = None
     if cbam:
         dconv = torch.empty(cw.shape, dtype=cw.dtype, device=dev)
         dsw, dsb = torch.empty_like(sw), torch.empty_like(sw)
         grads += [dconv, dsw, dsb]
-        pd = _f32(dev, 2, n * grid[1] * hw)
+        pd = _scratch(sm, 2, n * grid[1] * hw)
         L.launch(
             _gate_grads_kernel, grid, dy, z, cs, lay.a, lay.b, lay.gc, lay.mean, ps, nhw, pp, n * p.nb * c, pd,
             n * grid[1] * hw, c, hw, length, p.nb, sn, sc, shw, dn, dc, dhw,
             HAS_AFFINE=affine, BN_SUMS=affine, BC=bc, BHW=bhw, warps=warps,
         )  # fmt: skip
         sgrid, bp, swarps = p.sgrad
-        dt, bstat = _f32(dev, 2, nhw), _f32(dev, 2 * n * p.pb)
+        dt, bstat = _scratch(sm, 2, nhw), _scratch(sm, 2, n * p.pb)
         L.launch(
             _spatial_gate_grad_kernel, sgrid, pd, n * grid[1] * hw, grid[1], ps, nhw, cs, lay.sstat, sw, sb, dt,
             bstat, hw, p.pb, BP=bp, warps=swarps,
         )  # fmt: skip
-        wm, dwp = _f32(dev, 2, nhw), _f32(dev, n * p.pb * 2 * k * k)
+        wm, dwp = _scratch(sm, 2, nhw), _scratch(sm, n * p.pb, 2 * k * k)
         L.launch(
             _spatial_conv_grad_kernel, sgrid, dt, nhw, bstat, n * p.pb, ps, cs, lay.sstat, sw, cw.reshape(-1), wm,
             dwp, dsw, dsb, c, h, w, hw, nhw,
             AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=k, BATCH=sbn_batch, BP=bp, BS=256, warps=swarps,
         )  # fmt: skip
         grid, length, bc, bhw, warps = p.pgrad
-        q = _f32(dev, 4 if affine else 3, n * p.s3 * c)
+        q = _scratch(sm, 4 if affine else 3, n * p.s3 * c)
         L.launch(
             _spatial_pool_grad_kernel, grid, z, cs, lay.a, lay.b, lay.gc, lay.max, lay.mean, ps, nhw, wm, q,
             n * p.s3 * c, c, hw, length, sn, sc, shw,
@@ -1536,19 +1545,7 @@ def _backward(ctx, dy: Tensor, _dcs: Optional[Tensor], _dps: Optional[Tensor]) -
     return (g[0],) + bn_grads + (None, None) + tuple(g[1:5]) + spatial_grads + (None,) * 10
 
 
-class _Gates(torch.autograd.Function):
-    """The eager autograd node of ``cbam_det::gates`` (the op's registered formula, without the
-    generic wrapper's per-call argument flattening)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = GATES(*inputs)
-        _setup(ctx, inputs, output)
-        return output
-
-    backward = staticmethod(_backward)
-
-
+_Gates = eager_node('_Gates', GATES, _setup, _backward, 'The eager autograd node of ``cbam_det::gates``.')
 torch.library.register_autograd('cbam_det::gates', _backward, setup_context=_setup)
 
 
@@ -1646,7 +1643,7 @@ def attend(
         GATES_(z, *args)  # inference in place: no state needed
         return z
     else:
-        y, cs, ps = GATES(*args)
+        y, cs, ps = GATES(*args) if compiled else call_below_autograd(GATES, *args)
     if supdate or own_update:
         m = n * h * w
         sizes = (n, c, h * w, a.w1.shape[0], a.spatial != SPATIAL_NONE, bn_mode != BN_NONE)
