@@ -344,14 +344,16 @@ def tiles(channels_last: bool, c: int, hw: int, per_pixel: bool = False, element
     longer than its (power-of-two rounded) extent. ``per_pixel`` (reductions over C, which write
     per-pixel partials, and loops over C per pixel block): tiles of 2 × TILE elements that are long
     in pixels (NCHW: 256 pixels × 8 channels; channels-last: 16 channels × 128 pixels), or of
-    ``elements`` (a kernel with many accumulators: fewer registers per thread)."""
+    ``elements`` (a kernel with many accumulators: fewer registers per thread): channels-last keeps
+    the pixels and takes fewer channels, NCHW keeps 8 channels and takes 128 pixels (4 channels ×
+    256 pixels spilled registers on sm_120 at one detection shape)."""
     tile = elements or (2 * TILE if per_pixel else TILE)
     if channels_last:
         bc = min(16 if per_pixel else 64, pow2(c))
         if elements:  # as many pixels per block (as many partial sums), fewer channels
             bc = max(1, min(bc, elements // min(2 * TILE // bc, pow2(hw))))
         return Tiles(bc, min(tile // bc, pow2(hw)))
-    bhw = min(256 if per_pixel else 64, pow2(hw))
+    bhw = min((elements // 8 if elements else 256) if per_pixel else 64, pow2(hw))
     return Tiles(min(tile // bhw, pow2(c)), bhw)
 
 
