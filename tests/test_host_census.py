@@ -166,3 +166,17 @@ def test_the_analysis_tools_import_no_circle():
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert 'toolkit' not in imported
+
+
+@needs_interpreter
+def test_per_call_times_every_variant_beyond_the_bn():
+    """The tool's per-call timing (its numbers are the tool's, in docs/performance.md): every variant,
+    training step and inference, float32 (with the ``cpu`` backend) and bfloat16 (without), as µs
+    beyond the BatchNorm; the timm-style CBAM, which computes, costs more than nothing."""
+    res = census.per_call(dtypes=('float32', 'bfloat16'), shape=(2, 16, 4, 4), repeats=1, calls=2)
+    everything = set(census.PER_CALL_VARIANTS)
+    assert set(res['float32']['train']) == set(res['float32']['inference']) == everything
+    assert set(res['bfloat16']['train']) == everything - {'cbam_cpu', 'se_cpu'}
+    for dtype in res:
+        for mode in ('train', 'inference'):
+            assert res[dtype][mode]['cbam_timm_style'] > 0, (dtype, mode)

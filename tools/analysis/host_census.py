@@ -5,6 +5,7 @@ when a detector's training step is launch-bound.
     python tools/analysis/host_census.py                  # per-module counts, every setting
     python tools/analysis/host_census.py --replay         # host ms per ResNet-50 step, per variant
     python tools/analysis/host_census.py --replay --json work_dirs/host_census.json
+    python tools/analysis/host_census.py --per-call       # host µs of one module call, alone
 
 The command runs itself in Triton's interpreter (``TRITON_INTERPRET=1``), where the ``triton``
 backend takes CPU tensors, and skips every Triton launch at Triton's own entry
@@ -27,6 +28,13 @@ autocast, alone or after a BatchNorm (its own counts subtracted: "beyond the BN 
   ``tolist``, ``.cpu()``, ``numpy``), seen by a ``TorchFunctionMode`` in a run of its own.
 
 Counts are deterministic; tests/test_host_census.py holds them as budgets.
+
+**One module call, timed alone** (:func:`per_call`): a BatchNorm and the module, called over and over
+with nothing between the calls (a training step: forward and backward; inference: forward under
+``no_grad``), minus the BatchNorm alone; host µs per call, and the ratio to the timm-style CBAM's in
+the same run. Here the module's own host work is all that is timed; in the network replay below the
+same work costs more, because the network's arithmetic between the calls evicts what it keeps warm
+in the CPU's caches (on a GPU that arithmetic runs on the device).
 
 **Whole network** (:func:`replay`): a ResNet-50 at base width 8 on 2×3×64×64, one thread, so
 that the arithmetic is small and the host work dominates; training (forward + backward) and
@@ -56,6 +64,7 @@ __all__ = [
     'module_census',
     'census_table',
     'replay',
+    'per_call',
     'SETTINGS',
 ]
 
@@ -447,6 +456,92 @@ def replay(
     return out
 
 
+#: {variant: (module kind, backend)} of :func:`per_call`; 'timm' is the timm-style CBAM
+PER_CALL_VARIANTS = {
+    'cbam_timm_style': ('timm', 'torch'),
+    'cbam_torch': ('cbam', 'torch'),
+    'cbam_cpu': ('cbam', 'cpu'),
+    'cbam_triton': ('cbam', 'triton'),
+    'se_cpu': ('se', 'cpu'),
+    'se_triton': ('se', 'triton'),
+}
+
+
+def per_call(
+    dtypes=('bfloat16', 'float32'), shape=(2, 64, 16, 16), repeats: int = 7, calls: int = 200
+) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Host µs of one module call after a BatchNorm, beyond the BatchNorm's own, ``{dtype: {mode:
+    {variant: µs}}}``: medians over ``repeats``, each ``calls`` calls of every variant in
+    alternating order; Triton launches skipped. The ``cpu`` backend (float32 only) computes."""
+    from eager_reference import TimmStyleCBAM
+
+    from cbam_det import kernels
+
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    with launches_skipped():
+        for dtype in dtypes:
+            amp = None if dtype == 'float32' else getattr(torch, dtype)
+            out[dtype] = {}
+            for train in (True, False):
+                steps = {}
+                for name, (kind, backend) in [('bn', (None, 'torch'))] + list(PER_CALL_VARIANTS.items()):
+                    if backend == 'cpu' and amp is not None:
+                        continue  # the C++ kernels take float32
+                    torch.manual_seed(0)
+                    module = (
+                        None if kind is None else TimmStyleCBAM(shape[1]) if kind == 'timm' else _make(kind, shape[1])
+                    )
+                    bn = nn.BatchNorm2d(shape[1])
+                    for m in (module, bn):
+                        if m is not None:
+                            m.train(train)
+                    z0 = torch.randn(*shape).to(amp or torch.float32)
+                    steps[name] = _timed_step(*_phases(module, bn, z0, amp, train), train, kernels.use_backend, backend)
+                times: Dict[str, List[float]] = {n: [] for n in steps}
+                for n in steps:
+                    for _ in range(20):  # warm up: caches, the self-check, the C++ build
+                        steps[n]()
+                for r in range(repeats):
+                    for n in list(steps) if r % 2 == 0 else list(steps)[::-1]:
+                        t = time.perf_counter()
+                        for _ in range(calls):
+                            steps[n]()
+                        times[n].append((time.perf_counter() - t) / calls * 1e6)
+                med = {n: statistics.median(v) for n, v in times.items()}
+                out[dtype]['train' if train else 'inference'] = {n: med[n] - med['bn'] for n in med if n != 'bn'}
+    return out
+
+
+def _timed_step(forward, backward, state, train: bool, use_backend, backend: str) -> Callable[[], None]:
+    def step() -> None:
+        with use_backend(backend):
+            forward()
+            if train:
+                state['ready']()
+                backward()
+            else:
+                state.pop('y')
+
+    return step
+
+
+def _print_per_call(res: dict, args) -> None:
+    shape = 'x'.join(map(str, args.shape))
+    print(
+        f'host µs of one module call after a BatchNorm at {shape}, beyond the BN (1 thread, Triton launches '
+        f'skipped), median of {args.repeats} repeats of {args.calls} calls; × timm-style = µs / its µs'
+    )
+    for dtype, modes in res.items():
+        print(f'\n{dtype}\n| variant | training step µs | × timm-style | inference µs | × timm-style |')
+        print('|---|---:|---:|---:|---:|')
+        for name in modes['train']:
+            cells = []
+            for mode in ('train', 'inference'):
+                us, timm = modes[mode][name], modes[mode]['cbam_timm_style']
+                cells += [f'{us:.1f}', f'{us / timm:.2f}' if timm > 0 else '']
+            print(f'| {name} | ' + ' | '.join(cells) + ' |')
+
+
 def _print_replay(res: dict, args) -> None:
     shape = 'x'.join(map(str, args.shape))
     print(
@@ -468,8 +563,14 @@ def _print_replay(res: dict, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--replay', action='store_true', help='the whole-network replay instead of the module table')
-    parser.add_argument('--shape', type=int, nargs=4, default=(2, 3, 64, 64), metavar=('N', 'C', 'H', 'W'))
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument('--replay', action='store_true', help='the whole-network replay instead of the module table')
+    what.add_argument('--per-call', action='store_true', help='one module call timed alone instead of the table')
+    parser.add_argument(
+        '--shape', type=int, nargs=4, metavar=('N', 'C', 'H', 'W'),
+        help="the network's input (--replay; default 2 3 64 64) or the module's (--per-call; default 2 64 16 16)",
+    )  # fmt: skip
+    parser.add_argument('--calls', type=int, default=200, help='calls per repeat and variant (--per-call)')
     parser.add_argument('--width', type=int, default=8, help="the ResNet-50's base width in the replay")
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--steps', type=int, default=3, help='steps per repeat and variant')
@@ -477,8 +578,10 @@ def main() -> None:
     parser.add_argument('--variants', nargs='+', help='replay variants (default: all)')
     parser.add_argument('--json', help='write the results here too')
     args = parser.parse_args()
-    if args.repeats < 1 or args.steps < 1 or args.width < 1:
-        parser.error('--repeats, --steps and --width must be >= 1')
+    if args.repeats < 1 or args.steps < 1 or args.width < 1 or args.calls < 1:
+        parser.error('--repeats, --steps, --width and --calls must be >= 1')
+    if args.shape is None:
+        args.shape = (2, 64, 16, 16) if args.per_call else (2, 3, 64, 64)
     if not _interpreted():  # the triton backend takes CPU tensors only in Triton's interpreter
         env = dict(os.environ, TRITON_INTERPRET='1')
         sys.exit(subprocess.call([sys.executable] + sys.argv, env=env))
@@ -486,6 +589,9 @@ def main() -> None:
     if args.replay:
         res = replay(args.dtypes, tuple(args.shape), args.width, args.repeats, args.steps, args.variants)
         _print_replay(res, args)
+    elif args.per_call:
+        res = per_call(args.dtypes, tuple(args.shape), args.repeats, args.calls)
+        _print_per_call(res, args)
     else:
         res = census_table()
         _print_table(res)
