@@ -478,7 +478,9 @@ def per_call(
     from cbam_det import kernels
 
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
-    with launches_skipped():
+    flush = torch.set_flush_denormal(True)  # as in the replay: denormals would time the CPU's arithmetic
+    with launches_skipped(), contextlib.ExitStack() as stack:
+        stack.callback(lambda: flush and torch.set_flush_denormal(False))
         for dtype in dtypes:
             amp = None if dtype == 'float32' else getattr(torch, dtype)
             out[dtype] = {}
