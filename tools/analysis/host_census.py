@@ -527,40 +527,42 @@ def _timed_step(forward, backward, state, train: bool, use_backend, backend: str
     return step
 
 
+def _print_tables(res: dict, title: str, columns: List[str], cells: Callable[[dict, str], List[str]]) -> None:
+    """One markdown table per dtype: a row per variant, ``cells(results of a mode, variant)`` for
+    training, then for inference."""
+    print(title)
+    for dtype, modes in res.items():
+        print(f'\n{dtype}\n| variant | ' + ' | '.join(columns) + ' |')
+        print('|---|' + '---:|' * len(columns))
+        for name in modes['train']:
+            print(f'| {name} | ' + ' | '.join(c for m in ('train', 'inference') for c in cells(modes[m], name)) + ' |')
+
+
 def _print_per_call(res: dict, args) -> None:
+    def cells(mode: dict, name: str) -> List[str]:
+        us, timm = mode[name], mode['cbam_timm_style']
+        return [f'{us:.1f}', f'{us / timm:.2f}' if timm > 0 else '']
+
     shape = 'x'.join(map(str, args.shape))
-    print(
+    title = (
         f'host µs of one module call after a BatchNorm at {shape}, beyond the BN (1 thread, Triton launches '
         f'skipped), median of {args.repeats} repeats of {args.calls} calls; × timm-style = µs / its µs'
     )
-    for dtype, modes in res.items():
-        print(f'\n{dtype}\n| variant | training step µs | × timm-style | inference µs | × timm-style |')
-        print('|---|---:|---:|---:|---:|')
-        for name in modes['train']:
-            cells = []
-            for mode in ('train', 'inference'):
-                us, timm = modes[mode][name], modes[mode]['cbam_timm_style']
-                cells += [f'{us:.1f}', f'{us / timm:.2f}' if timm > 0 else '']
-            print(f'| {name} | ' + ' | '.join(cells) + ' |')
+    _print_tables(res, title, ['training step µs', '× timm-style', 'inference µs', '× timm-style'], cells)
 
 
 def _print_replay(res: dict, args) -> None:
+    def cells(mode: dict, name: str) -> List[str]:
+        extra, timm = mode[name] - mode['plain'], mode.get('cbam_timm_style', 0.0) - mode['plain']
+        return [f'{mode[name]:.2f}', f'{extra:+.2f}', f'{extra / timm:.2f}' if timm > 0 and name != 'plain' else '']
+
     shape = 'x'.join(map(str, args.shape))
-    print(
+    title = (
         f'host ms per ResNet-50 step (base width {args.width}, {shape}, 1 thread, Triton launches skipped), '
         f'median of {args.repeats} repeats of {args.steps} steps; extra = ms − plain; × timm-style = extra / its extra'
     )
-    for dtype, modes in res.items():
-        print(f'\n{dtype}\n| variant | train ms | extra | × timm-style | inference ms | extra | × timm-style |')
-        print('|---|---:|---:|---:|---:|---:|---:|')
-        for name in modes['train']:
-            cells = []
-            for mode in ('train', 'inference'):
-                ms = modes[mode][name]
-                extra = ms - modes[mode]['plain']
-                timm = modes[mode].get('cbam_timm_style', 0.0) - modes[mode]['plain']
-                cells += [f'{ms:.2f}', f'{extra:+.2f}', f'{extra / timm:.2f}' if timm > 0 and name != 'plain' else '']
-            print(f'| {name} | ' + ' | '.join(cells) + ' |')
+    columns = ['train ms', 'extra', '× timm-style', 'inference ms', 'extra', '× timm-style']
+    _print_tables(res, title, columns, cells)
 
 
 def main() -> None:
