@@ -429,11 +429,7 @@ def replay(
     torch.manual_seed(0)
     x = torch.randn(*shape)
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
-    # a skipped launch leaves its outputs uninitialised: denormal garbage would slow the CPU's
-    # convolutions after the module (compute, not host time), so denormals are flushed for all
-    flush = torch.set_flush_denormal(True)
-    with launches_skipped(), contextlib.ExitStack() as stack:
-        stack.callback(lambda: flush and torch.set_flush_denormal(False))
+    with launches_skipped(), denormals_flushed():
         for dtype in dtypes:
             amp = None if dtype == 'float32' else getattr(torch, dtype)
             fns = {}
@@ -472,59 +468,66 @@ def per_call(
 ) -> Dict[str, Dict[str, Dict[str, float]]]:
     """Host µs of one module call after a BatchNorm, beyond the BatchNorm's own, ``{dtype: {mode:
     {variant: µs}}}``: medians over ``repeats``, each ``calls`` calls of every variant in
-    alternating order; Triton launches skipped. The ``cpu`` backend (float32 only) computes."""
+    alternating order (``toolkit.time_alternating``); Triton launches skipped. The ``cpu`` backend
+    (float32 only) computes."""
+    from toolkit import time_alternating
+
+    modes = ('train', 'inference')
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    with launches_skipped(), denormals_flushed():
+        for dtype in dtypes:
+            amp = None if dtype == 'float32' else getattr(torch, dtype)
+            fns = {
+                name: {mode: _repeated_calls(kind, backend, shape, amp, mode == 'train', calls) for mode in modes}
+                for name, (kind, backend) in [('bn', (None, 'torch'))] + list(PER_CALL_VARIANTS.items())
+                if backend != 'cpu' or amp is None  # the C++ kernels take float32
+            }
+            times = time_alternating(fns, 'cpu', repeats, kinds=modes)
+            med = {n: {m: statistics.median(times[n][m]) / calls * 1e6 for m in modes} for n in fns}
+            out[dtype] = {m: {n: med[n][m] - med['bn'][m] for n in fns if n != 'bn'} for m in modes}
+    return out
+
+
+def _repeated_calls(kind: Optional[str], backend: str, shape, amp, train: bool, calls: int) -> Callable[[], None]:
+    """``calls`` steps of a BatchNorm and the ``kind`` module (None: the BN alone; 'timm': the
+    timm-style CBAM) on ``backend``: forward and backward, or forward under ``no_grad``."""
     from eager_reference import TimmStyleCBAM
 
     from cbam_det import kernels
 
-    out: Dict[str, Dict[str, Dict[str, float]]] = {}
-    flush = torch.set_flush_denormal(True)  # as in the replay: denormals would time the CPU's arithmetic
-    with launches_skipped(), contextlib.ExitStack() as stack:
-        stack.callback(lambda: flush and torch.set_flush_denormal(False))
-        for dtype in dtypes:
-            amp = None if dtype == 'float32' else getattr(torch, dtype)
-            out[dtype] = {}
-            for train in (True, False):
-                steps = {}
-                for name, (kind, backend) in [('bn', (None, 'torch'))] + list(PER_CALL_VARIANTS.items()):
-                    if backend == 'cpu' and amp is not None:
-                        continue  # the C++ kernels take float32
-                    torch.manual_seed(0)
-                    module = (
-                        None if kind is None else TimmStyleCBAM(shape[1]) if kind == 'timm' else _make(kind, shape[1])
-                    )
-                    bn = nn.BatchNorm2d(shape[1])
-                    for m in (module, bn):
-                        if m is not None:
-                            m.train(train)
-                    z0 = torch.randn(*shape).to(amp or torch.float32)
-                    steps[name] = _timed_step(*_phases(module, bn, z0, amp, train), train, kernels.use_backend, backend)
-                times: Dict[str, List[float]] = {n: [] for n in steps}
-                for n in steps:
-                    for _ in range(20):  # warm up: caches, the self-check, the C++ build
-                        steps[n]()
-                for r in range(repeats):
-                    for n in list(steps) if r % 2 == 0 else list(steps)[::-1]:
-                        t = time.perf_counter()
-                        for _ in range(calls):
-                            steps[n]()
-                        times[n].append((time.perf_counter() - t) / calls * 1e6)
-                med = {n: statistics.median(v) for n, v in times.items()}
-                out[dtype]['train' if train else 'inference'] = {n: med[n] - med['bn'] for n in med if n != 'bn'}
-    return out
+    torch.manual_seed(0)
+    module = None if kind is None else TimmStyleCBAM(shape[1]) if kind == 'timm' else _make(kind, shape[1])
+    bn = nn.BatchNorm2d(shape[1])
+    for m in (module, bn):
+        if m is not None:
+            m.train(train)
+    forward, backward, state = _phases(module, bn, torch.randn(*shape).to(amp or torch.float32), amp, train)
+
+    def run() -> None:
+        for _ in range(calls):
+            with kernels.use_backend(backend):
+                forward()
+                if train:
+                    state['ready']()
+                    backward()
+                else:
+                    state.pop('y')
+
+    return run
 
 
-def _timed_step(forward, backward, state, train: bool, use_backend, backend: str) -> Callable[[], None]:
-    def step() -> None:
-        with use_backend(backend):
-            forward()
-            if train:
-                state['ready']()
-                backward()
-            else:
-                state.pop('y')
-
-    return step
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Denormal numbers flushed to zero inside the block. A skipped launch leaves its outputs
+    uninitialised, and denormal garbage would slow the CPU's arithmetic after the module; the
+    timm-style CBAM's own arithmetic moved by up to 1.5× between runs with them (compute, not host
+    time)."""
+    flush = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
 
 
 def _print_tables(res: dict, title: str, columns: List[str], cells: Callable[[dict, str], List[str]]) -> None:
