@@ -349,7 +349,7 @@ def test_the_eager_nodes_skip_the_autograd_kernel_and_equal_the_plain_dispatch(k
                 a.clone().requires_grad_() if i in diff and a is not None else a
                 for i, a in enumerate(_on(args, DEVICE))
             )
-            out, calls = _autograd_kernel_calls(node.apply if way != 'op' else op, *inputs)
+            out, calls = _autograd_kernel_calls(node.call if way != 'op' else op, *inputs)
             y = out[0] if isinstance(out, (tuple, list)) else out
             wanted = [inputs[i] for i in diff if inputs[i] is not None]
             grads = torch.autograd.grad(y, wanted, torch.ones_like(y), allow_unused=True)

@@ -64,7 +64,6 @@ __all__ = [
     'specialization',
     'launch',
     'run_or_twin',
-    'device_guard',
     'guard_for',
     'strides',
     'cdiv',
@@ -260,7 +259,7 @@ def launch(kernel, grid: Tuple[int, ...], *args, warps: int = WARPS, **meta) -> 
 
 
 def run_or_twin(key: Callable[[], tuple], fallback: bool, kernels: Callable, twin: Callable, *args):
-    """``kernels(*args)`` (an op's Triton launches, under the tensors' device), or where a launch
+    """``kernels(*args)`` (an op's Triton launches, under the device of ``args[0]``, a tensor), or where a launch
     fails and ``fallback`` allows it, ``twin(*args)`` (the op's PyTorch twin: same outputs), warned
     once per ``key()`` (the op and what its plan depends on; formed only once something failed),
     which then goes to the twin directly."""
@@ -271,7 +270,7 @@ def run_or_twin(key: Callable[[], tuple], fallback: bool, kernels: Callable, twi
                 raise TritonLaunchError(f'cbam_det: {known}; the triton backend was named explicitly, no fallback')
             return twin(*args)
     try:
-        guard = device_guard(args)
+        guard = guard_for(args[0].device) if args and args[0].is_cuda else None
         if guard is None:
             return kernels(*args)
         with guard:
@@ -290,14 +289,6 @@ def run_or_twin(key: Callable[[], tuple], fallback: bool, kernels: Callable, twi
             stacklevel=3,
         )
         return twin(*args)
-
-
-def device_guard(args: tuple):
-    """:func:`guard_for` the device of the first tensor of ``args``."""
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            return guard_for(a.device)
-    return None
 
 
 def guard_for(device: torch.device):

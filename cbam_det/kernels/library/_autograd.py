@@ -11,7 +11,8 @@ host. :func:`below_autograd` skips it. It is ``torch._C._AutoDispatchBelowAutogr
 """
 
 import contextlib
-from typing import Callable, ContextManager
+import operator
+from typing import Callable, ContextManager, Optional, Tuple
 
 import torch
 
@@ -31,16 +32,55 @@ def call_below_autograd(op: Callable, *args):
         return op(*args)
 
 
-def eager_node(name: str, op: Callable, setup_context: Callable, backward: Callable, doc: str) -> type:
-    """The ``torch.autograd.Function`` ``name`` whose forward returns ``op(*inputs)`` (below the
-    autograd key) and calls ``setup_context(ctx, inputs, output)``, with ``backward(ctx, *grads)``:
-    the formula registered on ``op`` for ``torch.compile``, as one eager node."""
+def eager_node(
+    name: str,
+    op: Callable,
+    setup_context: Callable,
+    backward: Callable,
+    doc: str,
+    inputs: Optional[Tuple[int, ...]] = None,
+) -> type:
+    """The ``torch.autograd.Function`` ``name`` whose forward returns ``op(*args)`` (below the
+    autograd key) and calls ``setup_context(ctx, args, output)``, with ``backward(ctx, *grads)``:
+    the formula registered on ``op`` for ``torch.compile``, as one eager node.
 
-    def forward(ctx, *inputs):
-        with below_autograd():
-            output = op(*inputs)
-        setup_context(ctx, inputs, output)
-        return output
+    ``inputs``: the positions of the op's arguments that can need a gradient. The node then takes
+    those tensors, then the op's whole argument tuple (``apply(*picked, args)``; :func:`call` packs
+    it): ``Function.apply`` handles a few inputs instead of every argument, and the backward
+    returns the formula's gradients at those positions. None: the node takes the op's arguments."""
+    if inputs is None:
 
-    attrs = {'forward': staticmethod(forward), 'backward': staticmethod(backward), '__doc__': doc}
-    return type(name, (torch.autograd.Function,), attrs)
+        def forward(ctx, *args):
+            with below_autograd():
+                output = op(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        def call(*args):
+            return node.apply(*args)
+
+    else:
+        picked = tuple(inputs)
+        pick = operator.itemgetter(*picked) if len(picked) > 1 else (lambda t: (t[picked[0]],))
+
+        def forward(ctx, *packed):
+            args = packed[-1]
+            with below_autograd():
+                output = op(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        def node_backward(ctx, *grads):
+            return pick(backward(ctx, *grads)) + (None,)
+
+        def call(*args):
+            return node.apply(*pick(args), args)
+
+    attrs = {
+        'forward': staticmethod(forward),
+        'backward': staticmethod(backward if inputs is None else node_backward),
+        'call': staticmethod(call),
+        '__doc__': doc,
+    }
+    node = type(name, (torch.autograd.Function,), attrs)
+    return node

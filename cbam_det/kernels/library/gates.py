@@ -1002,17 +1002,6 @@ def _launch_strides(t: Tensor, dense: bool = True) -> Tuple[Tensor, Tuple[int, i
     return t, st
 
 
-def _f32(device: torch.device, size: int) -> Tensor:
-    return torch.empty(size, dtype=torch.float32, device=device)
-
-
-def _scratch(like: Tensor, rows: int, size: int) -> Tensor:
-    """A float32 scratch tensor of ``rows`` × ``size`` elements (flat: the kernels take the row
-    stride) on ``like``'s device; ``like`` is a float32 tensor (cheaper on the host than dtype and
-    device arguments)."""
-    return like.new_empty(rows * size)
-
-
 # ---------------------------------------------------------------- the Triton launchers
 
 
@@ -1026,14 +1015,16 @@ def triton_forward(
     hw, hd, dev = h * w, w1.shape[0], z.device
     cl = sc == 1 and c > 1
     cbam = spatial != SPATIAL_NONE
+    if cbam:
+        cw = cw.contiguous()  # (the kernels index it flat)
     p = _forward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev), L.OVER_HW_WARPS)
     lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
-    cs = _f32(dev, lay.csize)
+    cs = torch.empty(lay.csize, dtype=torch.float32, device=dev)
     ps = cs.new_empty(lay.psize)
     y = torch.empty_like(z) if out is None else out
     yn, yc, yhw = L.strides(y)
     grid, length, bc, bhw, warps = p.pool
-    part = _scratch(cs, 4, n * p.s1 * c)
+    part = cs.new_empty(4 * n * p.s1 * c)
     shift = bn_mode != BN_NONE and bnm is not None
     L.launch(
         _pool_kernel, grid, z, bnm, part, n * p.s1 * c, c, hw, length, sn, sc, shw,
@@ -1054,15 +1045,15 @@ def triton_forward(
         )  # fmt: skip
         return y, cs, ps
     grid, length, bc, bhw, warps = p.spool
-    sp = _scratch(cs, 2, n * p.s3 * hw)
+    sp = cs.new_empty(2 * n * p.s3 * hw)
     L.launch(
         _spatial_pool_kernel, grid, z, cs, lay.a, lay.b, lay.gc, sp, n * p.s3 * hw, c, hw, length, sn, sc, shw,
         HAS_AFFINE=affine, BC=bc, BHW=bhw, warps=warps,
     )  # fmt: skip
     grid, bp, warps = p.conv
-    stat = _scratch(cs, 3, n * p.pb)
+    stat = cs.new_empty(3 * n * p.pb)
     L.launch(
-        _spatial_conv_kernel, grid, sp, n * p.s3 * hw, p.s3, ps, n * hw, stat, cw.reshape(-1), c, h, w, hw, p.pb,
+        _spatial_conv_kernel, grid, sp, n * p.s3 * hw, p.s3, ps, n * hw, stat, cw, c, h, w, hw, p.pb,
         AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=cw.shape[-1], BATCH=sbn_batch, BP=bp, warps=warps,
     )  # fmt: skip
     grid, length, bc, bhw, warps = p.apply
@@ -1084,42 +1075,44 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
     hw, hd, dev = h * w, w1.shape[0], z.device
     cl = sc == 1 and c > 1
     cbam = spatial != SPATIAL_NONE
+    if cbam:
+        cw = cw.contiguous()  # (the kernels index it flat)
     k = cw.shape[-1] if cbam else 0
     affine = bn_mode != BN_NONE
     p = _backward_plan(n, c, hw, hd, cl, cbam, affine, L.sm_count(dev), L.OVER_HW_WARPS)
     lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
-    sm = _f32(dev, p.size)
+    sm = cs.new_empty(p.size)  # (cs: float32)
     o = p.o
     dw1, db1, dw2, db2 = torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2), torch.empty_like(b2)
     grads = [None, dw1, db1, dw2, db2]
     nhw = n * hw
     grid, length, bc, bhw, warps = p.grads
-    pp = _scratch(sm, 2 if affine else 1, n * p.nb * c)
+    pp = sm.new_empty((2 if affine else 1) * n * p.nb * c)
     dconv = q = dwp = wm = None
     if cbam:
-        dconv = torch.empty(cw.shape, dtype=cw.dtype, device=dev)
+        dconv = torch.empty_like(cw)
         dsw, dsb = torch.empty_like(sw), torch.empty_like(sw)
         grads += [dconv, dsw, dsb]
-        pd = _scratch(sm, 2, n * grid[1] * hw)
+        pd = sm.new_empty(2 * n * grid[1] * hw)
         L.launch(
             _gate_grads_kernel, grid, dy, z, cs, lay.a, lay.b, lay.gc, lay.mean, ps, nhw, pp, n * p.nb * c, pd,
             n * grid[1] * hw, c, hw, length, p.nb, sn, sc, shw, dn, dc, dhw,
             HAS_AFFINE=affine, BN_SUMS=affine, BC=bc, BHW=bhw, warps=warps,
         )  # fmt: skip
         sgrid, bp, swarps = p.sgrad
-        dt, bstat = _scratch(sm, 2, nhw), _scratch(sm, 2, n * p.pb)
+        dt, bstat = sm.new_empty(2 * nhw), sm.new_empty(2 * n * p.pb)
         L.launch(
             _spatial_gate_grad_kernel, sgrid, pd, n * grid[1] * hw, grid[1], ps, nhw, cs, lay.sstat, sw, sb, dt,
             bstat, hw, p.pb, BP=bp, warps=swarps,
         )  # fmt: skip
-        wm, dwp = _scratch(sm, 2, nhw), _scratch(sm, n * p.pb, 2 * k * k)
+        wm, dwp = sm.new_empty(2 * nhw), sm.new_empty(n * p.pb * 2 * k * k)
         L.launch(
-            _spatial_conv_grad_kernel, sgrid, dt, nhw, bstat, n * p.pb, ps, cs, lay.sstat, sw, cw.reshape(-1), wm,
+            _spatial_conv_grad_kernel, sgrid, dt, nhw, bstat, n * p.pb, ps, cs, lay.sstat, sw, cw, wm,
             dwp, dsw, dsb, c, h, w, hw, nhw,
             AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=k, BATCH=sbn_batch, BP=bp, BS=256, warps=swarps,
         )  # fmt: skip
         grid, length, bc, bhw, warps = p.pgrad
-        q = _scratch(sm, 4 if affine else 3, n * p.s3 * c)
+        q = sm.new_empty((4 if affine else 3) * n * p.s3 * c)
         L.launch(
             _spatial_pool_grad_kernel, grid, z, cs, lay.a, lay.b, lay.gc, lay.max, lay.mean, ps, nhw, wm, q,
             n * p.s3 * c, c, hw, length, sn, sc, shw,
@@ -1135,7 +1128,7 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
     L.launch(
         _channel_gate_grad_kernel, grid, pp, n * p.nb * c, p.nb, q, pq, p.s3, cs, lay.gc, lay.gl, lay.hid, lay.a, bnb,
         w2, sm, o['dl'], o['sq1'], o['sq2'], o['dhp'], dw2, db2, dwp, n * p.pb,
-        None if dconv is None else dconv.view(-1), n, c, hd, 2 * k * k,
+        dconv, n, c, hd, 2 * k * k,
         CBAM=cbam, BN=affine, BC=bc, BH=bh, BS=128, warps=warps,
     )  # fmt: skip
     dbnw = dbnb = None
@@ -1420,39 +1413,33 @@ def _key(name: str, *args) -> tuple:
     )
 
 
-def _triton_forward_or_twin(*args):
-    *inputs, triton, fallback, out = args
+def _forward_impl(*args, out: Optional[Tensor] = None):
+    """The device's kernels: C++ on the CPU (Triton in its interpreter where ``triton``), Triton on CUDA."""
+    *inputs, triton, fallback = args
+    if not triton and args[0].is_cpu:
+        return cpu_forward(*inputs, out)
     return L.run_or_twin(lambda: _key('gates', *inputs), fallback, triton_forward, twin_forward, *inputs, out)
 
 
-def _forward_impl(*args, out: Optional[Tensor] = None):
-    """The device's kernels: C++ on the CPU (Triton in its interpreter where ``triton``), Triton on CUDA."""
-    triton = args[-2]
-    if args[0].device.type == 'cpu' and not triton:
-        return cpu_forward(*args[:-2], out)
-    return _triton_forward_or_twin(*args, out)
-
-
 def _backward_impl(*args):
-    triton, fallback = args[-2:]
-    inputs = args[:-2]
-    if inputs[0].device.type == 'cpu' and not triton:
+    *inputs, triton, fallback = args
+    if not triton and args[0].is_cpu:
         return cpu_backward(*inputs)
     key = lambda: _key('gates_backward', *inputs[1:])  # noqa: E731
     return L.run_or_twin(key, fallback, triton_backward, twin_backward, *inputs)
 
 
 def _update_impl(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias, triton, fallback) -> None:
-    args = (rm, rv, nbt, cs, l_mean, l_var, momentum, unbias)
-    if rm.device.type == 'cpu' and not triton:
-        return cpu_update(*args)
-    L.run_or_twin(lambda: ('update_stats_',), fallback, triton_update, twin_update, *args)
+    if not triton and rm.is_cpu:
+        return cpu_update(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias)
+    key = lambda: ('update_stats_',)  # noqa: E731
+    L.run_or_twin(key, fallback, triton_update, twin_update, rm, rv, nbt, cs, l_mean, l_var, momentum, unbias)
 
 
 def _inplace_impl(out: Tensor, *args) -> None:
     z = args[0]
-    dense = out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)
-    if out.shape != z.shape or out.dtype != z.dtype or out.device != z.device or not dense:
+    same = out is z or out.shape == z.shape and out.dtype == z.dtype and out.device == z.device
+    if not (same and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))):
         raise ValueError(
             f"cbam_det::gates_: out must have the input's shape {tuple(z.shape)}, dtype {z.dtype} and device "
             f'{z.device} and be NCHW- or channels-last-contiguous; got shape {tuple(out.shape)}, {out.dtype}, '
@@ -1545,7 +1532,16 @@ def _backward(ctx, dy: Tensor, _dcs: Optional[Tensor], _dps: Optional[Tensor]) -
     return (g[0],) + bn_grads + (None, None) + tuple(g[1:5]) + spatial_grads + (None,) * 10
 
 
-_Gates = eager_node('_Gates', GATES, _setup, _backward, 'The eager autograd node of ``cbam_det::gates``.')
+#: the eager node takes z, the BN's γ and β, W1, b1, W2, b2, the conv's weight and the spatial BN's γ
+#: and β, then the op's arguments (``_Gates.call(*args)``)
+_Gates = eager_node(
+    '_Gates',
+    GATES,
+    _setup,
+    _backward,
+    'The eager autograd node of ``cbam_det::gates``.',
+    inputs=(0, 1, 2, 5, 6, 7, 8, 9, 10, 11),
+)
 torch.library.register_autograd('cbam_det::gates', _backward, setup_context=_setup)
 
 
@@ -1638,7 +1634,10 @@ def attend(
     supdate = a.supdate and sbn_batch
     grad_params = a.w1.requires_grad or a.w2.requires_grad or (bnb is not None and bnb.requires_grad)
     if torch.is_grad_enabled() and (z.requires_grad or grad_params):
-        y, cs, ps = GATES(*args) if compiled else _Gates.apply(*args)
+        if compiled:
+            y, cs, ps = GATES(*args)
+        else:
+            y, cs, ps = _Gates.apply(z, bnw, bnb, a.w1, a.b1, a.w2, a.b2, a.cw, a.sw, a.sb, args)
     elif module.inplace and not compiled and source is None and not (supdate or own_update or recording()):
         GATES_(z, *args)  # inference in place: no state needed
         return z
