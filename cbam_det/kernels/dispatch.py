@@ -21,13 +21,14 @@ channel pooling, [avg; max] or the official [max; avg] spatial pooling), SE, and
 ``combine`` 'sum' or 'product'; ``auto`` runs the other ablation variants on ``torch``.
 
 What a call costs the host is decided once: the backend for a module, its mode, the input's
-device, dtype and layout, autocast and grad mode is cached on the module (:func:`_backend_for`),
+device, dtype and layout, CPU autocast and tracing is cached on the module (:func:`_backend_for`),
 and the op family caches what it passes the kernels. Eager mode and ``torch.compile`` call the
 same ``cbam_det::`` ops (a compiled graph holds them with no break; the backend request is one of
 its guards, the environment variables are read when the graph is traced).
 """
 
 import contextlib
+import functools
 import warnings
 from typing import Iterator, List, Optional, Tuple
 
@@ -164,14 +165,16 @@ def _compiled_auto(x: torch.Tensor, module: Optional[nn.Module], bn: Optional[nn
     return 'torch'
 
 
-def _backend_for(module: nn.Module, x: torch.Tensor, bn: Optional[nn.Module]) -> Tuple[str, bool]:
+def _backend_for(module: nn.Module, x: torch.Tensor, bn: Optional[nn.Module], compiling: bool) -> Tuple[str, bool]:
     """(backend, fallback allowed) for this call, from a cache on the module keyed by everything
     :func:`select_backend` reads that can change between calls: the request, the input's device,
-    dtype and layout, autocast, grad mode, tracing and compiling. The self-check runs once per
-    device and dtype before ``auto`` first picks ``triton``."""
+    dtype and layout, CPU autocast, tracing, and the BatchNorm given (``compiling``: traced once,
+    nothing cached, and no cache for the graph to guard on). An ONNX export of the TorchScript
+    kind traces the forward, and one of the dynamo kind compiles it, so tracing stands for
+    :func:`exporting` in the key. The self-check runs once per device and dtype before ``auto``
+    first picks ``triton``."""
     request = get_backend()
-    compiling = torch.compiler.is_compiling()
-    if compiling:  # traced once: nothing to cache (and no cache for the graph to guard on)
+    if compiling:
         return select_backend(x, module, bn), request == 'auto'
     key = (
         request,
@@ -179,9 +182,7 @@ def _backend_for(module: nn.Module, x: torch.Tensor, bn: Optional[nn.Module]) ->
         x.dtype,
         x.dim() == 4 and x.is_contiguous(),
         torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu'),
-        torch.is_grad_enabled(),
-        compiling,
-        compiling or exporting(),
+        torch.jit.is_tracing(),
         bn is not None and (type(bn) is nn.BatchNorm2d and bn.affine),
     )
     cache = module.__dict__.get('_backend_cache')
@@ -197,10 +198,11 @@ def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = No
     """CBAM's or SE's gated output ``x ⊗ gates`` (of ``bn(x)`` when ``bn`` is given) on the
     selected backend: one op call (``cbam_det::gates``), and one more per BatchNorm whose running
     statistics move. A plugin fed by a BatchNorm's output folds that BatchNorm in (:func:`_bn_source`)."""
-    name, fallback = _backend_for(module, x, bn)
+    compiling = torch.compiler.is_compiling()
+    name, fallback = _backend_for(module, x, bn, compiling)
     if name == 'torch':
         return lean.attend(module, x if bn is None else bn(x))
-    if torch.compiler.is_compiling():  # the ops in the compiled graph; the BN stays PyTorch's
+    if compiling:  # the ops in the compiled graph; the BN stays PyTorch's
         return gate_ops.attend(module, x if bn is None else bn(x), None, None, False, fallback, compiled=True)
     source = _bn_source(x) if bn is None and x.requires_grad and torch.is_grad_enabled() else None
     return gate_ops.attend(module, x, bn, source, name == 'triton', fallback)
@@ -208,14 +210,13 @@ def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = No
 
 def bam_refine(module: nn.Module, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """BAM's refinement of ``x`` from its branch logits c (N, C, 1, 1) and s (N, 1, H, W)."""
-    name, fallback = _backend_for(module, x, None)
+    compiling = torch.compiler.is_compiling()
+    name, fallback = _backend_for(module, x, None, compiling)
     note(module, bam_channel=c, bam_spatial=s)
     if name == 'torch':
         return module.refine(x, c, s)
     product = module.combine == 'product'
-    return bam_ops.refine(
-        x, c, s, product, module.residual, module.inplace, name == 'triton', fallback, torch.compiler.is_compiling()
-    )
+    return bam_ops.refine(x, c, s, product, module.residual, module.inplace, name == 'triton', fallback, compiling)
 
 
 def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -254,7 +255,7 @@ def _top_hooks_function():
         return False
     if inside is None or outside is not None or not _hooks_probe_agrees():
         return False
-    return (lambda: fn(False)) if _takes_arg(fn) else fn
+    return functools.partial(fn, False) if _takes_arg(fn) else fn
 
 
 def _takes_arg(fn) -> bool:

@@ -51,7 +51,7 @@ def eager_node(
     if inputs is None:
 
         def forward(ctx, *args):
-            with below_autograd():
+            with _GUARD() if _GUARD is not None else contextlib.nullcontext():  # below_autograd(), inline
                 output = op(*args)
             setup_context(ctx, args, output)
             return output
@@ -65,7 +65,7 @@ def eager_node(
 
         def forward(ctx, *packed):
             args = packed[-1]
-            with below_autograd():
+            with _GUARD() if _GUARD is not None else contextlib.nullcontext():  # below_autograd(), inline
                 output = op(*args)
             setup_context(ctx, args, output)
             return output

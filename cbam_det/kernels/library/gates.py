@@ -32,7 +32,7 @@ evenly between tied maxima, as ``amax``.
 """
 
 import functools
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -989,16 +989,24 @@ def _backward_plan(
     )
 
 
+#: (shape, strides) → (n, c, hw) strides of the layouts :func:`_launch_strides` took as they are,
+#: for dense (NCHW or channels-last) tensors and for any (``_ANY_STRIDES``)
+_DENSE_STRIDES: Dict[tuple, Tuple[int, int, int]] = {}
+_ANY_STRIDES: Dict[tuple, Tuple[int, int, int]] = {}
+
+
 def _launch_strides(t: Tensor, dense: bool = True) -> Tuple[Tensor, Tuple[int, int, int]]:
     """``t`` and its (n, c, hw) strides: NCHW- or channels-last-contiguous (``dense``: the outputs
     made ``empty_like`` it share its strides), or any layout whose H and W merge (a gradient that is
-    only read, a broadcast one included); other layouts are made contiguous."""
+    only read, a broadcast one included); other layouts are made contiguous. A layout taken as it
+    is is remembered (the launchers look it up first)."""
     if t.numel() == 0:
         raise ValueError(f'cbam_det::gates: the tensor of shape {tuple(t.shape)} is empty; N, C, H and W must be >= 1')
     st = L.strides(t)
     if st is None or dense and not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
         t = t.contiguous()
         st = L.strides(t)
+    (_DENSE_STRIDES if dense else _ANY_STRIDES)[(t.shape, t.stride())] = st
     return t, st
 
 
@@ -1009,7 +1017,10 @@ def triton_forward(
     z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, sw, sb, srm, srv, scale, bn_mode, spatial, sbn_batch, eps, seps, out
 ):
     """The forward's launches (5 for CBAM, 3 for SE): y (into ``out`` when given) and the two states."""
-    z, (sn, sc, shw) = _launch_strides(z)
+    st = _DENSE_STRIDES.get((z.shape, z.stride()))
+    if st is None:
+        z, st = _launch_strides(z)
+    sn, sc, shw = st
     w1, w2 = w1.contiguous(), w2.contiguous()
     n, c, h, w = z.shape
     hw, hd, dev = h * w, w1.shape[0], z.device
@@ -1021,8 +1032,8 @@ def triton_forward(
     lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
     cs = torch.empty(lay.csize, dtype=torch.float32, device=dev)
     ps = cs.new_empty(lay.psize)
-    y = torch.empty_like(z) if out is None else out
-    yn, yc, yhw = L.strides(y)
+    y = torch.empty_like(z) if out is None else out  # (empty_like(z) has z's strides)
+    yn, yc, yhw = st if out is None or out is z else L.strides(out)
     grid, length, bc, bhw, warps = p.pool
     part = cs.new_empty(4 * n * p.s1 * c)
     shift = bn_mode != BN_NONE and bnm is not None
@@ -1068,8 +1079,14 @@ def triton_forward(
 def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz):
     """The backward's launches (7 for CBAM, 4 for SE): [dz, dW1, db1, dW2, db2] + (CBAM) [d conv,
     d γ_s, d β_s] + (folded BN) [d γ, d β]."""
-    z, (sn, sc, shw) = _launch_strides(z)
-    dy, (dn, dc, dhw) = _launch_strides(dy, dense=False)
+    st = _DENSE_STRIDES.get((z.shape, z.stride()))
+    if st is None:
+        z, st = _launch_strides(z)
+    sn, sc, shw = st
+    st = _ANY_STRIDES.get((dy.shape, dy.stride()))
+    if st is None:
+        dy, st = _launch_strides(dy, dense=False)
+    dn, dc, dhw = st
     w1, w2 = w1.contiguous(), w2.contiguous()
     n, c, h, w = z.shape
     hw, hd, dev = h * w, w1.shape[0], z.device
