@@ -180,3 +180,25 @@ def test_per_call_times_every_variant_beyond_the_bn():
     for dtype in res:
         for mode in ('train', 'inference'):
             assert res[dtype][mode]['cbam_timm_style'] > 0, (dtype, mode)
+
+
+@needs_interpreter
+def test_the_replay_times_each_variant_asked_for_and_the_floor_is_one_node():
+    """The whole-network replay (its numbers are the tool's): ms per step of each variant asked
+    for, training and inference, in both dtypes. The floor variant's module is one autograd node
+    that computes nothing: the node is its output's, its inputs are the module's input and
+    parameters, and its backward gives each of them a gradient of its shape."""
+    asked = ['plain', 'node_floor', 'cbam_triton']
+    res = census.replay(shape=(2, 3, 32, 32), width=4, repeats=1, steps=1, variants=asked)
+    for dtype in ('bfloat16', 'float32'):
+        for mode in ('train', 'inference'):
+            assert set(res[dtype][mode]) == set(asked) and all(ms > 0 for ms in res[dtype][mode].values())
+    floor = analysis_tool('eager_reference').NodeFloor(32)
+    x = torch.randn(2, 32, 3, 3, requires_grad=True)
+    y = floor(x)
+    inputs = [f[0] for f in y.grad_fn.next_functions]
+    assert type(y.grad_fn).__name__ == '_EmptyNodeBackward' and len(inputs) == 5
+    assert all(type(f).__name__ == 'AccumulateGrad' for f in inputs)
+    assert [f.variable for f in inputs] == [x, *floor.parameters()]
+    y.backward(torch.ones_like(y))
+    assert all(t.grad is not None and t.grad.shape == t.shape for t in [x, *floor.parameters()])

@@ -3,7 +3,8 @@ CVPR 2018) and BAM (Park et al., BMVC 2018, eq. 1-4), as one writes them first: 
 pools, two MLP calls, ``cat``, out-of-place products. The benchmarks' baseline: each wraps one
 of our modules and recomputes it with its weights (no kernels, no memory savings). Beside them
 :class:`TimmStyleCBAM`, timm's ``CbamModule`` written out (timm is no dependency): the host-time
-yardstick of tools/analysis/host_census.py. A measuring tool's baselines, not part of the package.
+yardstick of tools/analysis/host_census.py, and :class:`NodeFloor`, the least a module with one
+autograd node costs the host. A measuring tool's baselines, not part of the package.
 """
 
 import os.path as osp
@@ -19,7 +20,7 @@ if _REPO not in sys.path:  # run from a clone without an install
 
 from cbam_det.models.layers import BAM, CBAM, SE  # noqa: E402
 
-__all__ = ['EagerCBAM', 'EagerSE', 'EagerBAM', 'TimmStyleCBAM', 'to_reference']
+__all__ = ['EagerCBAM', 'EagerSE', 'EagerBAM', 'TimmStyleCBAM', 'NodeFloor', 'to_reference']
 
 
 class _Eager(nn.Module):
@@ -84,6 +85,36 @@ class TimmStyleCBAM(nn.Module):
         x = x * torch.sigmoid(x_avg + x_max)
         x_attn = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return x * torch.sigmoid(self.bn(self.conv(x_attn)))
+
+
+class _EmptyNode(torch.autograd.Function):
+    """Allocates the output (forward) and the inputs' gradients (backward); computes nothing."""
+
+    @staticmethod
+    def forward(ctx, x, *params):
+        ctx.save_for_backward(x, *params)
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return tuple(torch.empty_like(t) for t in ctx.saved_tensors)
+
+
+class NodeFloor(nn.Module):
+    """The host's floor for a module with one autograd node: SE's parameters (the MLP's two
+    layers with biases, their tensors read once and kept), one ``autograd.Function`` call whose
+    forward allocates the output and saves its inputs and whose backward allocates their
+    gradients; no arithmetic, no checks, no launches. What any module of that shape costs beyond it
+    is its own work."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        rd = max(channels // reduction, 1)
+        self.fc1, self.fc2 = nn.Linear(channels, rd), nn.Linear(rd, channels)
+        self._params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _EmptyNode.apply(x, *self._params)
 
 
 def to_reference(model: nn.Module) -> nn.Module:

@@ -386,8 +386,9 @@ def _print_table(rows: List[dict]) -> None:
 
 def replay_variants(width: int = 8) -> Dict[str, Tuple[Callable[[], nn.Module], Optional[str]]]:
     """{name: (network factory, backend)} of the replay: plain, the timm-style CBAM, the eager
-    reference, ours on each backend, SE and BAM ×3."""
-    from eager_reference import EagerCBAM, TimmStyleCBAM
+    reference, the floor of a module with one autograd node (``NodeFloor``), ours on each backend,
+    SE and BAM ×3."""
+    from eager_reference import EagerCBAM, NodeFloor, TimmStyleCBAM
     from toolkit import ResNet50
 
     from cbam_det import BAM, CBAM, SE
@@ -400,6 +401,7 @@ def replay_variants(width: int = 8) -> Dict[str, Tuple[Callable[[], nn.Module], 
         'plain': (net(), 'torch'),
         'cbam_timm_style': (net(TimmStyleCBAM), 'torch'),
         'cbam_eager': (net(lambda c: EagerCBAM(CBAM(c))), 'torch'),
+        'node_floor': (net(NodeFloor), 'torch'),
         'cbam_torch': (cbam, 'torch'),
         'cbam_cpu': (cbam, 'cpu'),
         'cbam_triton': (cbam, 'triton'),
