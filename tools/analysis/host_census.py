@@ -454,9 +454,11 @@ def replay(
     return out
 
 
-#: {variant: (module kind, backend)} of :func:`per_call`; 'timm' is the timm-style CBAM
+#: {variant: (module kind, backend)} of :func:`per_call`; 'timm' is the timm-style CBAM, 'floor' the
+#: floor of a module with one autograd node (``eager_reference.NodeFloor``)
 PER_CALL_VARIANTS = {
     'cbam_timm_style': ('timm', 'torch'),
+    'node_floor': ('floor', 'torch'),
     'cbam_torch': ('cbam', 'torch'),
     'cbam_cpu': ('cbam', 'cpu'),
     'cbam_triton': ('cbam', 'triton'),
@@ -492,13 +494,15 @@ def per_call(
 
 def _repeated_calls(kind: Optional[str], backend: str, shape, amp, train: bool, calls: int) -> Callable[[], None]:
     """``calls`` steps of a BatchNorm and the ``kind`` module (None: the BN alone; 'timm': the
-    timm-style CBAM) on ``backend``: forward and backward, or forward under ``no_grad``."""
-    from eager_reference import TimmStyleCBAM
+    timm-style CBAM; 'floor': the floor of a module with one autograd node) on ``backend``: forward
+    and backward, or forward under ``no_grad``."""
+    from eager_reference import NodeFloor, TimmStyleCBAM
 
     from cbam_det import kernels
 
     torch.manual_seed(0)
-    module = None if kind is None else TimmStyleCBAM(shape[1]) if kind == 'timm' else _make(kind, shape[1])
+    special = {'timm': TimmStyleCBAM, 'floor': NodeFloor}
+    module = None if kind is None else special[kind](shape[1]) if kind in special else _make(kind, shape[1])
     bn = nn.BatchNorm2d(shape[1])
     for m in (module, bn):
         if m is not None:
