@@ -62,6 +62,22 @@ def test_switch_precedence_and_restoring(monkeypatch):
     assert kernels.get_backend() == 'torch'
 
 
+def test_the_tracing_query_agrees_with_torch_jit_is_tracing():
+    """The backend cache's tracing query (torch's own, one call) says what ``torch.jit.is_tracing``
+    says, outside a trace and inside one; so does its fallback, the public function."""
+    from cbam_det.kernels import dispatch
+
+    seen = []
+
+    def f(x):
+        seen.append((dispatch._is_tracing(), torch.jit.is_tracing()))
+        return x + 1
+
+    assert dispatch._is_tracing() is False and torch.jit.is_tracing() is False
+    torch.jit.trace(f, torch.zeros(2))  # (its trace check runs f again, untraced)
+    assert (True, True) in seen and all(a == b for a, b in seen), seen
+
+
 def test_unknown_backend_names_the_switch_and_the_choices(monkeypatch):
     monkeypatch.setenv('CBAM_DET_BACKEND', 'cuda')
     with pytest.raises(ValueError, match=r"CBAM_DET_BACKEND='cuda'.*'auto', 'torch', 'cpu', 'triton'"):

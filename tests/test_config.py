@@ -2,6 +2,7 @@
 the environment) and one source for module names (each module's ``_abbr_`` feeds the string
 factory and the checkpoint-key check)."""
 
+import os
 import os.path as osp
 import re
 import subprocess
@@ -104,3 +105,26 @@ def test_a_new_module_is_seen_by_the_factory_and_the_checkpoint_check():
 
         class Clash(AttentionModule):
             _abbr_ = 'cbam'
+
+
+@pytest.mark.parametrize('fast', [True, False], ids=['environ_data', 'environ_get'])
+def test_env_reads_what_os_environ_holds_now(monkeypatch, fast):
+    """``config.env`` reads CPython's ``os.environ._data`` where it has that layout, else
+    ``os.environ.get``: both give what the environment holds at the call (set, changed, empty,
+    removed), as ``os.environ.get(name) or default``."""
+    assert config._FAST_ENV == config._raw_environ_ok()
+    if fast and not config._FAST_ENV:
+        pytest.skip("this Python's os.environ has no _data layout")
+    monkeypatch.setattr(config, '_FAST_ENV', fast)
+    name = 'CBAM_DET_TEST_ENV_READ'
+    monkeypatch.delenv(name, raising=False)
+    assert config.env(name) is None and config.env(name, 'x') == 'x'
+    for value in ('1', 'täst', '0', ''):
+        monkeypatch.setenv(name, value)
+        assert config.env(name, 'x') == (os.environ.get(name) or 'x') == (value or 'x')
+    monkeypatch.delenv(name)
+    assert config.env(name, 'x') == 'x'
+    monkeypatch.setenv('CBAM_DET_BACKEND', 'cpu')
+    assert config.get_backend() == 'cpu'
+    monkeypatch.setenv('CBAM_DET_BACKEND', 'torch')
+    assert config.get_backend() == 'torch'

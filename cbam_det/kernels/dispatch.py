@@ -35,6 +35,7 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .. import config as _config
 from ..config import BACKENDS, get_backend, set_backend, use_backend
 from . import lean
 from .library import bam as bam_ops
@@ -59,6 +60,11 @@ __all__ = [
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _state: dict = {'triton_ok': {}}
+
+
+#: ``torch.jit.is_tracing()`` in eager mode (where TorchScript is not scripting): torch's own query,
+#: one call instead of two; the public function where this torch lacks it (tests/test_backends.py)
+_is_tracing = getattr(torch._C, '_is_tracing', None) or torch.jit.is_tracing
 
 
 class BackendUnavailable(RuntimeError):
@@ -173,7 +179,7 @@ def _backend_for(module: nn.Module, x: torch.Tensor, bn: Optional[nn.Module], co
     kind traces the forward, and one of the dynamo kind compiles it, so tracing stands for
     :func:`exporting` in the key. The self-check runs once per device and dtype before ``auto``
     first picks ``triton``."""
-    request = get_backend()
+    request = _config._backend or get_backend()  # (set_backend's request, else the environment's)
     if compiling:
         return select_backend(x, module, bn), request == 'auto'
     key = (
@@ -182,7 +188,7 @@ def _backend_for(module: nn.Module, x: torch.Tensor, bn: Optional[nn.Module], co
         x.dtype,
         x.dim() == 4 and x.is_contiguous(),
         torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu'),
-        torch.jit.is_tracing(),
+        _is_tracing(),
         bn is not None and (type(bn) is nn.BatchNorm2d and bn.affine),
     )
     cache = module.__dict__.get('_backend_cache')

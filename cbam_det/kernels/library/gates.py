@@ -1627,7 +1627,9 @@ def attend(
     it, whose statistics the op computes; ``source``: (z, mode, γ, β, mean, var-or-invstd, eps)
     of a BatchNorm whose output x is, to fold in, from ``dispatch``); the running statistics of
     the BatchNorms that train are updated by ``update_stats_``."""
-    a = module_args(module, cache=not compiled)
+    a = None if compiled else module.__dict__.get('_gates_args')  # (module_args' cache, looked up here)
+    if a is None:
+        a = module_args(module, cache=not compiled)
     bn_mode, bnw, bnb, bnm, bnv, eps, z = BN_NONE, None, None, None, None, 0.0, x
     own_update = False
     if bn is not None:
