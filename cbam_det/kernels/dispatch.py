@@ -366,9 +366,9 @@ def _bn_source(x: torch.Tensor) -> Optional[tuple]:
         or x._version != 0
         or x._backward_hooks
         or x.retains_grad
-        or not bn_node_readable()
-        or _hooks_active()
-    ):
+        or not (_state.get('bn_fields') is _BN_NODE_FIELDS and _state['bn_ok'] or bn_node_readable())
+        or (_state['top_hooks']() is not None if _state.get('top_hooks') else _hooks_active())
+    ):  # (bn_node_readable() and _hooks_active(), their cached answers read inline)
         return None
     weight, bias = node._saved_weight, getattr(node.next_functions[2][0], 'variable', None)
     if weight is None or bias is None:

@@ -1176,7 +1176,7 @@ def triton_update(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias) -> None:
     c = rm.numel()
     L.launch(
         _update_stats_kernel, (1,), rm, rv, nbt, cs, l_mean, l_var, c, max(momentum, 0.0), unbias,
-        CUMULATIVE=momentum < 0, BLOCK=min(1024, L.pow2(c)),
+        CUMULATIVE=momentum < 0, BLOCK=min(1024, 1 << (c - 1).bit_length()),  # (L.pow2(c), inline)
     )  # fmt: skip
 
 
