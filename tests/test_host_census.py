@@ -24,14 +24,17 @@ needs_interpreter = pytest.mark.skipif(
 )
 
 #: (kind, backend, dtype, after a BN): budget of a training step and of inference, (kernel calls +
-#: Triton launches, Python function calls); nested autograd runs, casts and syncs are 0 everywhere
+#: Triton launches, Python function calls); nested autograd runs, casts and syncs are 0 everywhere.
+#: Python calls: the goal was at most 300 per CBAM training step and 200 per SE step; the budgets hold
+#: today's counts (CBAM 96-101 per training step and 32 in inference on the two stacks, SE 74-79 and
+#: 26) with about a fifth to spare, so that the host path does not grow back unseen
 BUDGETS = {
-    ('cbam', 'triton', 'bfloat16', True): ((14, 300), (6, 300)),
-    ('cbam', 'triton', 'float32', False): ((14, 300), (6, 300)),
-    ('cbam', 'cpu', 'float32', True): ((14, 300), (6, 300)),
-    ('se', 'triton', 'bfloat16', True): ((8, 200), (3, 200)),
-    ('se', 'triton', 'float32', False): ((8, 200), (3, 200)),
-    ('se', 'cpu', 'float32', True): ((8, 200), (3, 200)),
+    ('cbam', 'triton', 'bfloat16', True): ((14, 120), (6, 40)),
+    ('cbam', 'triton', 'float32', False): ((14, 120), (6, 40)),
+    ('cbam', 'cpu', 'float32', True): ((14, 100), (6, 30)),
+    ('se', 'triton', 'bfloat16', True): ((8, 95), (3, 32)),
+    ('se', 'triton', 'float32', False): ((8, 95), (3, 32)),
+    ('se', 'cpu', 'float32', True): ((8, 90), (3, 30)),
     # BAM: no more than before the op families (measured then with this census on the same settings;
     # its C++ kernels were called outside the dispatcher, 2 calls per step unseen by the profiler, added)
     ('bam', 'triton', 'bfloat16', False): ((55, 616), (19, 247)),
