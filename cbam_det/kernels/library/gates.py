@@ -1026,8 +1026,6 @@ def triton_forward(
     hw, hd, dev = h * w, w1.shape[0], z.device
     cl = sc == 1 and c > 1
     cbam = spatial != SPATIAL_NONE
-    if cbam:
-        cw = cw.contiguous()  # (the kernels index it flat)
     p = _forward_plan(n, c, hw, hd, cl, cbam, L.sm_count(dev), L.OVER_HW_WARPS)
     lay = layout(n, c, hw, hd, cbam, bn_mode != BN_NONE)
     cs = torch.empty(lay.csize, dtype=torch.float32, device=dev)
@@ -1064,7 +1062,7 @@ def triton_forward(
     grid, bp, warps = p.conv
     stat = cs.new_empty(3 * n * p.pb)
     L.launch(
-        _spatial_conv_kernel, grid, sp, n * p.s3 * hw, p.s3, ps, n * hw, stat, cw, c, h, w, hw, p.pb,
+        _spatial_conv_kernel, grid, sp, n * p.s3 * hw, p.s3, ps, n * hw, stat, cw.reshape(-1), c, h, w, hw, p.pb,
         AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=cw.shape[-1], BATCH=sbn_batch, BP=bp, warps=warps,
     )  # fmt: skip
     grid, length, bc, bhw, warps = p.apply
@@ -1092,8 +1090,6 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
     hw, hd, dev = h * w, w1.shape[0], z.device
     cl = sc == 1 and c > 1
     cbam = spatial != SPATIAL_NONE
-    if cbam:
-        cw = cw.contiguous()  # (the kernels index it flat)
     k = cw.shape[-1] if cbam else 0
     affine = bn_mode != BN_NONE
     p = _backward_plan(n, c, hw, hd, cl, cbam, affine, L.sm_count(dev), L.OVER_HW_WARPS)
@@ -1107,7 +1103,7 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
     pp = sm.new_empty((2 if affine else 1) * n * p.nb * c)
     dconv = q = dwp = wm = None
     if cbam:
-        dconv = torch.empty_like(cw)
+        dconv = cw.new_empty(cw.shape)  # (contiguous: the kernel writes it flat)
         dsw, dsb = torch.empty_like(sw), torch.empty_like(sw)
         grads += [dconv, dsw, dsb]
         pd = sm.new_empty(2 * n * grid[1] * hw)
@@ -1124,7 +1120,7 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
         )  # fmt: skip
         wm, dwp = sm.new_empty(2 * nhw), sm.new_empty(n * p.pb * 2 * k * k)
         L.launch(
-            _spatial_conv_grad_kernel, sgrid, dt, nhw, bstat, n * p.pb, ps, cs, lay.sstat, sw, cw, wm,
+            _spatial_conv_grad_kernel, sgrid, dt, nhw, bstat, n * p.pb, ps, cs, lay.sstat, sw, cw.reshape(-1), wm,
             dwp, dsw, dsb, c, h, w, hw, nhw,
             AVG_FIRST=spatial == SPATIAL_AVG_MAX, K=k, BATCH=sbn_batch, BP=bp, BS=256, warps=swarps,
         )  # fmt: skip
@@ -1145,7 +1141,7 @@ def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode
     L.launch(
         _channel_gate_grad_kernel, grid, pp, n * p.nb * c, p.nb, q, pq, p.s3, cs, lay.gc, lay.gl, lay.hid, lay.a, bnb,
         w2, sm, o['dl'], o['sq1'], o['sq2'], o['dhp'], dw2, db2, dwp, n * p.pb,
-        dconv, n, c, hd, 2 * k * k,
+        None if dconv is None else dconv.view(-1), n, c, hd, 2 * k * k,
         CBAM=cbam, BN=affine, BC=bc, BH=bh, BS=128, warps=warps,
     )  # fmt: skip
     dbnw = dbnb = None
