@@ -35,7 +35,6 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import config as _config
 from ..config import BACKENDS, get_backend, set_backend, use_backend
 from . import lean
 from .library import bam as bam_ops
@@ -179,7 +178,7 @@ def _backend_for(module: nn.Module, x: torch.Tensor, bn: Optional[nn.Module], co
     kind traces the forward, and one of the dynamo kind compiles it, so tracing stands for
     :func:`exporting` in the key. The self-check runs once per device and dtype before ``auto``
     first picks ``triton``."""
-    request = _config._backend or get_backend()  # (set_backend's request, else the environment's)
+    request = get_backend()
     if compiling:
         return select_backend(x, module, bn), request == 'auto'
     key = (
@@ -366,9 +365,9 @@ def _bn_source(x: torch.Tensor) -> Optional[tuple]:
         or x._version != 0
         or x._backward_hooks
         or x.retains_grad
-        or not (_state.get('bn_fields') is _BN_NODE_FIELDS and _state['bn_ok'] or bn_node_readable())
-        or (_state['top_hooks']() is not None if _state.get('top_hooks') else _hooks_active())
-    ):  # (bn_node_readable() and _hooks_active(), their cached answers read inline)
+        or not bn_node_readable()
+        or _hooks_active()
+    ):
         return None
     weight, bias = node._saved_weight, getattr(node.next_functions[2][0], 'variable', None)
     if weight is None or bias is None:

@@ -48,37 +48,26 @@ def eager_node(
     those tensors, then the op's whole argument tuple (``apply(*picked, args)``; :func:`call` packs
     it): ``Function.apply`` handles a few inputs instead of every argument, and the backward
     returns the formula's gradients at those positions. None: the node takes the op's arguments."""
-    if inputs is None:
+    pick = None
+    if inputs is not None:
+        pick = operator.itemgetter(*inputs) if len(inputs) > 1 else (lambda t: (t[inputs[0]],))
 
-        def forward(ctx, *args):
-            with _GUARD() if _GUARD is not None else contextlib.nullcontext():  # below_autograd(), inline
-                output = op(*args)
-            setup_context(ctx, args, output)
-            return output
+    def forward(ctx, *packed):
+        args = packed if pick is None else packed[-1]
+        with below_autograd():
+            output = op(*args)
+        setup_context(ctx, args, output)
+        return output
 
-        def call(*args):
-            return node.apply(*args)
+    def picked_backward(ctx, *grads):
+        return pick(backward(ctx, *grads)) + (None,)
 
-    else:
-        picked = tuple(inputs)
-        pick = operator.itemgetter(*picked) if len(picked) > 1 else (lambda t: (t[picked[0]],))
-
-        def forward(ctx, *packed):
-            args = packed[-1]
-            with _GUARD() if _GUARD is not None else contextlib.nullcontext():  # below_autograd(), inline
-                output = op(*args)
-            setup_context(ctx, args, output)
-            return output
-
-        def node_backward(ctx, *grads):
-            return pick(backward(ctx, *grads)) + (None,)
-
-        def call(*args):
-            return node.apply(*pick(args), args)
+    def call(*args):
+        return node.apply(*args) if pick is None else node.apply(*pick(args), args)
 
     attrs = {
         'forward': staticmethod(forward),
-        'backward': staticmethod(backward if inputs is None else node_backward),
+        'backward': staticmethod(backward if pick is None else picked_backward),
         'call': staticmethod(call),
         '__doc__': doc,
     }

@@ -999,7 +999,10 @@ def _launch_strides(t: Tensor, dense: bool = True) -> Tuple[Tensor, Tuple[int, i
     """``t`` and its (n, c, hw) strides: NCHW- or channels-last-contiguous (``dense``: the outputs
     made ``empty_like`` it share its strides), or any layout whose H and W merge (a gradient that is
     only read, a broadcast one included); other layouts are made contiguous. A layout taken as it
-    is is remembered (the launchers look it up first)."""
+    is is remembered: the next tensor of that shape and strides costs a dictionary look-up."""
+    known = (_DENSE_STRIDES if dense else _ANY_STRIDES).get((t.shape, t.stride()))
+    if known is not None:
+        return t, known
     if t.numel() == 0:
         raise ValueError(f'cbam_det::gates: the tensor of shape {tuple(t.shape)} is empty; N, C, H and W must be >= 1')
     st = L.strides(t)
@@ -1017,9 +1020,7 @@ def triton_forward(
     z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, sw, sb, srm, srv, scale, bn_mode, spatial, sbn_batch, eps, seps, out
 ):
     """The forward's launches (5 for CBAM, 3 for SE): y (into ``out`` when given) and the two states."""
-    st = _DENSE_STRIDES.get((z.shape, z.stride()))
-    if st is None:
-        z, st = _launch_strides(z)
+    z, st = _launch_strides(z)
     sn, sc, shw = st
     w1, w2 = w1.contiguous(), w2.contiguous()
     n, c, h, w = z.shape
@@ -1077,14 +1078,8 @@ def triton_forward(
 def triton_backward(dy, z, cs, ps, bnw, bnb, w1, b1, w2, b2, cw, sw, sb, bn_mode, spatial, sbn_batch, want_dz):
     """The backward's launches (7 for CBAM, 4 for SE): [dz, dW1, db1, dW2, db2] + (CBAM) [d conv,
     d γ_s, d β_s] + (folded BN) [d γ, d β]."""
-    st = _DENSE_STRIDES.get((z.shape, z.stride()))
-    if st is None:
-        z, st = _launch_strides(z)
-    sn, sc, shw = st
-    st = _ANY_STRIDES.get((dy.shape, dy.stride()))
-    if st is None:
-        dy, st = _launch_strides(dy, dense=False)
-    dn, dc, dhw = st
+    z, (sn, sc, shw) = _launch_strides(z)
+    dy, (dn, dc, dhw) = _launch_strides(dy, dense=False)
     w1, w2 = w1.contiguous(), w2.contiguous()
     n, c, h, w = z.shape
     hw, hd, dev = h * w, w1.shape[0], z.device
@@ -1172,7 +1167,7 @@ def triton_update(rm, rv, nbt, cs, l_mean, l_var, momentum, unbias) -> None:
     c = rm.numel()
     L.launch(
         _update_stats_kernel, (1,), rm, rv, nbt, cs, l_mean, l_var, c, max(momentum, 0.0), unbias,
-        CUMULATIVE=momentum < 0, BLOCK=min(1024, 1 << (c - 1).bit_length()),  # (L.pow2(c), inline)
+        CUMULATIVE=momentum < 0, BLOCK=min(1024, L.pow2(c)),
     )  # fmt: skip
 
 
@@ -1623,9 +1618,7 @@ def attend(
     it, whose statistics the op computes; ``source``: (z, mode, γ, β, mean, var-or-invstd, eps)
     of a BatchNorm whose output x is, to fold in, from ``dispatch``); the running statistics of
     the BatchNorms that train are updated by ``update_stats_``."""
-    a = None if compiled else module.__dict__.get('_gates_args')  # (module_args' cache, looked up here)
-    if a is None:
-        a = module_args(module, cache=not compiled)
+    a = module_args(module, cache=not compiled)
     bn_mode, bnw, bnb, bnm, bnv, eps, z = BN_NONE, None, None, None, None, 0.0, x
     own_update = False
     if bn is not None:
