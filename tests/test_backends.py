@@ -338,12 +338,12 @@ def test_probe_reports_a_failing_kernel_and_warns_once(monkeypatch):
 
 
 @needs_triton
-def test_the_self_check_runs_the_cases_each_module_class_registers(monkeypatch):
-    """The probe knows no module class: each registers its own cases (AttentionModule subclasses
-    with kernel_check_cases), and a registered case that disagrees with PyTorch fails the probe."""
+def test_the_self_check_runs_the_setups_each_module_class_registers(monkeypatch):
+    """The probe knows no module class: each registers its own setups (AttentionModule subclasses
+    with kernel_setups), and a registered setup that disagrees with PyTorch fails the probe."""
     from cbam_det.kernels import dispatch
 
-    assert {CBAM, SE, BAM} <= set(dispatch._CHECKED)
+    assert {CBAM, SE, BAM} <= set(dispatch.kernel_modules())
 
     class Doubled(nn.Module):  # the triton backend's answer, twice: far from the torch backend's
         def __init__(self):
@@ -356,18 +356,18 @@ def test_the_self_check_runs_the_cases_each_module_class_registers(monkeypatch):
 
     class Checked:
         @classmethod
-        def kernel_check_cases(cls):
-            return [(Doubled, False)]
+        def kernel_setups(cls, channels, inplace=False):
+            return {'doubled': dispatch.KernelSetup(Doubled, False)}
 
-    monkeypatch.setattr(dispatch, '_CHECKED', list(dispatch._CHECKED))
+    monkeypatch.setattr(dispatch, '_KERNEL_MODULES', list(dispatch._KERNEL_MODULES))
     assert kernels.probe_triton(DEVICE, torch.float32, force=True)
-    dispatch.register_self_check(Checked)
+    dispatch.register_kernel_module(Checked)
     with pytest.warns(UserWarning, match='failed their self-check.*Doubled: relative difference'):
         assert not kernels.probe_triton(DEVICE, torch.float32, force=True)
     monkeypatch.undo()
     assert kernels.probe_triton(DEVICE, torch.float32, force=True)
-    with pytest.raises(TypeError, match='has no kernel_check_cases'):
-        dispatch.register_self_check(int)
+    with pytest.raises(TypeError, match='has no kernel_setups'):
+        dispatch.register_kernel_module(int)
 
 
 def _kernel_sources():

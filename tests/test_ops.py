@@ -470,7 +470,7 @@ def test_compiled_network_matches_eager(name):
 
 
 # state of cbam_det a compiled graph must not guard on (a guard there would recompile as it changes)
-STATE = re.compile(r'os\.environ|_state\b|_active\b|_CHECKED|triton_ok|_failed|_sms|_backend_cache|_gates_args')
+STATE = re.compile(r'os\.environ|_state\b|_active\b|_KERNEL_MODULES|triton_ok|_failed|_sms|_backend_cache|_gates_args')
 
 
 @no_ext

@@ -30,16 +30,16 @@ its guards, the environment variables are read when the graph is traced).
 import contextlib
 import functools
 import warnings
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..config import BACKENDS, get_backend, set_backend, use_backend
 from . import lean
+from .library import FAMILIES
 from .library import bam as bam_ops
 from .library import gates as gate_ops
-from .record import note
 
 __all__ = [
     'BACKENDS',
@@ -50,9 +50,11 @@ __all__ = [
     'select_backend',
     'exporting',
     'probe_triton',
-    'register_self_check',
+    'KernelSetup',
+    'register_kernel_module',
+    'kernel_modules',
     'attend',
-    'bam_refine',
+    'run',
     'pointwise_conv',
     'bn_node_readable',
 ]
@@ -213,15 +215,15 @@ def attend(module: nn.Module, x: torch.Tensor, bn: Optional[nn.BatchNorm2d] = No
     return gate_ops.attend(module, x, bn, source, name == 'triton', fallback)
 
 
-def bam_refine(module: nn.Module, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """BAM's refinement of ``x`` from its branch logits c (N, C, 1, 1) and s (N, 1, H, W)."""
+def run(module: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+    """A module's op-family call on the selected backend: ``call(module, backend, fallback,
+    compiling, x, *args)`` of the family ``module.kernel_family`` names (:data:`library.FAMILIES`),
+    which computes every backend, ``torch`` included. BAM's refinement comes here with its branch
+    logits (``run(bam, x, c, s)``), as does any module whose family needs no BatchNorm folded in
+    (CBAM and SE, which fold one, come through :func:`attend`)."""
     compiling = torch.compiler.is_compiling()
     name, fallback = _backend_for(module, x, None, compiling)
-    note(module, bam_channel=c, bam_spatial=s)
-    if name == 'torch':
-        return module.refine(x, c, s)
-    product = module.combine == 'product'
-    return bam_ops.refine(x, c, s, product, module.residual, module.inplace, name == 'triton', fallback, compiling)
+    return FAMILIES[module.kernel_family].call(module, name, fallback, compiling, x, *args)
 
 
 def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -430,27 +432,55 @@ def _isolated(device: torch.device) -> Iterator[None]:
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
-#: the module classes whose own self-check cases :func:`probe_triton` runs, in registration order
-_CHECKED: List[type] = []
 #: the channels of every self-check case (input 2 × 24 × 5 × 7)
 CHECK_CHANNELS = 24
 
 
-def register_self_check(cls: type) -> None:
-    """Have :func:`probe_triton` run ``cls.kernel_check_cases()``: ``[(make, with_bn), ...]``,
-    each ``make()`` a module of :data:`CHECK_CHANNELS` channels run on the ``triton`` and the
-    ``torch`` backend (after a BatchNorm with ``with_bn``: ``forward_with_bn``). The attention
-    module classes register themselves (``models/layers/base.py``), so nothing here imports them."""
-    if not callable(getattr(cls, 'kernel_check_cases', None)):
-        raise TypeError(f'register_self_check: {cls.__name__} has no kernel_check_cases()')
-    if cls not in _CHECKED:
-        _CHECKED.append(cls)
+class KernelSetup(NamedTuple):
+    """One way a module class runs on its kernels: ``make()`` builds the module; ``with_bn``: after
+    a BatchNorm that it folds in (``forward_with_bn``)."""
+
+    make: Callable[[], nn.Module]
+    with_bn: bool
+
+
+#: the module classes with kernels (their ``kernel_setups``), in registration order
+_KERNEL_MODULES: List[type] = []
+
+
+def register_kernel_module(cls: type) -> None:
+    """Register an attention module class that runs on the kernels: ``cls.kernel_setups(channels,
+    inplace)`` gives ``{name: KernelSetup}``, the setups its kernels cover. :func:`probe_triton`
+    checks each (at :data:`CHECK_CHANNELS` channels) against ``torch``; the census tools and the
+    contract tests (``tests/test_kernel_modules.py``) run each. The attention module classes
+    register themselves (``models/layers/base.py``), so nothing here imports them."""
+    if not callable(getattr(cls, 'kernel_setups', None)):
+        raise TypeError(f'register_kernel_module: {cls.__name__} has no kernel_setups()')
+    if cls not in _KERNEL_MODULES:
+        _KERNEL_MODULES.append(cls)
+
+
+def kernel_modules() -> List[type]:
+    """The registered module classes with kernels (:func:`register_kernel_module`), in order."""
+    return list(_KERNEL_MODULES)
+
+
+def kernel_setups(channels: int, inplace: bool = False) -> Dict[str, Tuple[type, KernelSetup]]:
+    """Every registered class's setups by name (``'cbam_plugin'``, ``'se_fused'``, ``'bam'``, ...):
+    ``{name: (class, KernelSetup)}``, modules of ``channels`` channels, ``inplace`` as given."""
+    out: Dict[str, Tuple[type, KernelSetup]] = {}
+    for cls in _KERNEL_MODULES:
+        for name, setup in cls.kernel_setups(channels, inplace).items():
+            if name in out:
+                raise ValueError(f'kernel setup {name!r} of {cls.__name__} is already one of {out[name][0].__name__}')
+            out[name] = (cls, setup)
+    return out
 
 
 def _run_probe(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     try:
         with _isolated(device):
-            return _compare_backends(device, dtype, [case for cls in _CHECKED for case in cls.kernel_check_cases()])
+            return _compare_backends(device, dtype, [setup for _, setup in kernel_setups(CHECK_CHANNELS).values()])
     except Exception as e:  # a compile error, a launch failure: report, never crash auto
         return f'{type(e).__name__}: {e}'
 
@@ -461,7 +491,7 @@ def _compare_backends(device: torch.device, dtype: torch.dtype, cases) -> Option
     w = torch.randn(2, CHECK_CHANNELS, 5, 7, generator=gen).to(device)
     tol = 1e-3 if dtype == torch.float32 else 6e-2
     if not cases:
-        return 'no module class registered a self-check (cbam_det.kernels.dispatch.register_self_check)'
+        return 'no module class registered its kernel setups (cbam_det.kernels.dispatch.register_kernel_module)'
     for make, with_bn in cases:
         outs = []
         for name in ('triton', 'torch'):

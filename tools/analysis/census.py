@@ -38,6 +38,7 @@ from unittest import mock
 import torch
 from toolkit import floor_ms, outputs_sum  # (also puts the repository on sys.path)
 
+import cbam_det.models.layers  # noqa: F401  (the module classes register their kernel setups)
 from cbam_det.kernels import dispatch
 from cbam_det.kernels import launch as T
 
@@ -333,9 +334,10 @@ def unique_specs(launches: Sequence[Launch]) -> List[list]:
 
 # ---------------------------------------------------------------- one attention module
 
-#: the module setups of :func:`module_step`: plugin = the module on its input; fused = with the
+#: the module setups of :func:`module_step`, every registered module class's ``kernel_setups``
+#: (``kernels.dispatch.kernel_setups``): plugin = the module on its input; fused = with the
 #: BatchNorm before it folded in (``forward_with_bn``, AttnResNet's blocks); BAM's gate
-KINDS = ('cbam_plugin', 'cbam_fused', 'se_plugin', 'se_fused', 'bam')
+KINDS = tuple(dispatch.kernel_setups(dispatch.CHECK_CHANNELS))
 
 
 def resnet50_stages(n: int, h: int, w: int) -> List[Tuple[int, int, int, int]]:
@@ -374,10 +376,8 @@ def detection_specs(
     for name in models:
         kinds, shapes = DETECTION_MODELS[name]
         for kind in kinds:
-            if kind == 'bam':  # after stages 1-3 only
-                shapes_k = shapes[:3]
-            else:
-                shapes_k = shapes
+            cls = dispatch.kernel_setups(dispatch.CHECK_CHANNELS)[kind][0]
+            shapes_k = shapes[:3] if cls.paper_placement == 'stage' else shapes  # (between stages: after 1-3)
             for shape in shapes_k:
                 for dtype in dtypes:
                     for cl in (False, True):
@@ -396,20 +396,17 @@ def module_step(kind: str, x: torch.Tensor, train: bool = True, measure=None) ->
     from torch import nn
 
     from cbam_det.kernels import use_backend
-    from cbam_det.models.layers import BAM, CBAM, SE
 
-    if kind not in KINDS:
-        raise ValueError(f'census: kind={kind!r}; allowed: {", ".join(KINDS)}')
+    setups = dispatch.kernel_setups(x.shape[1], inplace=True)
+    if kind not in setups:
+        raise ValueError(f'census: kind={kind!r}; allowed: {", ".join(setups)}')
     measure = measure or contextlib.nullcontext
     c = x.shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        make = {'cbam': CBAM, 'se': SE, 'bam': lambda c, r: BAM(c, r, 1, inplace=True)}[kind.split('_')[0]]
-        m = make(c, 4) if kind == 'bam' else make(c, 4, inplace=True)
+        m = setups[kind][1].make()
     m = m.to(x.device).train(train)
-    bn = nn.BatchNorm2d(c).to(x.device).train(train) if kind.endswith('fused') else None
-    if kind == 'bam':  # its branches are ordinary layers: in the activation's dtype, as under autocast
-        m = m.to(x.dtype)
+    bn = nn.BatchNorm2d(c).to(x.device).train(train) if setups[kind][1].with_bn else None
     params = [p for p in list(m.parameters()) + (list(bn.parameters()) if bn is not None else [])]
     with use_backend('triton'), torch.set_grad_enabled(train):
         xi = (x.detach() * 1.0).requires_grad_(train)

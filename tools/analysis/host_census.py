@@ -45,6 +45,7 @@ timm-style CBAM's (:class:`eager_reference.TimmStyleCBAM`) in the same run.
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -219,14 +220,21 @@ def _all_empty(event) -> bool:
 # ---------------------------------------------------------------- one module step
 
 
-def _make(kind: str, c: int) -> nn.Module:
-    from cbam_det import BAM, CBAM, SE
+def kernel_kinds() -> List[str]:
+    """The ``_abbr_`` of every module class with kernels (``kernels.dispatch.kernel_modules``):
+    'cbam', 'se', 'bam', and any module registered since."""
+    from cbam_det.kernels.dispatch import kernel_modules
+    from cbam_det.models import layers  # noqa: F401  (the classes register themselves)
 
-    return {
-        'cbam': lambda: CBAM(c, inplace=True),
-        'se': lambda: SE(c, inplace=True),
-        'bam': lambda: BAM(c, inplace=True),
-    }[kind]()
+    return [cls._abbr_ for cls in kernel_modules()]
+
+
+def _make(kind: str, c: int) -> nn.Module:
+    """The module of ``_abbr_`` ``kind`` with ``c`` channels, its defaults, ``inplace=True`` (as
+    mmdet's ResNet and AttnResNet build it)."""
+    from cbam_det.models.layers import ATTENTION_MODULES
+
+    return ATTENTION_MODULES[kind](c, inplace=True)
 
 
 def _phases(module: Optional[nn.Module], bn: Optional[nn.Module], z0: torch.Tensor, amp, train: bool):
@@ -346,7 +354,7 @@ def _count_phase(forward, backward, phase: str, backend: str, state: dict) -> Di
 #: the settings of the census table: (kind, backend, dtype, after a BN)
 SETTINGS = [
     (kind, backend, dtype, bn)
-    for kind in ('cbam', 'se', 'bam')
+    for kind in kernel_kinds()
     for backend in ('triton', 'cpu', 'torch')
     for dtype in ('bfloat16', 'float32')
     for bn in (True, False)
@@ -391,27 +399,25 @@ def replay_variants(width: int = 8) -> Dict[str, Tuple[Callable[[], nn.Module], 
     from eager_reference import EagerCBAM, NodeFloor, TimmStyleCBAM
     from toolkit import ResNet50
 
-    from cbam_det import BAM, CBAM, SE
+    from cbam_det import CBAM
+    from cbam_det.models.layers import ATTENTION_MODULES
 
     def net(att=None, bam=None):
         return lambda: ResNet50(att, False, bam, width=width)
 
-    cbam = net(lambda c: CBAM(c, inplace=True))
     out = {
         'plain': (net(), 'torch'),
         'cbam_timm_style': (net(TimmStyleCBAM), 'torch'),
         'cbam_eager': (net(lambda c: EagerCBAM(CBAM(c))), 'torch'),
         'node_floor': (net(NodeFloor), 'torch'),
-        'cbam_torch': (cbam, 'torch'),
-        'cbam_cpu': (cbam, 'cpu'),
-        'cbam_triton': (cbam, 'triton'),
-        'se_torch': (net(lambda c: SE(c, inplace=True)), 'torch'),
-        'se_cpu': (net(lambda c: SE(c, inplace=True)), 'cpu'),
-        'se_triton': (net(lambda c: SE(c, inplace=True)), 'triton'),
-        'bam3_torch': (net(bam=lambda c: BAM(c, inplace=True)), 'torch'),
-        'bam3_cpu': (net(bam=lambda c: BAM(c, inplace=True)), 'cpu'),
-        'bam3_triton': (net(bam=lambda c: BAM(c, inplace=True)), 'triton'),
     }
+    for kind in kernel_kinds():  # every module with kernels, where its paper puts it, on each backend
+        cls = ATTENTION_MODULES[kind]
+        between = cls.paper_placement == 'stage'
+        module = functools.partial(cls, inplace=True)
+        make = net(bam=module) if between else net(module)
+        for backend in ('torch', 'cpu', 'triton'):
+            out[f'{kind}{3 if between else ""}_{backend}'] = (make, backend)
     return out
 
 

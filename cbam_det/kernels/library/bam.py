@@ -17,14 +17,15 @@ import functools
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import launch as L
 from ..launch import c_tile, jit, per_c, per_hw, sigmoid, tl
+from ..record import note
 from . import _kernels
 from ._autograd import call_below_autograd, eager_node
 
-__all__ = ['refine', 'pointwise_conv', 'twin_apply', 'twin_backward', 'triton_apply', 'triton_backward']
+__all__ = ['call', 'refine', 'pointwise_conv', 'twin_apply', 'twin_backward', 'triton_apply', 'triton_backward']
 
 
 # ---------------------------------------------------------------- Triton kernels
@@ -336,6 +337,16 @@ torch.library.register_autograd('cbam_det::pointwise_conv', _pointwise_backward,
 
 
 # ---------------------------------------------------------------- from a module
+
+
+def call(module: nn.Module, backend: str, fallback: bool, compiling: bool, x: Tensor, c: Tensor, s: Tensor) -> Tensor:
+    """A BAM module's refinement of ``x`` from its branch logits c (N, C, 1, 1) and s (N, 1, H, W)
+    on ``backend`` (what ``kernels.run`` calls): ``module.refine`` on ``torch``, else one op call."""
+    note(module, bam_channel=c, bam_spatial=s)
+    if backend == 'torch':
+        return module.refine(x, c, s)
+    product = module.combine == 'product'
+    return refine(x, c, s, product, module.residual, module.inplace, backend == 'triton', fallback, compiling)
 
 
 def refine(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool, inplace: bool, triton: bool, fallback: bool,

@@ -17,7 +17,7 @@ two 3×3 convs with dilation d, each conv followed by BatchNorm2d and ReLU, and 
 ablation F' = F ⊗ M(F). The official code computes x · (1 + σ(C·S)): ``combine='product'``.
 """
 
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 
 from ... import kernels
+from ...kernels.dispatch import KernelSetup
 from ._utils import autocast_off, check_choice, check_input, check_not_frozen, hidden_channels, safe_batch_norm
 from .base import AttentionModule
 
@@ -104,11 +105,13 @@ class BAM(AttentionModule):
 
     _abbr_ = 'bam'
 
+    kernel_family = 'bam'
+    paper_placement = 'stage'
+
     @classmethod
-    def kernel_check_cases(cls) -> List[Tuple[Callable[[], nn.Module], bool]]:
-        """The Triton self-check's case (``kernels.dispatch.register_self_check``): 'sum', one dilated conv."""
-        c = kernels.dispatch.CHECK_CHANNELS
-        return [(lambda: cls(c, 4, 1, combine='sum'), False)]
+    def kernel_setups(cls, channels: int, inplace: bool = False) -> Dict[str, KernelSetup]:
+        """BAM with the paper's 'sum' and one dilated conv."""
+        return {'bam': KernelSetup(lambda: cls(channels, 4, 1, combine='sum', inplace=inplace), False)}
 
     def __init__(
         self,
@@ -168,7 +171,7 @@ class BAM(AttentionModule):
         check_input('BAM', x, self.in_channels, self.training)
         check_not_frozen(self, 'BAM')
         c, s = self.channel_att(x), self.spatial_att(x)  # eq. 3, 4
-        return kernels.bam_refine(self, x, c, s)  # eq. 1, 2 on the selected backend
+        return kernels.run(self, x, c, s)  # eq. 1, 2 on the selected backend
 
     @property
     def kernel_variant(self) -> Optional[str]:

@@ -38,8 +38,8 @@ class AttentionModule(BaseModule):
             if known is not None and known.__qualname__ != cls.__qualname__:
                 raise ValueError(f'{cls.__name__}._abbr_={abbr!r} is already the abbreviation of {known.__name__}')
             ATTENTION_MODULES[abbr] = cls
-        if 'kernel_check_cases' in cls.__dict__:  # the Triton self-check runs the class's own cases
-            kernels.dispatch.register_self_check(cls)
+        if 'kernel_setups' in cls.__dict__:  # the self-check, census tools and contract tests run them
+            kernels.dispatch.register_kernel_module(cls)
 
     def __init__(
         self,
@@ -95,6 +95,19 @@ class AttentionModule(BaseModule):
     fusable_with_bn = False
     #: the caller does not read the input again (subclasses that support it take it as an argument)
     inplace = False
+    #: the op family (``kernels/library/<family>.py``) whose ``call`` ``kernels.run`` hands the module to
+    kernel_family: Optional[str] = None
+    #: where the paper puts the module in a ResNet: ``'block'`` (every bottleneck, after its last BN)
+    #: or ``'stage'`` (between stages, BAM); the analysis tools' networks follow it
+    paper_placement = 'block'
+
+    @classmethod
+    def kernel_setups(cls, channels: int, inplace: bool = False) -> Dict[str, 'kernels.dispatch.KernelSetup']:
+        """The setups the kernels cover, by name: ``{name: KernelSetup(make, with_bn)}``, modules of
+        ``channels`` channels (``inplace`` as given). A subclass that defines it is registered with
+        the kernels (``kernels.dispatch.register_kernel_module``): the Triton self-check, the census
+        tools and the contract tests (``tests/test_kernel_modules.py``) run every setup."""
+        raise NotImplementedError(f'{cls.__name__} runs on no kernels')
 
     def kernel_gates(self) -> Tuple[nn.Module, Optional[nn.Module]]:
         """(channel gate, spatial gate or None): the small graphs the kernels' autograd runs

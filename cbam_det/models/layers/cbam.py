@@ -14,7 +14,7 @@ The official spatial gate concatenates [max; mean] where the paper writes [avg; 
 ``spatial_pool='max_avg'`` reproduces it; the default follows the paper.
 """
 
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 
 from ... import kernels
+from ...kernels.dispatch import KernelSetup
 from ._utils import (
     autocast_off,
     check_choice,
@@ -158,10 +159,12 @@ class CBAM(AttentionModule):
     _abbr_ = 'cbam'
 
     @classmethod
-    def kernel_check_cases(cls) -> List[Tuple[Callable[[], nn.Module], bool]]:
-        """The Triton self-check's cases (``kernels.dispatch.register_self_check``): alone and after a BatchNorm."""
-        c = kernels.dispatch.CHECK_CHANNELS
-        return [(lambda: cls(c, 4), False), (lambda: cls(c, 4), True)]
+    def kernel_setups(cls, channels: int, inplace: bool = False) -> Dict[str, KernelSetup]:
+        """The paper's CBAM alone (an mmdet plugin) and with the BatchNorm before it folded in."""
+        return {
+            'cbam_plugin': KernelSetup(lambda: cls(channels, 4, inplace=inplace), False),
+            'cbam_fused': KernelSetup(lambda: cls(channels, 4, inplace=inplace), True),
+        }
 
     def __init__(
         self,

@@ -5,13 +5,14 @@ Hu, Shen, Sun, "Squeeze-and-Excitation Networks", CVPR 2018, https://arxiv.org/a
 It equals CBAM's channel attention with average pooling only (CBAM paper, Table 1).
 """
 
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
 from ... import kernels
+from ...kernels.dispatch import KernelSetup
 from ._utils import check_input, check_not_frozen
 from .base import AttentionModule
 from .cbam import ChannelGate
@@ -42,10 +43,12 @@ class SE(AttentionModule):
     kernel_variant = 'se'
 
     @classmethod
-    def kernel_check_cases(cls) -> List[Tuple[Callable[[], nn.Module], bool]]:
-        """The Triton self-check's cases (``kernels.dispatch.register_self_check``): alone and after a BatchNorm."""
-        c = kernels.dispatch.CHECK_CHANNELS
-        return [(lambda: cls(c, 4), False), (lambda: cls(c, 4), True)]
+    def kernel_setups(cls, channels: int, inplace: bool = False) -> Dict[str, KernelSetup]:
+        """SE alone (an mmdet plugin) and with the BatchNorm before it folded in."""
+        return {
+            'se_plugin': KernelSetup(lambda: cls(channels, 4, inplace=inplace), False),
+            'se_fused': KernelSetup(lambda: cls(channels, 4, inplace=inplace), True),
+        }
 
     def __init__(
         self,
