@@ -226,3 +226,48 @@ def test_the_setups_build_fresh_modules():
         a, b = setup.make(), setup.make()
         assert isinstance(a, cls) and a is not b and a.in_channels == C, name
         assert copy.deepcopy(a).in_channels == C
+
+
+NEW_CLASS = """
+import sys
+from cbam_det import SE
+from cbam_det.kernels import dispatch, probe_triton
+
+
+class SEAgain(SE):  # a module class defined elsewhere, with kernels: no file of cbam_det names it
+    _abbr_ = 'se_again'
+
+    @classmethod
+    def kernel_setups(cls, channels, inplace=False):
+        return {'se_again_plugin': dispatch.KernelSetup(lambda: cls(channels, 4, inplace=inplace), False)}
+
+
+sys.path.insert(0, sys.argv[1])
+import census, host_census
+
+assert 'se_again_plugin' in census.KINDS and 'se_again' in host_census.kernel_kinds()
+assert {'se_again_cpu', 'se_again_triton'} <= set(host_census.replay_variants())
+assert len(census.module_launches('se_again_plugin', (1, 24, 5, 9))) == 7  # SE's 3 + 4, on meta tensors
+seen = []
+dispatch._compare_backends = lambda device, dtype, cases: seen.extend(cases)
+probe_triton('cpu', __import__('torch').float32, force=True)
+assert any(type(case.make()) is SEAgain for case in seen)
+print('picked up')
+"""
+
+
+@needs_interpreter
+def test_a_class_defined_with_kernel_setups_is_picked_up_by_the_tools_and_the_self_check(tmp_path):
+    """Defining the class is enough: the census kinds, the host census's table and replay and the
+    self-check take it (in a fresh process: the registry is the process's)."""
+    import os
+    import subprocess
+    import sys
+
+    from .helpers import ANALYSIS, REPO
+
+    script = tmp_path / 'new_class.py'
+    script.write_text(NEW_CLASS)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, str(script), ANALYSIS], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and 'picked up' in out.stdout, out.stderr[-3000:]
