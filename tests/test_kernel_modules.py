@@ -271,3 +271,10 @@ def test_a_class_defined_with_kernel_setups_is_picked_up_by_the_tools_and_the_se
     env = dict(os.environ, PYTHONPATH=REPO)
     out = subprocess.run([sys.executable, str(script), ANALYSIS], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and 'picked up' in out.stdout, out.stderr[-3000:]
+
+
+def test_run_names_the_families_it_can_hand_a_module_to():
+    from cbam_det import SE
+
+    with pytest.raises(TypeError, match=r'SE.kernel_family=None; allowed: bam'):
+        kernels.run(SE(C, 4), torch.randn(SHAPE))

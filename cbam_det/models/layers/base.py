@@ -95,7 +95,8 @@ class AttentionModule(BaseModule):
     fusable_with_bn = False
     #: the caller does not read the input again (subclasses that support it take it as an argument)
     inplace = False
-    #: the op family (``kernels/library/<family>.py``) whose ``call`` ``kernels.run`` hands the module to
+    #: the op family (``kernels/library/<family>.py``) whose ``call`` ``kernels.run`` hands the module
+    #: to (None: the module does not call ``kernels.run``; CBAM and SE come through ``kernels.attend``)
     kernel_family: Optional[str] = None
     #: where the paper puts the module in a ResNet: ``'block'`` (every bottleneck, after its last BN)
     #: or ``'stage'`` (between stages, BAM); the analysis tools' networks follow it
