@@ -205,3 +205,31 @@ def test_the_replay_times_each_variant_asked_for_and_the_floor_is_one_node():
     assert [f.variable for f in inputs] == [x, *floor.parameters()]
     y.backward(torch.ones_like(y))
     assert all(t.grad is not None and t.grad.shape == t.shape for t in [x, *floor.parameters()])
+
+
+def test_the_python_call_count_leaves_out_garbage_collections(monkeypatch):
+    """Cycles with finalisers made in the counted block: no collection runs inside it (their
+    ``__del__`` would count), so the count is the block's own calls whatever ran before."""
+    import gc
+
+    class Cycle:
+        def __del__(self):
+            pass
+
+    def make(n: int) -> None:
+        for _ in range(n):
+            c = Cycle()
+            c.me = c
+
+    def count(n: int) -> int:
+        calls = census._PythonCalls()
+        with calls.counting():
+            make(n)
+        return calls.count
+
+    many = 3 * gc.get_threshold()[0]
+    one = count(1)
+    assert count(many) == one and gc.isenabled()
+    monkeypatch.setattr(gc, 'disable', lambda: None)  # the counter without the pause counts them
+    assert count(many) > one
+    gc.collect()

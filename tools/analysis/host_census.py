@@ -46,6 +46,7 @@ timm-style CBAM's (:class:`eager_reference.TimmStyleCBAM`) in the same run.
 import argparse
 import contextlib
 import functools
+import gc
 import json
 import os
 import statistics
@@ -129,7 +130,10 @@ def launches_skipped() -> Iterator[List[str]]:
 
 
 class _PythonCalls:
-    """Python function calls ('call' events) on every thread while active."""
+    """Python function calls ('call' events) on every thread while active. The cyclic garbage
+    collector is paused inside: a collection that happened to start in the block would run
+    ``gc.callbacks`` and the finalisers of whatever it frees, Python calls that belong to no module
+    (the count would depend on what ran before)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -140,6 +144,8 @@ class _PythonCalls:
 
     @contextlib.contextmanager
     def counting(self) -> Iterator['_PythonCalls']:
+        enabled = gc.isenabled()
+        gc.disable()
         sys.setprofile(self._hook)
         threading.setprofile(self._hook)
         try:
@@ -147,6 +153,8 @@ class _PythonCalls:
         finally:
             sys.setprofile(None)
             threading.setprofile(None)
+            if enabled:
+                gc.enable()
 
 
 @contextlib.contextmanager
