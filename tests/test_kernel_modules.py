@@ -96,6 +96,17 @@ def test_every_setup_equals_the_torch_backend(name, train, backend):
     _assert_steps_equal(_step(name, backend, train), _step(name, 'torch', train))
 
 
+def _train_forward(name: str, backend: str) -> torch.Tensor:
+    """The output of a training-mode forward of setup ``name`` on ``backend`` (its input needs a gradient)."""
+    _, setup = SETUPS[name]
+    torch.manual_seed(0)
+    m = setup.make().train()
+    bn = nn.BatchNorm2d(C) if setup.with_bn else None
+    x = torch.randn(SHAPE, requires_grad=True)
+    with kernels.use_backend(backend):
+        return m.forward_with_bn(x, bn) if bn is not None else m(x)
+
+
 def _library_nodes(y: torch.Tensor) -> list:
     """The autograd nodes of the op families' eager functions in y's graph, y's own first (BAM's
     branches hold one more on the ``cpu`` backend: its 1×1 reduction)."""
@@ -115,13 +126,7 @@ def _library_nodes(y: torch.Tensor) -> list:
 @pytest.mark.parametrize('name', NAMES)
 def test_a_module_call_is_one_node_of_its_op_family(name, backend):
     """The output is one op call's, one autograd node; nothing else in the module's graph is that op's."""
-    _, setup = SETUPS[name]
-    torch.manual_seed(0)
-    m = setup.make().train()
-    bn = nn.BatchNorm2d(C) if setup.with_bn else None
-    x = torch.randn(SHAPE, requires_grad=True)
-    with kernels.use_backend(backend):
-        y = m.forward_with_bn(x, bn) if bn is not None else m(x)
+    y = _train_forward(name, backend)
     ours = _library_nodes(y)
     assert ours and ours[0] is y.grad_fn, [type(n).__name__ for n in ours]  # the output is the op's
     assert [type(n) for n in ours].count(type(y.grad_fn)) == 1, [type(n).__name__ for n in ours]
@@ -146,13 +151,8 @@ class _OpCalls(TorchDispatchMode):
 @pytest.mark.parametrize('backend', _backends())
 @pytest.mark.parametrize('name', NAMES)
 def test_every_op_a_step_calls_passes_opcheck(name, backend):
-    _, setup = SETUPS[name]
-    torch.manual_seed(0)
-    m = setup.make().train()
-    bn = nn.BatchNorm2d(C) if setup.with_bn else None
-    x = torch.randn(SHAPE, requires_grad=True)
-    with kernels.use_backend(backend), _OpCalls() as rec:
-        y = m.forward_with_bn(x, bn) if bn is not None else m(x)
+    with _OpCalls() as rec:
+        y = _train_forward(name, backend)
         y.backward(torch.ones_like(y))
     assert rec.calls, 'the step called no cbam_det op'
     for op, args, kwargs in rec.calls:
