@@ -223,14 +223,13 @@ def run(module: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
     (CBAM and SE, which fold one, come through :func:`attend`)."""
     compiling = torch.compiler.is_compiling()
     name, fallback = _backend_for(module, x, None, compiling)
-    try:
-        family = FAMILIES[module.kernel_family]
-    except KeyError:
+    call = getattr(FAMILIES.get(module.kernel_family), 'call', None)
+    if call is None:
         raise TypeError(
             f'kernels.run: {type(module).__name__}.kernel_family={module.kernel_family!r}; allowed: '
-            f'{", ".join(name for name, f in FAMILIES.items() if hasattr(f, "call"))}'
-        ) from None
-    return family.call(module, name, fallback, compiling, x, *args)
+            f'{", ".join(family for family, f in FAMILIES.items() if hasattr(f, "call"))}'
+        )
+    return call(module, name, fallback, compiling, x, *args)
 
 
 def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

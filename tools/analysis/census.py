@@ -373,11 +373,12 @@ def detection_specs(
     (:data:`DETECTION_MODELS`) in ``dtypes``, NCHW and channels-last, training and inference,
     recorded on ``meta`` tensors."""
     launches: List[Launch] = []
+    setups = dispatch.kernel_setups(dispatch.CHECK_CHANNELS)
     for name in models:
         kinds, shapes = DETECTION_MODELS[name]
         for kind in kinds:
-            cls = dispatch.kernel_setups(dispatch.CHECK_CHANNELS)[kind][0]
-            shapes_k = shapes[:3] if cls.paper_placement == 'stage' else shapes  # (between stages: after 1-3)
+            between = setups[kind][0].paper_placement == 'stage'
+            shapes_k = shapes[:3] if between else shapes  # (between stages: after stages 1-3)
             for shape in shapes_k:
                 for dtype in dtypes:
                     for cl in (False, True):
