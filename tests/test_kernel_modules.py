@@ -107,6 +107,14 @@ def _train_forward(name: str, backend: str) -> torch.Tensor:
         return m.forward_with_bn(x, bn) if bn is not None else m(x)
 
 
+def _is_library_node(node) -> bool:
+    """Whether ``node`` is an op family's eager node: a Python ``autograd.Function`` of
+    ``cbam_det.kernels.library`` or a C++ one of the families' compiled modules (its name
+    ``torch::autograd::CppNode<cbam_det::...>``)."""
+    python = getattr(getattr(node, '_forward_cls', None), '__module__', '').startswith('cbam_det.kernels.library')
+    return python or node.name().startswith('torch::autograd::CppNode<cbam_det::')
+
+
 def _library_nodes(y: torch.Tensor) -> list:
     """The autograd nodes of the op families' eager functions in y's graph, y's own first (BAM's
     branches hold one more on the ``cpu`` backend: its 1×1 reduction)."""
@@ -116,7 +124,7 @@ def _library_nodes(y: torch.Tensor) -> list:
         if node is None or node in seen:
             continue
         seen.add(node)
-        if getattr(getattr(node, '_forward_cls', None), '__module__', '').startswith('cbam_det.kernels.library'):
+        if _is_library_node(node):
             ours.append(node)
         todo.extend(f for f, _ in node.next_functions)
     return ours
@@ -128,8 +136,8 @@ def test_a_module_call_is_one_node_of_its_op_family(name, backend):
     """The output is one op call's, one autograd node; nothing else in the module's graph is that op's."""
     y = _train_forward(name, backend)
     ours = _library_nodes(y)
-    assert ours and ours[0] is y.grad_fn, [type(n).__name__ for n in ours]  # the output is the op's
-    assert [type(n) for n in ours].count(type(y.grad_fn)) == 1, [type(n).__name__ for n in ours]
+    assert ours and ours[0] is y.grad_fn, [n.name() for n in ours]  # the output is the op's
+    assert [n.name() for n in ours].count(y.grad_fn.name()) == 1, [n.name() for n in ours]
 
 
 class _OpCalls(TorchDispatchMode):

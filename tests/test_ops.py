@@ -311,22 +311,30 @@ def _autograd_kernel_calls(fn, *args) -> tuple:
 
 
 def _eager_cases(triton: bool):
-    """(node, args, differentiable positions) of every eager node: CBAM, SE (after a folded BN), BAM
-    and (C++ only) the 1×1 conv."""
+    """(name, node call, op, args, differentiable positions) of every eager node: CBAM and SE (after
+    a folded BN) through the C++ node (where compiled) and the Python one, BAM and (C++ kernels
+    only) the 1×1 conv."""
+    from cbam_det.ops import ext
+
     gen = torch.Generator().manual_seed(numerics.seed())
+    nodes = [('_Gates', gates._Gates.call)]
+    if ext('gates') is not None:
+        nodes.append(('GatesNode', ext('gates').gates_node))
+    diff = (0, 1, 2, 5, 6, 7, 8, 9, 10, 11)
     cases = [
-        (gates._Gates, gates_cases((2, 6, 5, 7))[i] + (triton, False), (0, 1, 2, 5, 6, 7, 8, 9, 10, 11))
+        (name, call, gates.GATES, gates_cases((2, 6, 5, 7))[i] + (triton, False), diff)
         for i in (1, 9)  # CBAM after a BN in training; SE after one
+        for name, call in nodes
     ]
     x, c, s = (
         torch.randn(2, 6, 5, 7, generator=gen),
         torch.randn(2, 6, generator=gen),
         torch.randn(2, 35, generator=gen),
     )
-    cases.append((bam._Bam, (x, c, s, False, True, triton, False), (0, 1, 2)))
+    cases.append(('_Bam', bam._Bam.call, bam.BAM_APPLY, (x, c, s, False, True, triton, False), (0, 1, 2)))
     if not triton:
         w, b = torch.randn(3, 6, generator=gen), torch.randn(3, generator=gen)
-        cases.append((bam._Pointwise, (x, w, b), (0, 1, 2)))
+        cases.append(('_Pointwise', bam._Pointwise.call, bam.POINTWISE, (x, w, b), (0, 1, 2)))
     return cases
 
 
@@ -334,14 +342,14 @@ def _eager_cases(triton: bool):
 def test_the_eager_nodes_skip_the_autograd_kernel_and_equal_the_plain_dispatch(kernel_set, monkeypatch):
     """Each eager node calls its op below the autograd key: torch.library's Python autograd kernel
     never runs (it does in a plain call), and outputs and gradients equal the plain dispatch (the
-    fallback where this torch lacks the guard) and the op's registered formula called directly."""
+    fallback where this torch lacks the guard) and the op's registered formula called directly.
+    The C++ node has no such fallback: it is compared with the op's formula."""
     from cbam_det.kernels.library import _autograd
 
     _, triton = kernel_set
     guard = _autograd._GUARD
     assert guard is not None  # both stacks' torch has it; the fallback is tested by removing it
-    for node, args, diff in _eager_cases(triton):
-        op = {gates._Gates: gates.GATES, bam._Bam: bam.BAM_APPLY}.get(node, bam.POINTWISE)
+    for name, call, op, args, diff in _eager_cases(triton):
         results = []
         for way in ('guarded', 'no guard', 'op'):
             monkeypatch.setattr(_autograd, '_GUARD', guard if way == 'guarded' else None)
@@ -349,15 +357,46 @@ def test_the_eager_nodes_skip_the_autograd_kernel_and_equal_the_plain_dispatch(k
                 a.clone().requires_grad_() if i in diff and a is not None else a
                 for i, a in enumerate(_on(args, DEVICE))
             )
-            out, calls = _autograd_kernel_calls(node.call if way != 'op' else op, *inputs)
+            out, calls = _autograd_kernel_calls(call if way != 'op' else op, *inputs)
             y = out[0] if isinstance(out, (tuple, list)) else out
             wanted = [inputs[i] for i in diff if inputs[i] is not None]
             grads = torch.autograd.grad(y, wanted, torch.ones_like(y), allow_unused=True)
-            assert calls == (0 if way == 'guarded' else 1), (node.__name__, way, calls)
+            expected = 1 if way == 'op' or (way == 'no guard' and name != 'GatesNode') else 0
+            assert calls == expected, (name, way, calls)
             results.append([y.detach()] + [g for g in grads])
         for other in results[1:]:
             for a, b in zip(results[0], other):
-                assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), node.__name__
+                assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+
+
+@pytest.mark.skipif(not TRITON, reason="the triton backend's node on CPU tensors needs Triton's interpreter")
+def test_gates_take_the_python_node_where_the_cpp_module_is_not_compiled():
+    """A CBAM and an SE after a BatchNorm, as a plugin: with the family's C++ module compiled the
+    call is one C++ node (``GatesNode``); without it (no compiler, ``CBAM_DET_NO_EXT=1``) one
+    Python node (``_Gates``), with outputs and gradients equal to the C++ node's."""
+    from torch import nn
+
+    from cbam_det import ops
+
+    def step(make, way: str) -> list:
+        torch.manual_seed(numerics.seed())
+        m, bn = make().train().to(DEVICE), nn.BatchNorm2d(8).train().to(DEVICE)
+        x = torch.randn(2, 8, 5, 7, device=DEVICE, requires_grad=True)
+        with pytest.MonkeyPatch.context() as mp, kernels.use_backend('triton'):
+            if way == 'python':
+                mp.setattr(ops, 'ext', lambda family, verbose=False: None)
+            y = m(bn(x))
+        want = '_GatesBackward' if way == 'python' else 'torch::autograd::CppNode<cbam_det::GatesNode>'
+        assert y.grad_fn.name() == want, (way, y.grad_fn.name())
+        params = [x] + list(m.parameters()) + list(bn.parameters())
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), device=DEVICE).view_as(y)).sum(), params)
+        return [y.detach()] + list(grads)
+
+    ways = ('cpp', 'python') if ops.ext('gates') is not None else ('python',)
+    for make in (lambda: CBAM(8, 2), lambda: SE(8, 2)):
+        results = [step(make, way) for way in ways]
+        for a, b in zip(results[0], results[-1]):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize('kernel_set', _kernel_sets(), ids=lambda k: k[0])

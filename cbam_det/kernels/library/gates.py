@@ -20,9 +20,11 @@ BatchNorm before it folded in.
 - the **PyTorch twin** (:func:`twin_forward`, :func:`twin_backward`): the same outputs with
   PyTorch operations, what a failing Triton launch computes instead under ``auto``;
 - the **fakes** (shapes for ``torch.compile``) and the **autograd**: one autograd node per call
-  (:class:`_Gates` in eager mode; the same formula registered on the op for ``torch.compile``),
   whose backward calls ``gates_backward``: no nested autograd, the small graphs (the MLP, the
-  k×k conv and its BatchNorm, the sigmoids) differentiated by hand in the kernels.
+  k×k conv and its BatchNorm, the sigmoids) differentiated by hand in the kernels. In eager mode
+  the node is C++ (``GatesNode`` in ``gates.cpp``, :func:`eager_node_of_gates`), so no Python runs
+  between the call and the ops' kernels; :class:`_Gates`, the same in Python, where the C++
+  module is not compiled; the same formula is registered on the op for ``torch.compile``.
 
 The Triton backward writes the folded BatchNorm's backward into its last pass: every term of dx
 is a per-(n, c) or per-pixel factor times a sum the earlier passes already formed, so Σ dx and
@@ -32,7 +34,7 @@ evenly between tied maxima, as ``amax``.
 """
 
 import functools
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -1553,6 +1555,17 @@ _Gates = eager_node(
 torch.library.register_autograd('cbam_det::gates', _backward, setup_context=_setup)
 
 
+def eager_node_of_gates() -> Callable[..., tuple]:
+    """The eager node of ``cbam_det::gates``, called with the op's arguments: the C++ node of the
+    family's compiled module (``csrc/gates.cpp``'s ``GatesNode``: no Python between the call and
+    the op's kernels, forward or backward) where it is compiled, else :data:`_Gates` (the same
+    op calls from a Python ``autograd.Function``: without a compiler, or ``CBAM_DET_NO_EXT=1``)."""
+    from ...ops import ext
+
+    compiled = ext('gates')
+    return compiled.gates_node if compiled is not None else _Gates.call
+
+
 # ---------------------------------------------------------------- from a module
 
 
@@ -1575,6 +1588,7 @@ class _Args(NamedTuple):
     smomentum: float  # < 0: cumulative average
     strain: bool  # the spatial BN normalises with batch statistics
     supdate: bool  # and updates its running statistics
+    node: Callable[..., tuple]  # the eager autograd node: node(*op_args) -> (y, cstate, pstate)
 
 
 def module_args(module: nn.Module, cache: bool = True) -> _Args:
@@ -1598,7 +1612,7 @@ def module_args(module: nn.Module, cache: bool = True) -> _Args:
         smom = -1.0 if bn.momentum is None else float(bn.momentum)
     args = _Args(
         cg.fc1.weight, cg.fc1.bias, cg.fc2.weight, cg.fc2.bias, cw, sw, sb, srm, srv, snbt, module.gate_scale,
-        spatial, seps, smom, strain, supdate,
+        spatial, seps, smom, strain, supdate, eager_node_of_gates() if cache else _Gates.call,
     )  # fmt: skip
     if cache:
         module.__dict__['_gates_args'] = args
@@ -1645,7 +1659,7 @@ def attend(
         if compiled:
             y, cs, ps = GATES(*args)
         else:
-            y, cs, ps = _Gates.apply(z, bnw, bnb, a.w1, a.b1, a.w2, a.b2, a.cw, a.sw, a.sb, args)
+            y, cs, ps = a.node(*args)
     elif module.inplace and not compiled and source is None and not (supdate or own_update or recording()):
         GATES_(z, *args)  # inference in place: no state needed
         return z

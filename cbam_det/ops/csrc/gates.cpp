@@ -732,7 +732,86 @@ void update_stats(at::Tensor rm, at::Tensor rv, at::Tensor nbt, const at::Tensor
   }
 }
 
+// ---------------------------------------------------------------- the eager autograd node
+// One C++ autograd node per eager call of cbam_det::gates (gates.py `attend`, when this module
+// is compiled; gates.py `_Gates` otherwise): its forward calls the op below the autograd key and
+// its backward calls cbam_det::gates_backward, as the formula registered on the op for
+// torch.compile (gates.py `_backward`) does. The same ops and kernels on every backend, without
+// a Python autograd.Function around them: no Python runs between the module and the ops' own
+// implementations, in the forward or in the backward.
+
+namespace cbam_det {  // the node's name: cbam_det::GatesNode
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+inline c10::IValue or_none(const at::Tensor& t) { return t.defined() ? c10::IValue(t) : c10::IValue(); }
+inline at::Tensor tensor_or_undefined(const c10::IValue& v) { return v.isNone() ? at::Tensor() : v.toTensor(); }
+
+// calls `op` boxed, below the autograd key (nothing recorded; its kernels run)
+void call_below_autograd(const c10::OperatorHandle& op, torch::jit::Stack& stack) {
+  at::AutoDispatchBelowAutograd below;
+  op.callBoxed(&stack);
+}
+
+struct GatesNode : public torch::autograd::Function<GatesNode> {
+  // gates' arguments in schema order; z, γ, β of the BN folded in, the MLP, the conv and the spatial
+  // BN's γ and β can need gradients, the running statistics and the gate scale cannot
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& z, const OptT& bnw, const OptT& bnb,
+                               const OptT& bnm, const OptT& bnv, const at::Tensor& w1, const at::Tensor& b1,
+                               const at::Tensor& w2, const at::Tensor& b2, const OptT& cw, const OptT& sw,
+                               const OptT& sb, const OptT& srm, const OptT& srv, const OptT& scale, int64_t bn_mode,
+                               int64_t spatial, bool sbn_batch, double eps, double seps, bool triton, bool fallback) {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("cbam_det::gates", "");
+    auto opt = [](const OptT& t) { return t.has_value() ? c10::IValue(*t) : c10::IValue(); };
+    torch::jit::Stack stack{z, opt(bnw), opt(bnb), opt(bnm), opt(bnv), w1, b1, w2, b2, opt(cw), opt(sw), opt(sb),
+                            opt(srm), opt(srv), opt(scale), bn_mode, spatial, sbn_batch, eps, seps, triton, fallback};
+    call_below_autograd(op, stack);
+    at::Tensor y = stack[0].toTensor(), cs = stack[1].toTensor(), ps = stack[2].toTensor();
+    auto value = [](const OptT& t) { return t.has_value() ? *t : at::Tensor(); };
+    ctx->save_for_backward({z, cs, ps, value(bnw), value(bnb), w1, b1, w2, b2, value(cw), value(sw), value(sb)});
+    ctx->saved_data["flags"] = std::vector<int64_t>{bn_mode, spatial, sbn_batch, triton, fallback};
+    ctx->mark_non_differentiable({cs, ps});
+    ctx->set_materialize_grads(false);  // the states' gradients stay undefined (no zeros formed)
+    return {y, cs, ps};
+  }
+
+  // the gradients in the forward's argument order, from gates_backward's
+  // [dz, dW1, db1, dW2, db2, (dconv, dγs, dβs if spatial), (dγ, dβ if a BN is folded in)]
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("cbam_det::gates_backward", "");
+    const variable_list s = ctx->get_saved_variables();
+    const std::vector<int64_t> f = ctx->saved_data["flags"].toIntVector();
+    const bool has_spatial = f[1] != 0, has_bn = f[0] != 0;
+    torch::jit::Stack stack{grads[0],        s[0],          s[1],          s[2], or_none(s[3]), or_none(s[4]),
+                            s[5],            s[6],          s[7],          s[8], or_none(s[9]), or_none(s[10]),
+                            or_none(s[11]),  f[0],          f[1],          f[2] != 0,
+                            ctx->needs_input_grad(0),       f[3] != 0,     f[4] != 0};
+    call_below_autograd(op, stack);
+    const c10::List<c10::IValue> g = stack[0].toList();
+    auto grad = [&](size_t i) { return tensor_or_undefined(g.get(i)); };
+    variable_list out(22);
+    out[0] = grad(0);
+    for (size_t i = 1; i <= 4; ++i) out[4 + i] = grad(i);  // W1, b1, W2, b2 at 5..8
+    if (has_spatial) for (size_t i = 5; i <= 7; ++i) out[4 + i] = grad(i);  // conv, γs, βs at 9..11
+    if (has_bn) { out[1] = grad(g.size() - 2); out[2] = grad(g.size() - 1); }
+    return out;
+  }
+};
+
+variable_list gates_node(const at::Tensor& z, const OptT& bnw, const OptT& bnb, const OptT& bnm, const OptT& bnv,
+                         const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                         const OptT& cw, const OptT& sw, const OptT& sb, const OptT& srm, const OptT& srv,
+                         const OptT& scale, int64_t bn_mode, int64_t spatial, bool sbn_batch, double eps, double seps,
+                         bool triton, bool fallback) {
+  return GatesNode::apply(z, bnw, bnb, bnm, bnv, w1, b1, w2, b2, cw, sw, sb, srm, srv, scale, bn_mode, spatial,
+                          sbn_batch, eps, seps, triton, fallback);
+}
+
+}  // namespace cbam_det
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gates_node", &cbam_det::gates_node);
   m.def("gates_forward", &gates_forward);
   m.def("gates_backward", &gates_backward);
   m.def("update_stats", &update_stats);
