@@ -312,8 +312,8 @@ def _autograd_kernel_calls(fn, *args) -> tuple:
 
 def _eager_cases(triton: bool):
     """(name, node call, op, args, differentiable positions) of every eager node: CBAM and SE (after
-    a folded BN) through the C++ node (where compiled) and the Python one, BAM and (C++ kernels
-    only) the 1×1 conv."""
+    a folded BN) and BAM, each through the C++ node (where compiled) and the Python one, and (C++
+    kernels only) the 1×1 conv."""
     from cbam_det.ops import ext
 
     gen = torch.Generator().manual_seed(numerics.seed())
@@ -331,7 +331,9 @@ def _eager_cases(triton: bool):
         torch.randn(2, 6, generator=gen),
         torch.randn(2, 35, generator=gen),
     )
-    cases.append(('_Bam', bam._Bam.call, bam.BAM_APPLY, (x, c, s, False, True, triton, False), (0, 1, 2)))
+    bam_nodes = [('_Bam', bam._Bam.call)] + ([('BamNode', ext('bam').bam_node)] if ext('bam') is not None else [])
+    for name, call in bam_nodes:
+        cases.append((name, call, bam.BAM_APPLY, (x, c, s, False, True, triton, False), (0, 1, 2)))
     if not triton:
         w, b = torch.randn(3, 6, generator=gen), torch.randn(3, generator=gen)
         cases.append(('_Pointwise', bam._Pointwise.call, bam.POINTWISE, (x, w, b), (0, 1, 2)))
@@ -361,7 +363,7 @@ def test_the_eager_nodes_skip_the_autograd_kernel_and_equal_the_plain_dispatch(k
             y = out[0] if isinstance(out, (tuple, list)) else out
             wanted = [inputs[i] for i in diff if inputs[i] is not None]
             grads = torch.autograd.grad(y, wanted, torch.ones_like(y), allow_unused=True)
-            expected = 1 if way == 'op' or (way == 'no guard' and name != 'GatesNode') else 0
+            expected = 1 if way == 'op' or (way == 'no guard' and not name.endswith('Node')) else 0
             assert calls == expected, (name, way, calls)
             results.append([y.detach()] + [g for g in grads])
         for other in results[1:]:
@@ -369,16 +371,17 @@ def test_the_eager_nodes_skip_the_autograd_kernel_and_equal_the_plain_dispatch(k
                 assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
 
 
-@pytest.mark.skipif(not TRITON, reason="the triton backend's node on CPU tensors needs Triton's interpreter")
-def test_gates_take_the_python_node_where_the_cpp_module_is_not_compiled():
-    """A CBAM and an SE after a BatchNorm, as a plugin: with the family's C++ module compiled the
-    call is one C++ node (``GatesNode``); without it (no compiler, ``CBAM_DET_NO_EXT=1``) one
-    Python node (``_Gates``), with outputs and gradients equal to the C++ node's."""
+@pytest.mark.skipif(not TRITON, reason="the triton backend on CPU tensors needs Triton's interpreter")
+def test_the_families_take_their_python_node_where_the_cpp_module_is_not_compiled():
+    """A CBAM, an SE (both after a BatchNorm, as a plugin: the BN folded in) and a BAM: with the
+    family's C++ module compiled the call is one C++ node (``GatesNode``, ``BamNode``); without it
+    (no compiler, ``CBAM_DET_NO_EXT=1``) one Python node (``_Gates``, ``_Bam``), with outputs and
+    gradients equal to the C++ node's."""
     from torch import nn
 
-    from cbam_det import ops
+    from cbam_det import BAM, ops
 
-    def step(make, way: str) -> list:
+    def step(make, way: str, names) -> list:
         torch.manual_seed(numerics.seed())
         m, bn = make().train().to(DEVICE), nn.BatchNorm2d(8).train().to(DEVICE)
         x = torch.randn(2, 8, 5, 7, device=DEVICE, requires_grad=True)
@@ -386,15 +389,19 @@ def test_gates_take_the_python_node_where_the_cpp_module_is_not_compiled():
             if way == 'python':
                 mp.setattr(ops, 'ext', lambda family, verbose=False: None)
             y = m(bn(x))
-        want = '_GatesBackward' if way == 'python' else 'torch::autograd::CppNode<cbam_det::GatesNode>'
+        want = names[0] if way == 'python' else f'torch::autograd::CppNode<cbam_det::{names[1]}>'
         assert y.grad_fn.name() == want, (way, y.grad_fn.name())
         params = [x] + list(m.parameters()) + list(bn.parameters())
         grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), device=DEVICE).view_as(y)).sum(), params)
         return [y.detach()] + list(grads)
 
     ways = ('cpp', 'python') if ops.ext('gates') is not None else ('python',)
-    for make in (lambda: CBAM(8, 2), lambda: SE(8, 2)):
-        results = [step(make, way) for way in ways]
+    for make, names in (
+        (lambda: CBAM(8, 2), ('_GatesBackward', 'GatesNode')),
+        (lambda: SE(8, 2), ('_GatesBackward', 'GatesNode')),
+        (lambda: BAM(8, 2, 1), ('_BamBackward', 'BamNode')),
+    ):
+        results = [step(make, way, names) for way in ways]
         for a, b in zip(results[0], results[-1]):
             assert torch.equal(a, b)
 

@@ -9,12 +9,13 @@ with c (N, C) and s (N, H·W) float32 logits. The full-size M(F) is never stored
 pass over x, backward (``bam_backward``) one pass over (dy, x) that writes dx and the logits'
 gradients. Side by side below: the schemas, the CPU kernels (``cbam_det/ops/csrc/bam.cpp``), the
 CUDA kernels (Triton), the PyTorch twin (what a failing Triton launch computes under ``auto``),
-the fakes and the autograd (one node per call: :class:`_Bam` in eager mode, the same formula
+the fakes and the autograd (one node per call: in eager mode C++, ``BamNode`` in ``bam.cpp``, or
+:class:`_Bam` where that is not compiled; the same formula
 registered on the op for ``torch.compile``).
 """
 
 import functools
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -310,6 +311,17 @@ _Bam = eager_node('_Bam', BAM_APPLY, _setup, _backward, 'The eager autograd node
 torch.library.register_autograd('cbam_det::bam_apply', _backward, setup_context=_setup)
 
 
+def eager_node_of_bam() -> Callable[..., Tensor]:
+    """The eager node of ``cbam_det::bam_apply``, called with the op's arguments: the C++ node of
+    the family's compiled module (``csrc/bam.cpp``'s ``BamNode``) where it is compiled, else
+    :data:`_Bam` (the same op calls from a Python ``autograd.Function``: without a compiler, or
+    ``CBAM_DET_NO_EXT=1``)."""
+    from ...ops import ext
+
+    compiled = ext('bam')
+    return compiled.bam_node if compiled is not None else _Bam.call
+
+
 def _pointwise_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(inputs[0], inputs[1])
     ctx.has_bias = inputs[2] is not None
@@ -346,18 +358,24 @@ def call(module: nn.Module, backend: str, fallback: bool, compiling: bool, x: Te
     if backend == 'torch':
         return module.refine(x, c, s)
     product = module.combine == 'product'
-    return refine(x, c, s, product, module.residual, module.inplace, backend == 'triton', fallback, compiling)
+    node = None
+    if not compiling:  # decided once per module and mode (dropped with the kernel caches)
+        node = module.__dict__.get('_bam_node')
+        if node is None:
+            node = module.__dict__['_bam_node'] = eager_node_of_bam()
+    return refine(x, c, s, product, module.residual, module.inplace, backend == 'triton', fallback, compiling, node)
 
 
 def refine(x: Tensor, c: Tensor, s: Tensor, product: bool, residual: bool, inplace: bool, triton: bool, fallback: bool,
-           compiled: bool = False) -> Tensor:  # fmt: skip
+           compiled: bool = False, node: Optional[Callable[..., Tensor]] = None) -> Tensor:  # fmt: skip
     """BAM's x ⊗ (r + σ(t)) from the branch logits c (N, C, 1, 1) and s (N, 1, H, W), one op call
-    (``inplace`` without autograd: written into x)."""
+    (``inplace`` without autograd: written into x; ``node``: the eager node, :func:`eager_node_of_bam`'s
+    where None)."""
     n, ch, h, w = x.shape
     c2, s2 = c.reshape(n, ch).float().contiguous(), s.reshape(n, h * w).float().contiguous()
     args = (x, c2, s2, product, residual, triton, fallback)
     if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad or s.requires_grad):
-        return BAM_APPLY(*args) if compiled else _Bam.apply(*args)
+        return BAM_APPLY(*args) if compiled else (node or eager_node_of_bam())(*args)
     if inplace and not compiled:
         BAM_APPLY_(x, *args)
         return x

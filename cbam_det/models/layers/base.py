@@ -138,7 +138,7 @@ class AttentionModule(BaseModule):
 
     # ---- what the kernels decide once per module and mode (cbam_det.kernels): dropped when the
     # module moves, changes dtype (``_apply``: .to/.cuda/.half, which replace buffers) or mode
-    _KERNEL_CACHES = ('_backend_cache', '_gates_args', '_frozen_checked')
+    _KERNEL_CACHES = ('_backend_cache', '_gates_args', '_bam_node', '_frozen_checked')
 
     def _drop_kernel_caches(self) -> None:
         for m in self.modules():

@@ -194,7 +194,43 @@ at::Tensor pointwise_conv_input_grad(const at::Tensor& dout, const at::Tensor& w
 
 }  // namespace
 
+// ---------------------------------------------------------------- the eager autograd node
+// One C++ autograd node per eager call of cbam_det::bam_apply (bam.py `refine`, when this module is
+// compiled; bam.py `_Bam` otherwise): its forward calls the op below the autograd key, its backward
+// cbam_det::bam_backward, as the formula registered on the op for torch.compile (bam.py `_backward`).
+namespace cbam_det {
+
+struct BamNode : public torch::autograd::Function<BamNode> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& c, const at::Tensor& s,
+                            bool product, bool residual, bool triton, bool fallback) {
+    static const auto op = op_handle("cbam_det::bam_apply");
+    torch::jit::Stack stack{x, c, s, product, residual, triton, fallback};
+    call_below_autograd(op, stack);
+    ctx->save_for_backward({x, c, s});
+    ctx->saved_data["flags"] = std::vector<int64_t>{product, residual, triton, fallback};
+    return stack[0].toTensor();
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle("cbam_det::bam_backward");
+    const variable_list v = ctx->get_saved_variables();
+    const std::vector<int64_t> f = ctx->saved_data["flags"].toIntVector();
+    torch::jit::Stack stack{grads[0], v[0], v[1], v[2], f[0] != 0, f[1] != 0, f[2] != 0, f[3] != 0};
+    call_below_autograd(op, stack);
+    return {stack[0].toTensor(), stack[1].toTensor(), stack[2].toTensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor bam_node(const at::Tensor& x, const at::Tensor& c, const at::Tensor& s, bool product, bool residual,
+                    bool triton, bool fallback) {
+  return BamNode::apply(x, c, s, product, residual, triton, fallback);
+}
+
+}  // namespace cbam_det
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bam_node", &cbam_det::bam_node);
   m.def("bam_apply", &bam_apply);
   m.def("bam_grads", &bam_grads);
   m.def("pointwise_conv", &pointwise_conv);

@@ -246,3 +246,29 @@ template <bool kProduct>
 inline float bam_logit(float c, float s) { return kProduct ? c * s : c + s; }
 
 }  // namespace
+
+// ---- for the op families' eager autograd nodes (torch::autograd::Function in cbam_det::, so that a
+// node's name reads torch::autograd::CppNode<cbam_det::...>)
+namespace cbam_det {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+inline c10::IValue or_none(const at::Tensor& t) { return t.defined() ? c10::IValue(t) : c10::IValue(); }
+inline c10::IValue or_none(const c10::optional<at::Tensor>& t) { return t.has_value() ? c10::IValue(*t) : c10::IValue(); }
+inline at::Tensor value_or_undefined(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+inline at::Tensor tensor_or_undefined(const c10::IValue& v) { return v.isNone() ? at::Tensor() : v.toTensor(); }
+
+// the registered op `name` (``cbam_det::...``), looked up once by the caller
+inline c10::OperatorHandle op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+// calls `op` boxed, below the autograd key: its kernels (C++, or the Python ones of the op's file) run,
+// nothing is recorded for autograd
+inline void call_below_autograd(const c10::OperatorHandle& op, torch::jit::Stack& stack) {
+  at::AutoDispatchBelowAutograd below;
+  op.callBoxed(&stack);
+}
+
+}  // namespace cbam_det

@@ -742,18 +742,6 @@ void update_stats(at::Tensor rm, at::Tensor rv, at::Tensor nbt, const at::Tensor
 
 namespace cbam_det {  // the node's name: cbam_det::GatesNode
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-inline c10::IValue or_none(const at::Tensor& t) { return t.defined() ? c10::IValue(t) : c10::IValue(); }
-inline at::Tensor tensor_or_undefined(const c10::IValue& v) { return v.isNone() ? at::Tensor() : v.toTensor(); }
-
-// calls `op` boxed, below the autograd key (nothing recorded; its kernels run)
-void call_below_autograd(const c10::OperatorHandle& op, torch::jit::Stack& stack) {
-  at::AutoDispatchBelowAutograd below;
-  op.callBoxed(&stack);
-}
-
 struct GatesNode : public torch::autograd::Function<GatesNode> {
   // gates' arguments in schema order; z, γ, β of the BN folded in, the MLP, the conv and the spatial
   // BN's γ and β can need gradients, the running statistics and the gate scale cannot
@@ -762,14 +750,15 @@ struct GatesNode : public torch::autograd::Function<GatesNode> {
                                const at::Tensor& w2, const at::Tensor& b2, const OptT& cw, const OptT& sw,
                                const OptT& sb, const OptT& srm, const OptT& srv, const OptT& scale, int64_t bn_mode,
                                int64_t spatial, bool sbn_batch, double eps, double seps, bool triton, bool fallback) {
-    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("cbam_det::gates", "");
-    auto opt = [](const OptT& t) { return t.has_value() ? c10::IValue(*t) : c10::IValue(); };
-    torch::jit::Stack stack{z, opt(bnw), opt(bnb), opt(bnm), opt(bnv), w1, b1, w2, b2, opt(cw), opt(sw), opt(sb),
-                            opt(srm), opt(srv), opt(scale), bn_mode, spatial, sbn_batch, eps, seps, triton, fallback};
+    static const auto op = op_handle("cbam_det::gates");
+    torch::jit::Stack stack{z,           or_none(bnw), or_none(bnb), or_none(bnm), or_none(bnv), w1,
+                            b1,          w2,           b2,           or_none(cw),  or_none(sw),  or_none(sb),
+                            or_none(srm), or_none(srv), or_none(scale), bn_mode,   spatial,      sbn_batch,
+                            eps,         seps,         triton,       fallback};
     call_below_autograd(op, stack);
     at::Tensor y = stack[0].toTensor(), cs = stack[1].toTensor(), ps = stack[2].toTensor();
-    auto value = [](const OptT& t) { return t.has_value() ? *t : at::Tensor(); };
-    ctx->save_for_backward({z, cs, ps, value(bnw), value(bnb), w1, b1, w2, b2, value(cw), value(sw), value(sb)});
+    ctx->save_for_backward({z, cs, ps, value_or_undefined(bnw), value_or_undefined(bnb), w1, b1, w2, b2,
+                            value_or_undefined(cw), value_or_undefined(sw), value_or_undefined(sb)});
     ctx->saved_data["flags"] = std::vector<int64_t>{bn_mode, spatial, sbn_batch, triton, fallback};
     ctx->mark_non_differentiable({cs, ps});
     ctx->set_materialize_grads(false);  // the states' gradients stay undefined (no zeros formed)
@@ -779,7 +768,7 @@ struct GatesNode : public torch::autograd::Function<GatesNode> {
   // the gradients in the forward's argument order, from gates_backward's
   // [dz, dW1, db1, dW2, db2, (dconv, dγs, dβs if spatial), (dγ, dβ if a BN is folded in)]
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("cbam_det::gates_backward", "");
+    static const auto op = op_handle("cbam_det::gates_backward");
     const variable_list s = ctx->get_saved_variables();
     const std::vector<int64_t> f = ctx->saved_data["flags"].toIntVector();
     const bool has_spatial = f[1] != 0, has_bn = f[0] != 0;
