@@ -26,20 +26,26 @@ needs_interpreter = pytest.mark.skipif(
 #: (kind, backend, dtype, after a BN): budget of a training step and of inference, (kernel calls +
 #: Triton launches, Python function calls); nested autograd runs, casts and syncs are 0 everywhere.
 #: Python calls: the goal was at most 300 per CBAM training step and 200 per SE step; the budgets hold
-#: today's counts (CBAM 105-109 per training step and 35 in inference on the two stacks, SE 82-86 and
-#: 29) with about a tenth to spare, so that the host path does not grow back unseen
+#: the counts with the families' C++ eager nodes (onedl stack: CBAM 78 per training step and 35 in
+#: inference, SE 55 and 29, the cpu backend 56 and 45) with about a tenth to spare, so that the host
+#: path does not grow back unseen. Where the C++ modules are not compiled, the Python nodes that stand
+#: in for them cost :data:`PYTHON_NODE` more per training step.
 BUDGETS = {
-    ('cbam', 'triton', 'bfloat16', True): ((14, 120), (6, 40)),
-    ('cbam', 'triton', 'float32', False): ((14, 120), (6, 40)),
-    ('cbam', 'cpu', 'float32', True): ((14, 100), (6, 30)),
-    ('se', 'triton', 'bfloat16', True): ((8, 95), (3, 32)),
-    ('se', 'triton', 'float32', False): ((8, 95), (3, 32)),
-    ('se', 'cpu', 'float32', True): ((8, 90), (3, 30)),
+    ('cbam', 'triton', 'bfloat16', True): ((14, 86), (6, 40)),
+    ('cbam', 'triton', 'float32', False): ((14, 86), (6, 40)),
+    ('cbam', 'cpu', 'float32', True): ((14, 62), (6, 30)),
+    ('se', 'triton', 'bfloat16', True): ((8, 62), (3, 32)),
+    ('se', 'triton', 'float32', False): ((8, 62), (3, 32)),
+    ('se', 'cpu', 'float32', True): ((8, 50), (3, 30)),
     # BAM: no more than before the op families (measured then with this census on the same settings;
     # its C++ kernels were called outside the dispatcher, 2 calls per step unseen by the profiler, added)
     ('bam', 'triton', 'bfloat16', False): ((55, 616), (19, 247)),
     ('bam', 'cpu', 'float32', False): ((51, 642), (18, 267)),
 }
+
+#: the Python calls per training step that a Python ``autograd.Function`` (``_Gates``, ``_Bam``) adds
+#: over the C++ node it stands in for (27 counted, CBAM and SE on the onedl stack)
+PYTHON_NODE = 30
 
 
 @pytest.mark.parametrize('setting', list(BUDGETS), ids=lambda s: '-'.join(map(str, s)))
@@ -47,7 +53,11 @@ def test_a_module_call_stays_within_its_host_budget(setting):
     kind, backend, dtype, bn = setting
     if backend == 'triton' and not launch.INTERPRETED:
         pytest.skip("the triton backend on CPU tensors needs Triton's interpreter")
+    from cbam_det.ops import ext
+
     for train, (calls, python) in zip((True, False), BUDGETS[setting]):
+        if train and ext('gates') is None:
+            python += PYTHON_NODE
         got = census.module_census(kind, backend, dtype, bn, train)['step']
         what = f'{setting} {"train" if train else "inference"}: {got}'
         assert got['kernels'] + got['launches'] <= calls, what
