@@ -286,3 +286,40 @@ def test_run_names_the_families_it_can_hand_a_module_to():
 
     with pytest.raises(TypeError, match=r'SE.kernel_family=None; allowed: bam'):
         kernels.run(SE(C, 4), torch.randn(SHAPE))
+
+
+def test_a_module_that_ran_on_the_kernels_saves_and_loads_whole_in_a_new_process(tmp_path):
+    """``torch.save(model)`` after steps on the kernels: the module's kernel caches (which hold the
+    compiled modules' functions) are left out, so a fresh process loads it and gets the same output."""
+    import os
+    import subprocess
+    import sys
+
+    from .helpers import REPO
+
+    saved = {}
+    x = torch.randn(SHAPE)
+    for backend in _backends():
+        torch.manual_seed(0)
+        modules = {name: SETUPS[name][1].make().train() for name in ('cbam_plugin', 'se_plugin', 'bam')}
+        for m in modules.values():
+            with kernels.use_backend(backend):
+                m(nn.BatchNorm2d(C)(x.clone().requires_grad_())).sum().backward()
+            assert any(k in m.__dict__ for k in ('_gates_args', '_bam_node'))
+            m.eval()
+        with torch.no_grad(), kernels.use_backend(backend):
+            saved[backend] = (modules, {name: m(x.clone()) for name, m in modules.items()})
+    torch.save({'saved': saved, 'x': x}, tmp_path / 'modules.pt')
+    code = (
+        'import sys, torch, cbam_det\n'
+        'got = torch.load(sys.argv[1], weights_only=False)\n'
+        'for backend, (modules, want) in got["saved"].items():\n'
+        '    with torch.no_grad(), cbam_det.kernels.use_backend(backend):\n'
+        '        for name, m in modules.items():\n'
+        '            assert torch.equal(m(got["x"].clone()), want[name]), (backend, name)\n'
+        'print("loaded", len(got["saved"]))\n'
+    )
+    env = dict(os.environ, PYTHONPATH=REPO)
+    path = str(tmp_path / 'modules.pt')
+    out = subprocess.run([sys.executable, '-c', code, path], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and f'loaded {len(saved)}' in out.stdout, out.stderr[-3000:]

@@ -145,6 +145,15 @@ class AttentionModule(BaseModule):
             for name in AttentionModule._KERNEL_CACHES:
                 m.__dict__.pop(name, None)
 
+    def __getstate__(self) -> dict:
+        """The module without its kernel caches (they hold the compiled modules' functions, which
+        another process could not unpickle): ``torch.save(model)`` and ``copy.deepcopy`` keep only
+        what defines the module; the caches are rebuilt at the next call."""
+        state = self.__dict__.copy()
+        for name in AttentionModule._KERNEL_CACHES:
+            state.pop(name, None)
+        return state
+
     def _apply(self, fn, *args, **kwargs):
         self._drop_kernel_caches()
         return super()._apply(fn, *args, **kwargs)
