@@ -26,17 +26,17 @@ needs_interpreter = pytest.mark.skipif(
 #: (kind, backend, dtype, after a BN): budget of a training step and of inference, (kernel calls +
 #: Triton launches, Python function calls); nested autograd runs, casts and syncs are 0 everywhere.
 #: Python calls: the goal was at most 300 per CBAM training step and 200 per SE step; the budgets hold
-#: the counts with the families' C++ eager nodes (onedl stack: CBAM 78 per training step and 35 in
-#: inference, SE 55 and 29, the cpu backend 56 and 45) with about a tenth to spare, so that the host
+#: the counts with the families' C++ eager nodes (CBAM 78-83 per training step on the two stacks and
+#: 35 in inference, SE 55-60 and 29, the cpu backend 56-61 and 45-50) with about a tenth to spare, so that the host
 #: path does not grow back unseen. Where the C++ modules are not compiled, the Python nodes that stand
 #: in for them cost :data:`PYTHON_NODE` more per training step.
 BUDGETS = {
-    ('cbam', 'triton', 'bfloat16', True): ((14, 86), (6, 40)),
-    ('cbam', 'triton', 'float32', False): ((14, 86), (6, 40)),
-    ('cbam', 'cpu', 'float32', True): ((14, 62), (6, 30)),
-    ('se', 'triton', 'bfloat16', True): ((8, 62), (3, 32)),
-    ('se', 'triton', 'float32', False): ((8, 62), (3, 32)),
-    ('se', 'cpu', 'float32', True): ((8, 50), (3, 30)),
+    ('cbam', 'triton', 'bfloat16', True): ((14, 92), (6, 40)),
+    ('cbam', 'triton', 'float32', False): ((14, 92), (6, 40)),
+    ('cbam', 'cpu', 'float32', True): ((14, 68), (6, 30)),
+    ('se', 'triton', 'bfloat16', True): ((8, 66), (3, 32)),
+    ('se', 'triton', 'float32', False): ((8, 66), (3, 32)),
+    ('se', 'cpu', 'float32', True): ((8, 56), (3, 30)),
     # BAM: no more than before the op families (measured then with this census on the same settings;
     # its C++ kernels were called outside the dispatcher, 2 calls per step unseen by the profiler, added)
     ('bam', 'triton', 'bfloat16', False): ((55, 616), (19, 247)),
