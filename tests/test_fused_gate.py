@@ -337,11 +337,14 @@ def mmdet_block(att=None, inplace=False, **kw) -> nn.Module:
 
 
 @no_ext
-def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
+def test_fused_block_keeps_no_more_for_backward_than_the_plain_block(monkeypatch):
     """Memory: the fused BN + CBAM block, and a CBAM/SE plugin right after the block's last BN
     (which computes from the BN's saved input), keep no full-size tensor beyond the plain block's:
     only their states (gates, pooled maps: a few per-channel and per-pixel values). Under
-    saved-tensor hooks the plugin falls back to keeping the BN output."""
+    saved-tensor hooks the plugin falls back to keeping the BN output. The saved tensors are read
+    from the graph's nodes, so the Python node stands in for the C++ one here (it saves the same
+    tensors: the input, the two states and the parameters); the C++ node's are checked below."""
+    monkeypatch.setattr(gate_ops, 'eager_node_of_gates', lambda: gate_ops._Gates.call)
     x = torch.randn(2, 64, 40, 48, requires_grad=True)
     full = 2 * 64 * 40 * 48
     lay = gate_ops.layout(2, 64, 40 * 48, 64 // 16, True, True)
@@ -356,6 +359,28 @@ def test_fused_block_keeps_no_more_for_backward_than_the_plain_block():
         assert n_plain - 4 * 64 <= kept_elements(block(x)) <= n_plain + states  # BN statistics: 2-4 × C
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         assert kept_elements(mmdet_block('CBAM')(x)) >= n_plain + full
+
+
+@no_ext
+def test_the_cpp_node_keeps_the_bn_output_only_under_saved_tensor_hooks():
+    """The C++ node's saved tensors cannot be read from Python; a tensor that the graph keeps keeps
+    its Python object alive, so a weak reference to the BatchNorm's output tells whether a plugin
+    after it keeps that output: not when it folds the BN in, yes under saved-tensor hooks."""
+    import weakref
+
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    for make in (lambda: CBAM(16, 4), lambda: SE(16, 4)):
+        for hooks in (False, True):
+            bn, m = nn.BatchNorm2d(16).train(), make().train()
+            with kernels.use_backend('cpu'), contextlib.ExitStack() as stack:
+                if hooks:
+                    stack.enter_context(torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
+                out = bn(x)
+                kept = weakref.ref(out)
+                y = m(out)
+                del out
+            assert y.grad_fn.name() == 'torch::autograd::CppNode<cbam_det::GatesNode>'
+            assert (kept() is not None) == hooks, (type(m).__name__, hooks)
 
 
 @no_ext
