@@ -8,6 +8,8 @@ Also: nothing in a module's forward or backward synchronises with the device (CU
 capture the step), the BatchNorms with ``momentum=None`` included."""
 
 import contextlib
+import os
+import sys
 
 import pytest
 import torch
@@ -115,11 +117,14 @@ def test_the_census_counts_what_it_says():
 
 
 class _NoSync(torch.overrides.TorchFunctionMode):
-    """Fails on a Tensor method that synchronises with the device."""
+    """Fails on a Tensor method that synchronises with the device, called by anything but Triton's
+    interpreter: it copies a kernel's operands to the host to run the kernel on the CPU (Triton 3.1,
+    the upstream stack's, with ``.cpu()``), which a launch on a GPU does not. The mode stays active
+    inside the ops' kernels, which the C++ nodes call from C++, so the launchers' own code is checked."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, '__name__', '')
-        if name in census.SYNC_METHODS:
+        if name in census.SYNC_METHODS and f'{os.sep}triton{os.sep}' not in sys._getframe(1).f_code.co_filename:
             raise AssertionError(f'a host synchronisation: Tensor.{name}')
         return func(*args, **(kwargs or {}))
 
